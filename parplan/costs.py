@@ -1,0 +1,205 @@
+"""Pipeline costs: the one cost description shared by the simulator, the baselines and the MIP.
+
+A pipeline has S stages. Stage s costs `forward[s]` for one micro-batch's forward (F),
+`backward_input[s]` for its input-gradient backward (I) and `backward_weight[s]` for its
+weight-gradient backward (W); a full backward (B) costs I + W. Units are whatever the
+caller uses (seconds from the cost model, or unit times in tests), consistently.
+
+Memory follows the reference's accounting: one (stage, micro-batch) holds
+`activation[s]` from the start of its F until its W ends (until its B ends when the
+backward is not split); a rank holds `params[s]` for every stage placed on it.
+
+Transfers: stage s's output activation (and, going back, the gradient of the same
+shape) takes `transfer[s]` to reach stage s+1 when the two sit on different ranks; a
+hand-off on the same rank is free. Transfers are delays, not rank time: they overlap
+compute (their contention is the cost model's business, folded into these numbers).
+
+An overlapped F&B cell (DualPipe's F&B) runs one F and one backward of different
+micro-batches together; it lasts `overlap_ratio × (F + backward)`. The default 1.0 is
+"no gain", the honest assumption on one GPU (see the H100 overlap measurements).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+
+from parplan.errors import ParplanError
+
+__all__ = ["PipelineCosts", "parse_cost_spec"]
+
+
+def _check_tuple(name: str, values: tuple[float, ...], num_stages: int) -> None:
+    if len(values) != num_stages:
+        raise ParplanError(
+            f"costs.{name} has {len(values)} entries but there are {num_stages} stages; "
+            f"give one value per stage"
+        )
+    for s, v in enumerate(values):
+        if not isinstance(v, (int, float)) or math.isnan(v) or math.isinf(v) or v < 0:
+            raise ParplanError(
+                f"costs.{name}[{s}] = {v!r} is invalid: costs must be finite and >= 0; "
+                f"use 0 for a free step"
+            )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PipelineCosts:
+    forward: tuple[float, ...]
+    backward_input: tuple[float, ...]
+    backward_weight: tuple[float, ...]
+    transfer: tuple[float, ...]
+    activation: tuple[float, ...]
+    params: tuple[float, ...]
+    overlap_ratio: float = 1.0
+    num_stages: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        num_stages = len(self.forward)
+        if num_stages < 1:
+            raise ParplanError("costs.forward is empty; a pipeline needs at least one stage")
+        object.__setattr__(self, "num_stages", num_stages)
+        for name in ("forward", "backward_input", "backward_weight", "transfer", "activation", "params"):
+            values = tuple(float(v) for v in getattr(self, name))
+            object.__setattr__(self, name, values)
+            _check_tuple(name, values, num_stages)
+        r = self.overlap_ratio
+        if not (isinstance(r, (int, float)) and 0 < r <= 1e6 and not math.isnan(r)):
+            raise ParplanError(
+                f"costs.overlap_ratio = {r!r} is invalid: an F&B cell lasts ratio × (F + B) "
+                f"with ratio > 0; use 1.0 for no overlap gain"
+            )
+
+    # ---- construction -------------------------------------------------------------
+    @classmethod
+    def uniform(
+        cls,
+        num_stages: int,
+        *,
+        f: float = 1.0,
+        i: float = 1.0,
+        w: float = 1.0,
+        c: float = 0.0,
+        fb: float | None = None,
+        activation: float = 1.0,
+        params: float = 1.0,
+    ) -> "PipelineCosts":
+        """Every stage alike. `fb` is the F&B cell duration (default F + I + W: no gain)."""
+        if num_stages < 1:
+            raise ParplanError(f"num_stages = {num_stages} is invalid: need at least 1 stage")
+        full = f + i + w
+        ratio = 1.0 if fb is None else (fb / full if full > 0 else 1.0)
+        n = num_stages
+        return cls(
+            forward=(f,) * n,
+            backward_input=(i,) * n,
+            backward_weight=(w,) * n,
+            transfer=(c,) * n,
+            activation=(activation,) * n,
+            params=(params,) * n,
+            overlap_ratio=ratio,
+        )
+
+    def scaled(self, factor: float) -> "PipelineCosts":
+        """Compute times, activations and params × factor (a stage split into 1/factor chunks).
+
+        Transfer times stay: a boundary activation does not shrink when a stage does.
+        """
+        mul = lambda xs: tuple(x * factor for x in xs)  # noqa: E731
+        return replace(
+            self,
+            forward=mul(self.forward),
+            backward_input=mul(self.backward_input),
+            backward_weight=mul(self.backward_weight),
+            activation=mul(self.activation),
+            params=mul(self.params),
+        )
+
+    def restaged(self, model_stage: tuple[int, ...]) -> "PipelineCosts":
+        """Costs of a schedule whose stage k computes model stage `model_stage[k]`.
+
+        DualPipe runs each model stage twice (once per direction): its 2N schedule stages
+        map onto N model stages and inherit their costs.
+        """
+        pick = lambda xs: tuple(xs[m] for m in model_stage)  # noqa: E731
+        return replace(
+            self,
+            forward=pick(self.forward),
+            backward_input=pick(self.backward_input),
+            backward_weight=pick(self.backward_weight),
+            transfer=pick(self.transfer),
+            activation=pick(self.activation),
+            params=pick(self.params),
+        )
+
+    # ---- queries --------------------------------------------------------------------
+    def backward(self, stage: int) -> float:
+        return self.backward_input[stage] + self.backward_weight[stage]
+
+    def overlap(self, forward_time: float, backward_time: float) -> float:
+        return self.overlap_ratio * (forward_time + backward_time)
+
+    def to_dict(self) -> dict:
+        return {
+            "forward": list(self.forward),
+            "backward_input": list(self.backward_input),
+            "backward_weight": list(self.backward_weight),
+            "transfer": list(self.transfer),
+            "activation": list(self.activation),
+            "params": list(self.params),
+            "overlap_ratio": self.overlap_ratio,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PipelineCosts":
+        keys = {"forward", "backward_input", "backward_weight", "transfer", "activation", "params"}
+        missing = keys - set(data)
+        if missing:
+            raise ParplanError(f"costs are missing {sorted(missing)}; every per-stage list is required")
+        return cls(**{k: tuple(data[k]) for k in keys}, overlap_ratio=float(data.get("overlap_ratio", 1.0)))
+
+
+_COST_KEYS = {"F": "f", "I": "i", "W": "w", "FB": "fb", "C": "c", "B": "b"}
+_COST_ITEM = re.compile(r"^\s*([A-Za-z]+)\s*=\s*([^,]+?)\s*$")
+
+
+def parse_cost_spec(spec: str) -> dict[str, float]:
+    """Parse `F=1,I=1.2,W=0.8,FB=3,C=0.1` into keyword arguments of `PipelineCosts.uniform`.
+
+    `B=x` (full backward) without I/W splits it evenly; F&B may be written FB.
+    """
+    values: dict[str, float] = {}
+    for item in spec.split(","):
+        match = _COST_ITEM.match(item)
+        if not match:
+            raise ParplanError(
+                f"--cost item {item!r} is malformed: expected KEY=NUMBER with KEY in "
+                f"{sorted(_COST_KEYS)}, e.g. --cost F=1,I=1.2,W=0.8,C=0.1"
+            )
+        key, raw = match.group(1).upper().replace("&", ""), match.group(2)
+        if key not in _COST_KEYS:
+            raise ParplanError(
+                f"--cost key {match.group(1)!r} is unknown: use one of {sorted(_COST_KEYS)} "
+                f"(F forward, I backward-input, W backward-weight, B full backward, FB overlapped F&B cell, C transfer)"
+            )
+        try:
+            number = float(raw)
+        except ValueError:
+            raise ParplanError(f"--cost {key}={raw!r} is not a number; write e.g. {key}=1.5") from None
+        if math.isnan(number) or math.isinf(number) or number < 0:
+            raise ParplanError(f"--cost {key}={raw} is invalid: costs must be finite and >= 0")
+        if _COST_KEYS[key] in values:
+            raise ParplanError(f"--cost gives {key} twice; give each key once")
+        values[_COST_KEYS[key]] = number
+    if "b" in values:
+        b = values.pop("b")
+        if "i" in values or "w" in values:
+            if abs(values.get("i", b / 2) + values.get("w", b / 2) - b) > 1e-9:
+                raise ParplanError(
+                    f"--cost B={b} disagrees with I + W = {values.get('i')} + {values.get('w')}; "
+                    f"give B, or I and W, not conflicting values"
+                )
+        values.setdefault("i", b / 2)
+        values.setdefault("w", b - values["i"])
+    return values
