@@ -1,0 +1,484 @@
+"""Capture a model into parplan's operator DAG without materialising weights.
+
+Pass 1 captures: `torch.export.export(strict=False)` (fake tensors; a meta-device model
+allocates nothing), falling back to `torch.fx.symbolic_trace` + shape propagation on meta
+tensors when export fails or when leaf modules are requested. Pass 2 normalises every node
+to an `OpCall` and applies the rules in `parplan.trace.rules`. Pass 3 attributes parameters,
+gradient accumulation and repeated blocks, and builds the networkx DAG.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Any, Iterable
+
+import networkx as nx
+import torch
+from torch import nn
+
+from parplan.errors import ParplanError
+from parplan.trace.blocks import find_repeated_blocks
+from parplan.trace.graph import OpKind, OpNode, TensorMeta, TracedGraph
+from parplan.trace.rules import ArgTensor, OpCall, apply_rule
+
+__all__ = ["trace", "UnknownOperatorWarning"]
+
+EXPORT = "torch.export"
+FX = "torch.fx.symbolic_trace"
+
+
+class UnknownOperatorWarning(UserWarning):
+    """Operators without a FLOP rule were costed from bytes only."""
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _tensor_meta(value: Any) -> TensorMeta | None:
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is None or not isinstance(dtype, torch.dtype):
+        return None
+    dims = tuple(int(d) for d in shape)
+    return TensorMeta(shape=dims, dtype=_dtype_name(dtype), nbytes=math.prod(dims) * dtype.itemsize)
+
+
+def _is_contiguous(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.is_contiguous()
+    flag = getattr(value, "is_contiguous", True)
+    return bool(flag) if not callable(flag) else True
+
+
+def _node_value(node: torch.fx.Node) -> Any:
+    if "val" in node.meta:
+        return node.meta["val"]
+    return node.meta.get("tensor_meta")
+
+
+def _flatten_values(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)) and not hasattr(value, "shape"):
+        return list(value)
+    return [value]
+
+
+def _short_class(cls: Any) -> str:
+    if isinstance(cls, type):
+        return cls.__name__
+    return str(cls).rsplit(".", 1)[-1]
+
+
+_PY_OPS = {"truediv": "div", "floordiv": "div", "iadd": "add", "imul": "mul", "isub": "sub", "itruediv": "div"}
+_MODULE_OPS = {
+    nn.Linear: "linear", nn.LayerNorm: "layer_norm", nn.Embedding: "embedding",
+    nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d", nn.Dropout: "dropout",
+    nn.GELU: "gelu", nn.SiLU: "silu", nn.ReLU: "relu", nn.Tanh: "tanh", nn.Identity: "alias",
+    nn.Softmax: "softmax",
+}
+if hasattr(nn, "RMSNorm"):
+    _MODULE_OPS[nn.RMSNorm] = "rms_norm"
+
+
+def _op_name(node: torch.fx.Node, root: nn.Module) -> tuple[str, str]:
+    """(normalised op name, printable target)."""
+    if node.op == "call_module":
+        module = root.get_submodule(node.target)
+        name = _MODULE_OPS.get(type(module), type(module).__name__)
+        return name, f"module:{type(module).__name__}"
+    if node.op == "call_method":
+        return node.target, f"method:{node.target}"
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return target.overloadpacket.__name__, str(target)
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return target.__name__, str(target)
+    name = getattr(target, "__name__", str(target))
+    return _PY_OPS.get(name, name), f"{getattr(target, '__module__', '') or ''}.{name}".lstrip(".")
+
+
+def _scalars(node: torch.fx.Node, op: str, root: nn.Module) -> dict[str, Any]:
+    """The non-tensor arguments the rules need (causal flag, dropout p and mode)."""
+    out: dict[str, Any] = {}
+    if node.op == "call_module":
+        module = root.get_submodule(node.target)
+        if isinstance(module, nn.Dropout):
+            out.update(p=module.p, train=module.training)
+        return out
+    kwargs = dict(node.kwargs)
+    if isinstance(node.target, torch._ops.OpOverload):
+        names = [a.name for a in node.target._schema.arguments]
+        kwargs.update({names[i]: a for i, a in enumerate(node.args) if i < len(names)})
+    if op == "scaled_dot_product_attention":
+        out["is_causal"] = kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False)
+    elif op in ("dropout", "native_dropout"):
+        out["p"] = kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
+        out["train"] = kwargs.get("train", kwargs.get("training", node.args[2] if len(node.args) > 2 else True))
+    return {k: v for k, v in out.items() if not isinstance(v, torch.fx.Node)}
+
+
+def _tensor_args(node: torch.fx.Node) -> list[torch.fx.Node]:
+    found: list[torch.fx.Node] = []
+    torch.fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+    return found
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Ref:
+    """What the capture knows about one value flowing through the graph."""
+
+    metas: tuple[TensorMeta | None, ...]
+    storages: tuple[str, ...]
+    param: str | None
+    requires_grad: bool
+    contiguous: bool = True
+
+
+_VIEWLIKE = frozenset(
+    "view _unsafe_view alias t transpose permute unsqueeze squeeze select slice split split_with_sizes "
+    "chunk unbind getitem detach flatten unflatten as_strided narrow movedim view_as expand expand_as".split()
+)
+_NON_DIFFERENTIABLE = frozenset("detach eq ne lt gt le ge argmax argmin arange zeros ones full empty".split())
+
+
+# ---- capture ----------------------------------------------------------------------------------
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(err).__name__
+    # torch.export names the user frame that broke capture on a later line; quote it too
+    frame = next((ln for ln in lines[1:] if ln.startswith(("File ", "  File")) or ".py\", line" in ln), "")
+    quoted = f"{type(err).__name__}: {text[:300]}"
+    return f"{quoted} ({frame[:200]})" if frame else quoted
+
+
+class _LeafTracer(torch.fx.Tracer):
+    def __init__(self, leaves: tuple[type, ...]) -> None:
+        super().__init__()
+        self._leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, self._leaves) or super().is_leaf_module(m, qualname)
+
+
+def _capture_fx(model: nn.Module, inputs: tuple[Any, ...], leaves: tuple[type, ...]) -> torch.fx.GraphModule:
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    tracer = _LeafTracer(leaves)
+    graph = tracer.trace(model)
+    gm = torch.fx.GraphModule(tracer.root, graph)
+    meta_inputs = [x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs]
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*meta_inputs)
+    return gm
+
+
+def _capture(model: nn.Module, inputs: tuple[Any, ...], leaves: tuple[type, ...], method: str):
+    export_error: BaseException | None = None
+    if method in ("auto", "export") and not leaves:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ep = torch.export.export(model, inputs, strict=False)
+            return EXPORT, ep.graph_module, dict(ep.graph_signature.inputs_to_parameters), ep, None
+        except Exception as err:  # any capture failure: try the fallback, then report both
+            export_error = err
+            if method == "export":
+                raise _untraceable(model, export_error, None) from err
+    try:
+        gm = _capture_fx(model, inputs, leaves)
+    except Exception as err:
+        raise _untraceable(model, export_error, err) from err
+    return FX, gm, {}, None, export_error
+
+
+def _untraceable(model: nn.Module, export_error: BaseException | None, fx_error: BaseException | None) -> ParplanError:
+    parts = []
+    if export_error is not None:
+        parts.append(f"torch.export failed: {_first_line(export_error)}")
+    if fx_error is not None:
+        parts.append(f"torch.fx.symbolic_trace failed: {_first_line(fx_error)}")
+    return ParplanError(
+        f"cannot capture {type(model).__name__}: " + "; ".join(parts) + ". "
+        "Fix: move the data-dependent or untraceable code into its own nn.Module and mark it a "
+        "leaf with parplan.trace.trace(model, inputs, leaf_modules=(ThatModule,)) "
+        "(CLI: --leaf package.module.ThatModule); a leaf is kept as one opaque operator. "
+        "For a free function, decorate it with torch.fx.wrap."
+    )
+
+
+# ---- main entry -------------------------------------------------------------------------------
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: tuple[Any, ...] | Any,
+    *,
+    leaf_modules: Iterable[type] = (),
+    method: str = "auto",
+) -> TracedGraph:
+    """Trace `model` on `example_inputs` into a costed operator DAG (see `TracedGraph`).
+
+    Build the model and inputs on the meta device to avoid materialising weights.
+    `method`: "auto" (export, then fx), "export" or "fx". Operators without a FLOP rule
+    raise an `UnknownOperatorWarning` listing them.
+    """
+    if method not in ("auto", "export", "fx"):
+        raise ParplanError(f"method={method!r} is not a capture method; use auto, export or fx")
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    leaves = tuple(leaf_modules)
+    started = time.perf_counter()
+    capture, gm, inputs_to_params, program, export_error = _capture(model, inputs, leaves, method)
+    seconds = time.perf_counter() - started
+    notes: list[str] = []
+    if capture == FX and export_error is not None:
+        notes.append(f"torch.export failed ({_first_line(export_error)}); fell back to torch.fx.symbolic_trace")
+    elif capture == FX:
+        notes.append("captured with torch.fx.symbolic_trace (leaf modules requested)")
+    traced = _build(model, gm, inputs_to_params, capture, seconds, notes)
+    if traced.unknown_ops:
+        warnings.warn(
+            f"no FLOP rule for {len(traced.unknown_ops)} operator kind(s): {', '.join(traced.unknown_ops)}; "
+            f"they are costed from bytes moved only (FLOPs counted as 0 — check they are not compute-heavy)",
+            UnknownOperatorWarning,
+            stacklevel=2,
+        )
+    object.__setattr__(traced, "program", gm)
+    return traced
+
+
+def _moe_notes(model: nn.Module) -> list[str]:
+    notes = []
+    for path, module in model.named_modules():
+        load = getattr(module, "parplan_expected_load", None)
+        if load:
+            notes.append(
+                f"MoE {path or type(module).__name__}: each of {load['experts']} experts is costed at its "
+                f"expected load, tokens x top_k {load['top_k']} / experts x capacity_factor "
+                f"{load['capacity_factor']} (routing is data-dependent and cannot run on meta tensors)"
+            )
+    if len(notes) > 3:  # one line per MoE layer is noise; keep the first and a count
+        notes = [notes[0], f"... and {len(notes) - 1} more MoE layers with the same assumption"]
+    return notes
+
+
+def _build(
+    model: nn.Module,
+    gm: torch.fx.GraphModule,
+    inputs_to_params: dict[str, str],
+    capture: str,
+    seconds: float,
+    notes: list[str],
+) -> TracedGraph:
+    # Canonical parameter names: tied parameters (one tensor, two names) are one parameter.
+    canonical: dict[int, str] = {}
+    param_objs: dict[str, nn.Parameter] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        canonical.setdefault(id(p), name)
+        param_objs[name] = p
+    all_params = {canonical[id(p)]: p for p in param_objs.values()}
+
+    refs: dict[str, _Ref] = {}
+    calls: list[tuple[torch.fx.Node, OpCall, str, tuple, _Ref]] = []
+    graph = nx.DiGraph()
+
+    for node in gm.graph.nodes:
+        value = _node_value(node)
+        if node.op == "placeholder":
+            meta = _tensor_meta(value)
+            fqn = inputs_to_params.get(node.name)
+            param = canonical[id(param_objs[fqn])] if fqn in param_objs else None
+            rg = bool(all_params[param].requires_grad) if param else bool(getattr(value, "requires_grad", False))
+            refs[node.name] = _Ref(metas=(meta,), storages=(param or node.name,), param=param, requires_grad=rg)
+            continue
+        if node.op == "get_attr":
+            target = node.target
+            param = canonical.get(id(param_objs[target])) if target in param_objs else None
+            obj = getattr(gm, target, None) if param is None else all_params[param]
+            meta = _tensor_meta(obj) or _tensor_meta(value)
+            rg = bool(param and all_params[param].requires_grad)
+            refs[node.name] = _Ref(metas=(meta,), storages=(param or node.name,), param=param, requires_grad=rg)
+            continue
+        if node.op == "output":
+            continue
+
+        op, target_str = _op_name(node, gm)
+        arg_nodes = [n for n in _tensor_args(node) if n.name in refs]
+        # getitem picks one output of a multi-output op
+        if op == "getitem" and arg_nodes and len(refs[arg_nodes[0].name].metas) > 1 and isinstance(node.args[1], int):
+            parent = refs[arg_nodes[0].name]
+            i = node.args[1]
+            refs[node.name] = _Ref(
+                metas=(parent.metas[i],), storages=(parent.storages[i],), param=parent.param,
+                requires_grad=parent.requires_grad and parent.metas[i] is not None
+                and parent.metas[i].dtype.startswith(("float", "bfloat")),
+            )
+            continue
+
+        values = _flatten_values(value)
+        metas = tuple(_tensor_meta(v) for v in values)
+        if not any(m is not None for m in metas):
+            # a shape or scalar computation (x.size(), sym ints): no tensor work
+            refs[node.name] = _Ref(metas=(None,), storages=(node.name,), param=None, requires_grad=False)
+            continue
+
+        tensors: list[ArgTensor] = []
+        module_params: list[str] = []
+        for n in arg_nodes:
+            r = refs[n.name]
+            if r.metas[0] is None:
+                continue
+            tensors.append(ArgTensor(meta=r.metas[0], storage=r.storages[0], storage_bytes=0,
+                                     param=r.param, requires_grad=r.requires_grad))
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            for pname, p in module.named_parameters():
+                full = canonical.get(id(p), f"{node.target}.{pname}")
+                meta = _tensor_meta(p)
+                tensors.append(ArgTensor(meta=meta, storage=full, storage_bytes=meta.nbytes,
+                                         param=full, requires_grad=p.requires_grad))
+                module_params.append(full)
+            if op == "embedding":  # module inputs are (indices); rules expect (weight, indices)
+                tensors = tensors[1:] + tensors[:1]
+
+        viewlike = op in _VIEWLIKE
+        base = refs[arg_nodes[0].name] if (viewlike and arg_nodes) else None
+        rg = (
+            op not in _NON_DIFFERENTIABLE
+            and any(t.requires_grad for t in tensors)
+            and any(m is not None and m.dtype.startswith(("float", "bfloat")) for m in metas)
+        )
+        storages = tuple(base.storages[0] if base else (node.name if len(metas) == 1 else f"{node.name}.{i}")
+                         for i in range(len(metas)))
+        refs[node.name] = _Ref(
+            metas=metas, storages=storages, param=base.param if base else None, requires_grad=rg,
+        )
+        stack = node.meta.get("nn_module_stack") or {}
+        stack_items = tuple((path, _short_class(cls)) for path, cls in stack.values())
+        if node.op == "call_module" and (not stack_items or stack_items[-1][0] != node.target):
+            stack_items += ((node.target, type(gm.get_submodule(node.target)).__name__),)
+        input_value = _node_value(arg_nodes[0]) if arg_nodes else None
+        call = OpCall(
+            name=node.name,
+            op=op,
+            tensors=tuple(tensors),
+            outputs=tuple(m for m in metas if m is not None),
+            scalars=_scalars(node, op, gm),
+            input_contiguous=_is_contiguous(input_value),
+        )
+        calls.append((node, call, target_str, stack_items, refs[node.name]))
+
+    # storage sizes: a view's storage is its base's
+    storage_bytes: dict[str, int] = {}
+    for r in refs.values():  # program order: a base is seen before its views
+        for s, m in zip(r.storages, r.metas):
+            if m is not None:
+                storage_bytes.setdefault(s, m.nbytes)
+    for p, obj in all_params.items():
+        storage_bytes[p] = obj.numel() * obj.element_size()
+
+    # gradient accumulation: a tensor used by k > 1 differentiable consumers sums k gradients
+    consumers: dict[str, int] = defaultdict(int)
+    for node, call, *_ in calls:
+        for n in {a.name for a in _tensor_args(node)}:
+            r = refs.get(n)
+            if r is not None and r.requires_grad and r.param is None and call.op not in ("getitem",):
+                consumers[n] += 1
+
+    attributed: set[str] = set()
+    nodes: list[OpNode] = []
+    members: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    classes: dict[str, str] = {}
+    node_paths: list[tuple[str, ...]] = []
+    unknown: set[str] = set()
+    for node, call, target_str, stack_items, ref in calls:
+        call = replace(call, tensors=tuple(replace(t, storage_bytes=storage_bytes.get(t.storage, t.meta.nbytes))
+                                           for t in call.tensors))
+        result = apply_rule(call)
+        if result.kind is OpKind.UNKNOWN:
+            unknown.add(call.op)
+        params = []
+        for t in call.tensors:
+            if t.param is not None and t.param not in attributed:
+                attributed.add(t.param)
+                params.append(t.param)
+        extra_i = 0
+        if consumers.get(node.name, 0) > 1:
+            extra_i = (consumers[node.name] - 1) * 3 * call.outputs[0].nbytes
+        p_bytes = sum(storage_bytes[p] for p in params)
+        p_count = sum(all_params[p].numel() for p in params if p in all_params)
+        shapes = tuple((t.meta.shape, t.meta.dtype, t.param is not None) for t in call.tensors)
+        signature = f"{target_str}|{shapes}|{sorted(call.scalars.items())}|rg={[t.requires_grad for t in call.tensors]}"
+        path, cls = stack_items[-1] if stack_items else ("", type(model).__name__)
+        op_node = OpNode(
+            name=node.name,
+            op=call.op,
+            target=target_str,
+            kind=result.kind,
+            module_path=path,
+            module_class=cls,
+            inputs=tuple(t.meta for t in call.tensors),
+            outputs=call.outputs,
+            forward_flops=result.forward_flops,
+            backward_input_flops=result.backward_input_flops,
+            backward_weight_flops=result.backward_weight_flops,
+            bytes_read=result.bytes_read,
+            bytes_written=result.bytes_written,
+            backward_input_bytes=result.backward_input_bytes + extra_i,
+            backward_weight_bytes=result.backward_weight_bytes,
+            param_bytes=p_bytes,
+            param_count=p_count,
+            params=tuple(params),
+            saved=tuple(dict(result.saved).items()),
+            gemms=result.gemms,
+            attention=result.attention,
+            requires_grad=ref.requires_grad,
+            signature=signature,
+        )
+        nodes.append(op_node)
+        key = (call.op, shapes, tuple(m.shape for m in call.outputs))
+        for p, c in stack_items:
+            members[p].append((repr(key), result.forward_flops))
+            classes.setdefault(p, c)
+        node_paths.append(tuple(p for p, _ in stack_items))
+
+    blocks, instance_block = find_repeated_blocks(members, classes)
+    tagged: list[OpNode] = []
+    for op_node, paths in zip(nodes, node_paths):
+        instance = next((p for p in paths if p in instance_block), None)
+        if instance is not None:
+            op_node = replace(op_node, block=instance_block[instance], block_instance=instance)
+        tagged.append(op_node)
+        graph.add_node(op_node.name, op=op_node)
+
+    producer = {n.name for n in tagged}
+    for node, call, *_ in calls:
+        for arg in {a.name for a in _tensor_args(node)}:
+            if arg in producer:
+                m = refs[arg].metas[0]
+                graph.add_edge(arg, node.name, bytes=m.nbytes if m is not None else 0)
+    assert nx.is_directed_acyclic_graph(graph), "a captured program is always acyclic"
+
+    unattributed = tuple(sorted(set(all_params) - attributed))
+    return TracedGraph(
+        graph=graph,
+        nodes=tuple(tagged),
+        capture=capture,
+        capture_seconds=seconds,
+        param_count=sum(p.numel() for p in all_params.values()),
+        param_bytes=sum(p.numel() * p.element_size() for p in all_params.values()),
+        unattributed_params=unattributed,
+        unknown_ops=tuple(sorted(unknown)),
+        blocks=tuple(blocks),
+        notes=tuple(notes + _moe_notes(model)),
+        storage_bytes=storage_bytes,
+    )
