@@ -72,7 +72,7 @@ class Action:
     @classmethod
     def parse(cls, text: str) -> "Action":
         text = text.strip()
-        if m := _COMPOUND.match(text):
+        if (m := _COMPOUND.match(text)) and ";" in m.group(1):
             return cls.overlap(*(cls.parse(part) for part in m.group(1).split(";")))
         if m := _ATOM.match(text):
             return cls(int(m.group(1)), Kind(m.group(2)), int(m.group(3)))

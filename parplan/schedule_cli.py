@@ -1,0 +1,208 @@
+"""`parplan schedule` and `parplan compare`: build, simulate and compare pipeline schedules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from parplan.baselines import BASELINES
+from parplan.compare import ComparisonRow, compare, rank_share_costs
+from parplan.costs import parse_cost_spec
+from parplan.errors import ParplanError
+from parplan.io import check_writable, write_outputs
+
+__all__ = ["add_parsers"]
+
+_SCHEDULE_NAMES = (*BASELINES, "mip")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: must be >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: must be > 0")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ranks", "-n", type=_positive_int, required=True, help="pipeline ranks N")
+    p.add_argument("--microbatches", "-m", type=_positive_int, required=True, help="micro-batches M per step")
+    p.add_argument("--chunks", "-v", type=_positive_int, default=None,
+                   help="stage chunks per rank for interleaved-1f1b (default 2)")
+    p.add_argument("--cost", default="F=1,I=1,W=1,C=0",
+                   help="costs of one rank's share of the model per micro-batch: F, I, W (or B), "
+                        "FB (overlapped F&B cell, default F+B), C (transfer between ranks); default %(default)s")
+    mip = p.add_argument_group("MIP options (schedule 'mip')")
+    mip.add_argument("--memory-limit", default=None,
+                     help="activation cap per rank: units of one rank-share activation per micro-batch, "
+                          "or match:NAME for a baseline's peak (e.g. match:dualpipe)")
+    mip.add_argument("--time-limit", type=_positive_float, default=60.0, help="solver seconds (default 60)")
+    mip.add_argument("--placement", choices=("dualpipe", "v", "loop", "auto"), default="auto",
+                     help="stage-to-rank map for the MIP (default auto: try each, keep the best)")
+    mip.add_argument("--solver", choices=("cpsat", "highs"), default="cpsat")
+    mip.add_argument("--seed", type=int, default=0)
+    mip.add_argument("--workers", type=_positive_int, default=2)
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("schedule", help="print one schedule's per-rank order",
+                       description="Build one schedule and print it as text, PyTorch CSV or JSON.")
+    p.add_argument("name", help=f"one of: {', '.join(_SCHEDULE_NAMES)}")
+    _add_common(p)
+    p.add_argument("--format", choices=("text", "csv", "json"), default="text")
+    p.add_argument("-o", "--output", default=None, help="write to FILE instead of stdout")
+    p.set_defaults(func=run_schedule)
+
+    p = sub.add_parser("compare", help="simulate schedules under one cost model and compare bubbles",
+                       description="Simulate schedules on the same costs; print makespan, bubbles, memory.")
+    _add_common(p)
+    p.add_argument("--schedules", default=",".join(BASELINES),
+                   help="comma-separated names (default: all eight baselines; add 'mip' for the solver)")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
+    p.add_argument("--gantt", default=None, help="also draw the schedules stacked on one time axis (.png/.svg)")
+    p.set_defaults(func=run_compare)
+
+    p = sub.add_parser("demo", help="the bundled default: compare all eight baselines on 8 ranks x 20 micro-batches",
+                       description="Compare the eight expert schedules on 8 ranks × 20 micro-batches at unit "
+                                   "costs and draw them stacked on one time axis.")
+    p.add_argument("--gantt", default="parplan-demo.png", help="chart file (default %(default)s)")
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args) -> int:
+    parser = argparse.ArgumentParser(prog="parplan demo")
+    sub = parser.add_subparsers(dest="command")
+    add_parsers(sub)
+    compare_args = parser.parse_args(["compare", "--ranks", "8", "--microbatches", "20", "--gantt", args.gantt])
+    code = run_compare(compare_args)
+    print(f"Gantt chart written to {args.gantt}")
+    return code
+
+
+def _mip_options(args) -> dict:
+    options = {"placement": args.placement, "time_limit": args.time_limit, "seed": args.seed,
+               "workers": args.workers, "solver": args.solver}
+    if sys.stderr.isatty():
+        options["progress"] = _print_progress
+    return options
+
+
+def _print_progress(event) -> None:
+    gap = "n/a" if event.gap is None else f"{event.gap:.1%}"
+    print(f"\r  MIP  incumbent {event.incumbent:.4g}  bound {event.bound:.4g}  gap {gap}  "
+          f"elapsed {event.elapsed:.1f}s   ", end="", file=sys.stderr, flush=True)
+
+
+def _rows(args, names: list[str]) -> list[ComparisonRow]:
+    if args.chunks is not None and "interleaved-1f1b" not in names and len(names) > 1:
+        print(f"parplan {args.command}: note: --chunks applies only to interleaved-1f1b; ignored",
+              file=sys.stderr)
+    rows = compare(
+        names, num_ranks=args.ranks, num_microbatches=args.microbatches, cost_spec=parse_cost_spec(args.cost),
+        num_chunks=args.chunks, memory_limit=args.memory_limit,
+        mip_options=_mip_options(args) if "mip" in names else None,
+    )
+    if "mip" in names and sys.stderr.isatty():
+        print(file=sys.stderr)
+    return rows
+
+
+def _gantt_format(path: str) -> str:
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in ("png", "svg"):
+        raise ParplanError(f"--gantt {path!r}: the file must end in .png or .svg")
+    return suffix
+
+
+def run_schedule(args) -> int:
+    check_writable(args.output, "-o")
+    if args.name not in _SCHEDULE_NAMES:
+        raise ParplanError(f"unknown schedule {args.name!r}; choose one of {', '.join(_SCHEDULE_NAMES)}")
+    (row,) = _rows(args, [args.name])
+    schedule = row.schedule
+    if args.format == "csv":
+        text = schedule.to_csv()
+    elif args.format == "json":
+        data = schedule.to_dict()
+        data["simulation"] = row.to_dict()
+        text = json.dumps(data, indent=1) + "\n"
+    else:
+        text = schedule.to_text()
+    if args.output:
+        write_outputs({args.output: text})
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def run_compare(args) -> int:
+    names = [n.strip() for n in args.schedules.split(",") if n.strip()]
+    if not names:
+        raise ParplanError("--schedules is empty; name at least one schedule, e.g. --schedules 1f1b,dualpipe")
+    fmt = _gantt_format(args.gantt) if args.gantt else None
+    check_writable(args.gantt, "--gantt")
+    rows = _rows(args, names)
+    outputs = {}
+    if args.gantt:
+        from parplan.gantt import render_gantt
+
+        title = f"{args.ranks} ranks × {args.microbatches} micro-batches, cost {args.cost}"
+        outputs[args.gantt] = render_gantt([r.simulation for r in rows], fmt=fmt, title=title)
+    if args.json:
+        report = json.dumps([r.to_dict() for r in rows], indent=1) + "\n"
+    else:
+        report = format_table(rows)
+    write_outputs(outputs)
+    sys.stdout.write(report)
+    return 0
+
+
+def format_table(rows: list[ComparisonRow]) -> str:
+    header = ["schedule", "makespan", "bubble ratio", "max bubble/rank", "mean bubble/rank",
+              "peak act (max rank)", "param copies/rank"]
+    with_fit = any(r.fits is not None for r in rows)
+    if with_fit:
+        header.append("fits cap")
+    body = []
+    for row in rows:
+        d = row.to_dict()
+        cells = [
+            d["schedule"], f"{d['makespan']:.4g}", f"{d['bubble_ratio']:.2%}", f"{d['max_bubble']:.4g}",
+            f"{d['mean_bubble']:.4g}", f"{max(d['peak_activations_per_rank']):.4g}",
+            f"{max(d['params_per_rank']):.3g}",
+        ]
+        if with_fit:
+            cells.append("-" if row.fits is None else ("yes" if row.fits else "NO"))
+        body.append(cells)
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [line(header), line(["-" * w for w in widths])] + [line(c) for c in body]
+    for row in rows:
+        if row.solver:
+            s = row.solver
+            gap = "n/a" if s.get("gap") is None else f"{s['gap']:.2%}"
+            out.append(f"{row.schedule.name}: status {s.get('status')}, objective {s.get('objective'):.4g}, "
+                       f"bound {s.get('bound'):.4g}, gap {gap}, {s.get('solve_seconds'):.1f}s, "
+                       f"placement {s.get('placement')}, warm start {s.get('warm_start')}")
+            out += [f"  note: {n}" for n in s.get("notes", [])]
+    out.append("units: time and memory per the cost spec; activations and params in one rank-share "
+               "(a 1F1B stage) per micro-batch")
+    return "\n".join(out) + "\n"
+
+
+# Re-exported for the Python API of later passes.
+__all__ += ["format_table", "rank_share_costs"]
