@@ -277,6 +277,15 @@ def _dropout(call: OpCall) -> RuleResult:
     )
 
 
+def _softmax(call: OpCall) -> RuleResult:
+    """Rows longer than 1024 do not fit PyTorch's one-pass (persistent) softmax kernel: the
+    input is read once for the row max/sum and again to normalise."""
+    result = _memory("output", grad_reads=2)(call)
+    if call.tensors and call.tensors[0].meta.shape and call.tensors[0].meta.shape[-1] > 1024:
+        result.bytes_read += call.tensors[0].meta.nbytes
+    return result
+
+
 def _reduction(call: OpCall) -> RuleResult:
     read, written = _io_bytes(call)
     i_b, w_b = _split_grad_bytes(call, lambda t: t.meta.nbytes + written)
@@ -346,7 +355,7 @@ _RULES: dict[str, Callable[[OpCall], RuleResult]] = {
     "dropout": _dropout, "native_dropout": _dropout,
     "add": _passthrough, "sub": _passthrough, "add_": _passthrough,
     "mul": _memory("inputs", grad_reads=2), "div": _memory("inputs", grad_reads=2),
-    "softmax": _memory("output", grad_reads=2), "_softmax": _memory("output", grad_reads=2),
+    "softmax": _softmax, "_softmax": _softmax,
     "log_softmax": _memory("output", grad_reads=2), "_log_softmax": _memory("output", grad_reads=2),
     "sum": _reduction, "mean": _reduction, "amax": _reduction, "max": _reduction,
     "cat": _copy_like, "pad": _copy_like, "constant_pad_nd": _copy_like, "_to_copy": _copy_like,
