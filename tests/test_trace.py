@@ -1,0 +1,228 @@
+"""Tracing: capture method, per-op F/I/W split, memory accounting, repeated blocks, errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import networkx as nx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from parplan.errors import ParplanError
+from parplan.trace import OpKind, UnknownOperatorWarning, trace
+from parplan.zoo import build
+
+
+def _gpt(**kw):
+    opts = dict(vocab=101, hidden=64, heads=4, layers=3, max_positions=64)
+    opts.update(kw)
+    return build("gpt", batch=2, seq=24, **opts)
+
+
+def test_export_on_meta_allocates_no_weights():
+    z = _gpt()
+    assert all(p.is_meta for p in z.model.parameters())
+    t = trace(z.model, z.example_inputs)
+    assert t.capture == "torch.export"
+    assert t.capture_seconds > 0
+    assert nx.is_directed_acyclic_graph(t.graph) and t.graph.number_of_nodes() == len(t.nodes)
+
+
+def test_linear_splits_backward_into_dgrad_and_wgrad_and_param_free_ops_have_no_w():
+    t = trace(*_args(_gpt()))
+    fc = next(n for n in t.nodes if n.module_path == "h.0.mlp.fc")
+    tokens, d = 2 * 24, 64
+    assert fc.forward_flops == 2 * tokens * d * 4 * d
+    assert fc.backward_input_flops == fc.forward_flops  # dX = dY W
+    assert fc.backward_weight_flops == fc.forward_flops  # dW = dY^T X
+    for n in t.nodes:
+        if not n.params and n.kind is not OpKind.MATMUL:
+            assert n.backward_weight_flops == 0 and n.backward_weight_bytes == 0, n.name
+    sdpa = next(n for n in t.nodes if n.kind is OpKind.ATTENTION)
+    assert sdpa.backward_weight_flops == 0 and sdpa.backward_input_flops == 2 * sdpa.forward_flops
+
+
+def _args(z):
+    return z.model, z.example_inputs
+
+
+def test_first_layer_on_raw_input_has_no_input_gradient():
+    model = nn.Sequential(nn.Linear(12, 20), nn.GELU(), nn.Linear(20, 7)).to("meta")
+    t = trace(model, (torch.zeros(5, 12, device="meta"),))
+    first, second = [n for n in t.nodes if n.op == "linear"]
+    assert first.backward_input_flops == 0 and first.backward_weight_flops == 2 * 5 * 12 * 20
+    assert second.backward_input_flops == second.backward_weight_flops == 2 * 5 * 20 * 7
+
+
+def test_causal_attention_counts_half_the_pairs_and_unequal_lengths():
+    class Attn(nn.Module):
+        def __init__(self, causal):
+            super().__init__()
+            self.causal = causal
+
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+
+    q = torch.zeros(2, 3, 16, 8, device="meta")
+    full = trace(Attn(False), (q, q, q)).nodes[0]
+    causal = trace(Attn(True), (q, q, q)).nodes[0]
+    assert full.forward_flops == 4 * 2 * 3 * 16 * 16 * 8
+    assert causal.forward_flops == 4 * 2 * 3 * (16 * 17 // 2) * 8
+    kv = torch.zeros(2, 3, 40, 8, device="meta")
+    cross = trace(Attn(False), (q, kv, kv)).nodes[0]
+    assert cross.forward_flops == 4 * 2 * 3 * 16 * 40 * 8
+
+
+def test_tied_embedding_is_attributed_once():
+    z = _gpt()
+    t = trace(*_args(z))
+    owners = [n for n in t.nodes if "wte.weight" in n.params or "lm_head.weight" in n.params]
+    assert len(owners) == 1
+    assert t.param_bytes == sum(p.numel() * 2 for p in z.model.parameters())  # bf16, tied counted once
+
+
+def test_saved_activations_count_each_storage_once():
+    t = trace(*_args(_gpt(layers=1)))
+    sdpa = next(n for n in t.nodes if n.kind is OpKind.ATTENTION)
+    qkv = next(n for n in t.nodes if n.module_path == "h.0.attn.qkv")
+    storages = [s for s, _ in sdpa.saved]
+    # q, k and v are views of one qkv output: one storage of 3 x [tokens, hidden] bf16
+    assert storages.count(qkv.name) == 1
+    assert dict(sdpa.saved)[qkv.name] == 2 * 24 * 3 * 64 * 2
+    assert t.saved_bytes({sdpa.name}) == sdpa.saved_bytes
+
+
+def test_input_shared_by_q_k_v_linears_is_saved_once():
+    z = build("llama", batch=2, seq=12, vocab=50, hidden=32, heads=4, kv_heads=2, layers=1, intermediate=40)
+    t = trace(*_args(z))
+    q, k, v = (next(n for n in t.nodes if n.module_path == f"layers.0.attn.{x}") for x in "qkv")
+    assert q.saved == k.saved == v.saved and len(q.saved) == 1
+    names = {q.name, k.name, v.name}
+    assert t.saved_bytes(names) == q.saved_bytes == 2 * 12 * 32 * 2
+    assert t.saved_bytes() < sum(n.saved_bytes for n in t.nodes)
+
+
+def test_repeated_blocks_are_tagged_per_tower():
+    z = build("two-tower", batch=2, seq=9, image_size=16, patch=8, vision_hidden=32, vision_heads=2,
+              vision_layers=3, vocab=50, hidden=48, heads=4, layers=2)
+    t = trace(*_args(z))
+    by_class = {b.module_class: b for b in t.blocks}
+    assert len(by_class["VisionLayer"].instances) == 3
+    assert len(by_class["TextLayer"].instances) == 2
+    tagged = [n for n in t.nodes if n.block_instance == "vision.layers.1"]
+    assert tagged and all(t.blocks[n.block].module_class == "VisionLayer" for n in tagged)
+    # identical instances cost the same
+    per = {}
+    for n in t.nodes:
+        if n.block is not None and t.blocks[n.block].module_class == "TextLayer":
+            per[n.block_instance] = per.get(n.block_instance, 0) + n.forward_flops
+    assert len(set(per.values())) == 1 and by_class["TextLayer"].forward_flops_per_instance == next(iter(per.values()))
+
+
+def test_blocks_with_different_shapes_are_not_merged():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+            self.b = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+            self.c = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+
+        def forward(self, x):
+            return self.c(self.b(self.a(x)))
+
+    t = trace(Net().to("meta"), (torch.zeros(3, 8, device="meta"),))
+    seq_blocks = [b for b in t.blocks if b.module_class == "Sequential"]
+    assert [b.instances for b in seq_blocks] == [("a", "b")]
+
+
+def test_two_tower_dag_is_branchy():
+    z = build("two-tower", batch=1, seq=8, image_size=16, patch=8, vision_hidden=32, vision_heads=2,
+              vision_layers=1, vocab=50, hidden=48, heads=4, layers=3)
+    t = trace(*_args(z))
+    proj = next(n for n in t.nodes if n.module_path == "vision.proj")
+    consumers = {t.node(v).module_path for v in t.graph.successors(proj.name)}
+    # the image tokens feed the keys and values of every text layer's cross-attention
+    assert {f"layers.{i}.cross_attn.{kv}" for i in range(3) for kv in "kv"} <= consumers
+
+
+def test_unknown_operator_is_warned_and_costed_from_bytes():
+    class Net(nn.Module):
+        def forward(self, x):
+            return torch.cumsum(x, dim=-1) * 2
+
+    with pytest.warns(UnknownOperatorWarning, match="cumsum"):
+        t = trace(Net(), (torch.zeros(4, 32, device="meta"),))
+    node = next(n for n in t.nodes if n.op == "cumsum")
+    assert node.kind is OpKind.UNKNOWN and node.bytes_read == 4 * 32 * 4 and node.bytes_written == 4 * 32 * 4
+    assert t.unknown_ops == ("cumsum",)
+
+
+def test_untraceable_model_names_the_construct_and_the_leaf_fix():
+    class Router(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent Python control flow
+                return x * 2
+            return x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.router = Router()
+            self.lin = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.lin(self.router(x))
+
+    with pytest.raises(ParplanError) as info:
+        trace(Net().to("meta"), (torch.zeros(2, 8, device="meta"),))
+    msg = str(info.value)
+    assert "torch.export failed" in msg and "torch.fx.symbolic_trace failed" in msg
+    assert "leaf_modules=(ThatModule,)" in msg
+    assert "control flow" in msg or "data-dependent" in msg.lower() or "Could not guard" in msg
+
+
+def test_fx_fallback_is_used_and_reported_when_export_fails():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 6)
+
+        def forward(self, x):
+            if torch.compiler.is_exporting():
+                raise RuntimeError("this model refuses torch.export")
+            return F.gelu(self.lin(x))
+
+    x = torch.zeros(5, 8, device="meta", requires_grad=True)
+    t = trace(Net().to("meta"), (x,))
+    assert t.capture == "torch.fx.symbolic_trace"
+    assert any("fell back" in note and "refuses torch.export" in note for note in t.notes)
+    lin = next(n for n in t.nodes if n.op == "linear")
+    assert (lin.forward_flops, lin.backward_input_flops, lin.backward_weight_flops) == (480, 480, 480)
+    assert lin.module_path == "lin" and lin.param_count == 8 * 6 + 6
+
+
+def test_leaf_module_is_one_opaque_operator():
+    class Opaque(nn.Module):
+        def forward(self, x):
+            return x.flip(-1)
+
+    model = nn.Sequential(nn.Linear(4, 4), Opaque()).to("meta")
+    with pytest.warns(UnknownOperatorWarning, match="Opaque"):
+        t = trace(model, (torch.zeros(3, 4, device="meta"),), leaf_modules=(Opaque,))
+    assert t.capture == "torch.fx.symbolic_trace"
+    assert [n.op for n in t.nodes] == ["linear", "Opaque"]
+
+
+def test_fx_and_export_agree_on_a_zoo_model():
+    z = build("llama", batch=2, seq=12, vocab=50, hidden=32, heads=4, kv_heads=2, layers=2, intermediate=40)
+    exported = trace(*_args(z), method="export")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fx = trace(*_args(z), method="fx")
+    assert fx.capture == "torch.fx.symbolic_trace"
+    assert fx.forward_flops == exported.forward_flops
+    assert fx.backward_input_flops == exported.backward_input_flops
+    assert fx.backward_weight_flops == exported.backward_weight_flops
+    assert fx.param_count == exported.param_count
