@@ -41,6 +41,7 @@ __all__ = [
     "fit",
     "fit_overlap",
     "fitted_constants",
+    "calibration_loss",
 ]
 
 H100_DATA = Path(__file__).with_name("data") / "h100"
@@ -217,7 +218,7 @@ def _get(gpu: GPUProfile, name: str) -> float:
     return getattr(gpu, name) if name in _TOP_LEVEL else getattr(gpu.efficiency, name)
 
 
-def _loss(probes: list[Probe], gpu: GPUProfile) -> float:
+def calibration_loss(probes: list[Probe], gpu: GPUProfile) -> float:
     by: dict[str, list[float]] = {}
     for p in probes:
         measured = p.record["median_us"] * 1e-6
@@ -236,7 +237,7 @@ def fit(probes: list[Probe], start: GPUProfile, *, sweeps: int = 4, steps: int =
             centre = _get(gpu, name)
             a, b = max(lo, centre - span[name] / 2), min(hi, centre + span[name] / 2)
             grid = [a + (b - a) * i / steps for i in range(steps + 1)]
-            best = min(grid, key=lambda v: _loss(probes, _with(gpu, name, v)))
+            best = min(grid, key=lambda v: calibration_loss(probes, _with(gpu, name, v)))
             gpu = _with(gpu, name, best)
             span[name] /= 3
     return gpu
