@@ -442,6 +442,7 @@ def _build(
             gemms=result.gemms,
             attention=result.attention,
             requires_grad=ref.requires_grad,
+            input_flags=tuple((t.param is not None, t.requires_grad) for t in call.tensors),
             signature=signature,
         )
         nodes.append(op_node)

@@ -75,6 +75,8 @@ class OpNode:
     gemms: tuple[GemmShape, ...] = ()
     attention: AttentionShape | None = None
     requires_grad: bool = False
+    # per entry of `inputs`: (is a parameter, requires grad); measured mode replays with these
+    input_flags: tuple[tuple[bool, bool], ...] = ()
     signature: str = ""
     block: int | None = None  # index into TracedGraph.blocks
     block_instance: str | None = None  # module path of the instance this op belongs to
