@@ -74,3 +74,29 @@ def test_gpt_block_forward_plus_backward_matches_the_overlap_baseline():
         block = [op_cost(n, gpu) for n in t.nodes if n.block_instance == "h.1"]
         predicted = sum(c.forward_s + c.backward_s for c in block)
         assert predicted == pytest.approx(rec["sequential_median_us"] * 1e-6, rel=0.2)
+
+
+def test_analytic_model_vs_operators_measured_on_an_h100():
+    """benchmarks/gpu_measure.sh output (H100 SXM, torch 2.11): per-op CUDA-event timings of
+    two GPT configs. Blocks were not used in any fit; the lm_head fixed gemm_unaligned."""
+    import json
+
+    from parplan.cost.measure import load_cache
+    from parplan.zoo import load_model
+
+    gpu = load_gpu("h100-sxm")
+    folder = H100_DATA / "measured"
+    cache = load_cache(folder / "cache.json", "NVIDIA H100 80GB HBM3")
+    for name in ("gpt_a", "gpt_b"):
+        run = json.loads((folder / f"{name}.json").read_text())
+        z = load_model(run["model"], batch=run["batch"], seq=run["seq"])
+        t = trace(z.model, z.example_inputs)
+        block = [n for n in t.nodes if n.block_instance == "h.1"]
+        for phase in ("forward_s", "backward_input_s", "backward_weight_s"):
+            analytic = sum(getattr(op_cost(n, gpu), phase) for n in block)
+            measured = sum(getattr(op_cost(n, gpu, measured=cache), phase) for n in block)
+            assert analytic == pytest.approx(measured, rel=0.25), (name, phase)
+            whole_a = sum(getattr(op_cost(n, gpu), phase) for n in t.nodes)
+            whole_m = sum(getattr(op_cost(n, gpu, measured=cache), phase) for n in t.nodes)
+            assert whole_a == pytest.approx(whole_m, rel=0.25), (name, phase)
+            assert run["total"][phase] == pytest.approx(whole_m, rel=1e-6)  # the CLI used the same cache

@@ -78,6 +78,7 @@ class Efficiency:
     """Fitted parameters of the cost model (see docs/cost-model.md for each formula)."""
 
     gemm: float  # achieved fraction of peak on large GEMMs
+    gemm_unaligned: float  # extra factor when K or N is not a multiple of 16 bytes
     attention_forward: float
     attention_backward: float
     attention_causal: float  # extra factor for causal masks (diagonal tiles are half-empty)
@@ -213,6 +214,7 @@ def _parse_gpu(data: dict, where: str) -> GPUProfile:
     ew = f"{where}.efficiency"
     efficiency = Efficiency(
         gemm=_fraction(eff, "gemm", ew),
+        gemm_unaligned=_fraction(eff, "gemm_unaligned", ew),
         attention_forward=_fraction(eff, "attention_forward", ew),
         attention_backward=_fraction(eff, "attention_backward", ew),
         attention_causal=_fraction(eff, "attention_causal", ew),

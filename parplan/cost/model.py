@@ -6,7 +6,8 @@ Formulas (docs/cost-model.md has the derivation and the fit):
   `backward_floor` for a memory-bound op's autograd backward (allocating and accumulating
   gradients), all fitted on eager-mode measurements.
 * GEMM (one per `GemmShape`): t = floor + max(flops' / (peak x e_gemm), bytes / (bw x e_mem)),
-  flops' counting the M and N edges padded to 128-wide tiles. The constant floor is what
+  flops' counting the M and N edges padded to 128-wide tiles; rows that are not 16-byte
+  aligned (a vocab of 50257) fall off the fast kernels: e_gemm x e_unaligned. The constant floor is what
   makes small GEMMs far from peak (1024^3 reaches ~9 % of peak on an H100).
 * SDPA: t = floor + flops / (peak x e_attn x min(1, d/128) x L/(L + L_half) [x e_causal / (1 + T_causal/L)]); the backward executes 2.5 x the
   forward FLOPs (FlashAttention recomputes QK^T), i.e. 1.25 x the algorithmic I FLOPs.
@@ -51,7 +52,11 @@ def gemm_time(gemm: GemmShape, dtype: str, gpu: GPUProfile, *, element_bytes: in
     """One GEMM's time: launch floor plus the larger of its compute and memory times."""
     flops = 2 * gemm.batch * _pad(gemm.m) * _pad(gemm.n) * gemm.k
     traffic = gemm.batch * element_bytes * (gemm.m * gemm.k + gemm.k * gemm.n + gemm.m * gemm.n)
-    compute = flops / (gpu.peak(dtype) * gpu.efficiency.gemm)
+    eff = gpu.efficiency.gemm
+    align = max(1, 16 // element_bytes)  # tensor-core GEMMs want 16-byte-aligned rows
+    if gemm.k % align or gemm.n % align:
+        eff *= gpu.efficiency.gemm_unaligned
+    compute = flops / (gpu.peak(dtype) * eff)
     memory = traffic / (gpu.hbm_bandwidth * gpu.efficiency.memory)
     return (gpu.gemm_floor_s if floor is None else floor) + max(compute, memory)
 
