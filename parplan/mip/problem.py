@@ -1,0 +1,275 @@
+"""The lower-level scheduling problem every solver here reads: placement, tasks, integer times.
+
+Given a stage→rank placement (DualPipe's bidirectional map, the V map or the loop map)
+and per-model-stage costs, the problem is to order and time every (stage, micro-batch,
+F/I/W) task on its rank. This module builds that problem once, as data; the CP-SAT
+model (`cpsat.py`), the Pyomo big-M model (`bigm.py`) and the brute-force enumerator
+(`brute.py`) all read the same `Problem`, and `extract.py` turns any of their timetables
+back into a `Schedule`.
+
+Time is integral in CP-SAT, so durations are multiplied by `time_scale`, the smallest
+factor that makes every duration whole (1.2 → ×5 → 6). When no factor up to 1000 does,
+durations are rounded at ×1000 and the problem says so in `notes`; the schedule is then
+re-timed by the simulator with the exact costs, so the reported makespan is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from parplan.costs import PipelineCosts
+from parplan.errors import ParplanError
+from parplan.schedule.ir import Kind, Schedule
+
+__all__ = ["Placement", "PLACEMENTS", "Task", "Problem", "placement_skeleton", "build_problem", "num_model_stages"]
+
+Placement = Literal["dualpipe", "v", "loop"]
+PLACEMENTS: tuple[str, ...] = ("dualpipe", "v", "loop")
+
+# (stage, kind, micro-batch) of one plain task; kind is F, I or W (a B is an I and a W run together).
+Task = tuple[int, Kind, int]
+
+_SCALES = (1, 2, 4, 5, 8, 10, 20, 25, 40, 50, 100, 200, 250, 500, 1000)
+
+
+def num_model_stages(placement: str, num_ranks: int) -> int:
+    """DualPipe holds the N-stage model twice; V and loop cut the model into 2N stages."""
+    return num_ranks if placement == "dualpipe" else 2 * num_ranks
+
+
+def placement_skeleton(placement: str, num_ranks: int, num_microbatches: int) -> Schedule:
+    """An empty `Schedule` carrying only the placement: stage→rank map, chains, model stages."""
+    n, m = num_ranks, num_microbatches
+    if placement not in PLACEMENTS:
+        raise ParplanError(f"placement {placement!r} is unknown; choose one of {', '.join(PLACEMENTS)} or auto")
+    if n < 1 or m < 1:
+        raise ParplanError(f"ranks = {n}, micro-batches = {m}: both must be >= 1")
+    empty = tuple(() for _ in range(n))
+    if placement == "dualpipe":
+        if n % 2 or m % 2:
+            raise ParplanError(
+                f"placement 'dualpipe' needs an even number of ranks and of micro-batches (half the "
+                f"micro-batches enter at each end, rank r pairs with N−1−r); got N={n}, M={m}. "
+                f"Use even values, or --placement v"
+            )
+        return Schedule(
+            name="mip",
+            stage_to_rank=tuple(range(n)) + tuple(n - 1 - k for k in range(n)),
+            microbatches_per_chain=m // 2,
+            orders=empty,
+            chains=(tuple(range(n)), tuple(range(n, 2 * n))),
+            model_stage=tuple(range(n)) + tuple(range(n)),
+        )
+    if placement == "v":
+        stage_to_rank = tuple(s if s < n else 2 * n - 1 - s for s in range(2 * n))
+    else:
+        stage_to_rank = tuple(s % n for s in range(2 * n))
+    return Schedule(name="mip", stage_to_rank=stage_to_rank, microbatches_per_chain=m, orders=empty)
+
+
+def _time_scale(values: list[float]) -> tuple[int, bool]:
+    """Smallest factor making every value whole; (1000, False) when none up to 1000 does."""
+    for k in _SCALES:
+        if all(abs(v * k - round(v * k)) <= 1e-9 * max(1.0, abs(v * k)) for v in values):
+            return k, True
+    return _SCALES[-1], False
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Problem:
+    """One instance: a placement, exact costs per schedule stage, and their integer images."""
+
+    placement: str
+    skeleton: Schedule  # placement only; orders empty
+    costs: PipelineCosts  # per schedule stage (model-stage costs restaged)
+    model_costs: PipelineCosts  # per model stage, as given: what the simulator takes
+    memory_cap: float | None
+    time_scale: int
+    exact_times: bool  # False when durations had to be rounded to 1/time_scale
+    notes: tuple[str, ...] = ()
+    # Integer durations (× time_scale) per schedule stage.
+    dur: dict[Kind, tuple[int, ...]] = field(default_factory=dict)
+    delay: tuple[int, ...] = ()  # transfer time of stage s's output / returning gradient, × scale
+
+    # ---- structure ------------------------------------------------------------------
+    @property
+    def num_ranks(self) -> int:
+        return self.skeleton.num_ranks
+
+    @property
+    def num_stages(self) -> int:
+        return self.skeleton.num_stages
+
+    @property
+    def microbatches(self) -> range:
+        return range(self.skeleton.microbatches_per_chain)
+
+    def rank(self, stage: int) -> int:
+        return self.skeleton.stage_to_rank[stage]
+
+    def tasks(self) -> list[Task]:
+        return [(s, k, j) for s in range(self.num_stages) for j in self.microbatches for k in (Kind.F, Kind.I, Kind.W)]
+
+    def tasks_of_rank(self, rank: int) -> list[Task]:
+        return [t for t in self.tasks() if self.rank(t[0]) == rank]
+
+    def link_delay(self, producer_stage: int, consumer_stage: int, transfer_stage: int) -> int:
+        return self.delay[transfer_stage] if self.rank(producer_stage) != self.rank(consumer_stage) else 0
+
+    def predecessors(self, task: Task) -> list[tuple[Task, int]]:
+        """(producer, delay) pairs: the simulator's dependency rules, in integer time."""
+        s, kind, j = task
+        if kind is Kind.F:
+            prev = self.skeleton.prev_stage(s)
+            return [] if prev is None else [((prev, Kind.F, j), self.link_delay(prev, s, prev))]
+        if kind is Kind.I:
+            deps = [((s, Kind.F, j), 0)]
+            nxt = self.skeleton.next_stage(s)
+            if nxt is not None:
+                deps.append(((nxt, Kind.I, j), self.link_delay(nxt, s, s)))
+            return deps
+        return [((s, Kind.I, j), 0)]
+
+    def duration(self, task: Task) -> int:
+        return self.dur[task[1]][task[0]]
+
+    def cell_duration(self, forward_stage: int, backward_stage: int, full: bool) -> int:
+        """An F&B cell: overlap_ratio × (F + I), or × (F + I + W) when it runs a full B."""
+        c = self.costs
+        back = c.backward(backward_stage) if full else c.backward_input[backward_stage]
+        return _to_int(c.overlap(c.forward[forward_stage], back), self.time_scale)
+
+    @property
+    def cells_help(self) -> bool:
+        """Cells can only pay off when they are shorter than their parts run back to back."""
+        return self.costs.overlap_ratio < 1.0
+
+    def activation(self, stage: int) -> float:
+        return self.costs.activation[stage]
+
+    # ---- lower bounds and horizons -----------------------------------------------------
+    def heads(self) -> dict[Task, int]:
+        """Earliest start of every task from the dependency chains alone."""
+        head: dict[Task, int] = {}
+        for t in self.topological_tasks():
+            head[t] = max([head[p] + self.duration(p) + d for p, d in self.predecessors(t)] + [0])
+        return head
+
+    def tails(self) -> dict[Task, int]:
+        """Least time from a task's start to the end of everything that depends on it."""
+        succ: dict[Task, list[tuple[Task, int]]] = {t: [] for t in self.tasks()}
+        for t in self.tasks():
+            for p, d in self.predecessors(t):
+                succ[p].append((t, d))
+        tail: dict[Task, int] = {}
+        for t in reversed(self.topological_tasks()):
+            tail[t] = self.duration(t) + max([d + tail[q] for q, d in succ[t]] + [0])
+        return tail
+
+    def topological_tasks(self) -> list[Task]:
+        order: list[Task] = []
+        for chain in self.skeleton.chains:
+            for j in self.microbatches:
+                order += [(s, Kind.F, j) for s in chain]
+                order += [(s, Kind.I, j) for s in reversed(chain)]
+                order += [(s, Kind.W, j) for s in chain]
+        return order
+
+    def rank_load(self, rank: int) -> int:
+        return sum(self.duration(t) for t in self.tasks_of_rank(rank))
+
+    def smallest_feasible_cap(self) -> float:
+        return smallest_feasible_cap(self.skeleton, self.costs)
+
+
+def smallest_feasible_cap(skeleton: Schedule, costs: PipelineCosts) -> float:
+    """Running one micro-batch at a time is always possible; it needs, per rank, the
+    activations of that rank's stages on one chain (a V or loop rank holds both of its
+    stages for the same micro-batch; a DualPipe rank's two stages are on different chains)."""
+    need = 0.0
+    for r in range(skeleton.num_ranks):
+        for chain in skeleton.chains:
+            need = max(need, sum(costs.activation[s] for s in chain if skeleton.stage_to_rank[s] == r))
+    return need
+
+
+def _to_int(value: float, scale: int) -> int:
+    return int(round(value * scale))
+
+
+def build_problem(
+    *,
+    placement: str,
+    num_ranks: int,
+    num_microbatches: int,
+    costs: PipelineCosts,
+    memory_cap: float | None = None,
+) -> Problem:
+    skeleton = placement_skeleton(placement, num_ranks, num_microbatches)
+    expected = num_model_stages(placement, num_ranks)
+    if costs.num_stages != expected:
+        raise ParplanError(
+            f"placement {placement!r} on {num_ranks} ranks runs {expected} model stages but the costs "
+            f"describe {costs.num_stages}; give one cost entry per model stage (DualPipe: N, v/loop: 2N)"
+        )
+    staged = costs.restaged(skeleton.model_stage)
+    if memory_cap is not None:
+        need = smallest_feasible_cap(skeleton, staged)
+        if not (isinstance(memory_cap, (int, float)) and memory_cap >= need - 1e-12):
+            raise ParplanError(
+                f"memory cap {memory_cap!r} is too small for placement {placement!r}: one micro-batch "
+                f"alone holds {need:g} activation units on some rank (its stages of one chain on that "
+                f"rank, from F to W). The smallest feasible cap is {need:g}; raise --memory-limit to at least that"
+            )
+    values = [*staged.forward, *staged.backward_input, *staged.backward_weight, *staged.transfer]
+    r = staged.overlap_ratio
+    if r < 1.0:
+        for a in range(staged.num_stages):
+            for b in range(staged.num_stages):
+                values += [staged.overlap(staged.forward[a], staged.backward_input[b]),
+                           staged.overlap(staged.forward[a], staged.backward(b))]
+    scale, exact = _time_scale(values)
+    notes = () if exact else (
+        f"durations are not multiples of 1/{scale}; the solver works on times rounded to 1/{scale} "
+        f"and the reported makespan is the exact re-timed one",
+    )
+    return Problem(
+        placement=placement,
+        skeleton=skeleton,
+        costs=staged,
+        model_costs=costs,
+        memory_cap=memory_cap,
+        time_scale=scale,
+        exact_times=exact,
+        notes=notes,
+        dur={
+            Kind.F: tuple(_to_int(v, scale) for v in staged.forward),
+            Kind.I: tuple(_to_int(v, scale) for v in staged.backward_input),
+            Kind.W: tuple(_to_int(v, scale) for v in staged.backward_weight),
+        },
+        delay=tuple(_to_int(v, scale) for v in staged.transfer),
+    )
+
+
+def check_param_cap(problem: Problem, param_cap: float | None) -> None:
+    """Parameters are static: a placement either fits every rank or the cap is wrong."""
+    if param_cap is None:
+        return
+    per_rank = [sum(problem.costs.params[s] for s in problem.skeleton.stages_of_rank(r)) for r in range(problem.num_ranks)]
+    worst = max(range(problem.num_ranks), key=lambda r: per_rank[r])
+    if per_rank[worst] > param_cap + 1e-9:
+        raise ParplanError(
+            f"parameter cap {param_cap:g} is too small for placement {problem.placement!r}: rank {worst} holds "
+            f"{per_rank[worst]:g} parameter units ({', '.join(map(str, problem.skeleton.stages_of_rank(worst)))} "
+            f"stages). Raise the cap to at least {per_rank[worst]:g} or choose another placement"
+        )
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def is_close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
