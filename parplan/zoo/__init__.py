@@ -101,6 +101,11 @@ def build(name: str, *, batch: int = 1, seq: int = 1024, device: str = "meta", *
         raise ParplanError(f"batch={batch}, seq={seq} must both be >= 1")
     entry = _REGISTRY[name]
     cfg = config_from_options(entry.config_cls, {**entry.defaults, **options})
+    if isinstance(cfg, GPTConfig) and seq > cfg.max_positions:
+        raise ParplanError(
+            f"gpt sequence length {seq} exceeds max_positions={cfg.max_positions}; "
+            f"pass the option max_positions={seq} (or larger)"
+        )
     with torch.device(device):
         model = entry.model_cls(cfg)
     model = model.to(torch_dtype(cfg.dtype))
