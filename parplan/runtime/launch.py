@@ -1,0 +1,149 @@
+"""Launch plans under torchrun, collect what the ranks measured, and the single-process reference.
+
+`launch` starts one `torchrun --standalone` job (gloo on CPU, NCCL with CUDA) that runs
+the given plans one after the other and returns each plan's `Measured` result. A job
+that outlives `timeout_s` is killed and reported, so a hang fails instead of blocking.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from parplan.errors import ParplanError
+from parplan.plan import Plan
+from parplan.runtime.chain import load_plan_model
+from parplan.runtime.stages import check_model, synthetic_batch, token_cross_entropy
+
+__all__ = ["Measured", "MeasuredAction", "launch", "reference_step", "compare_with_reference", "check_runnable"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MeasuredAction:
+    rank: int
+    lane: str  # "compute" or "comm"
+    label: str  # IR text such as "2F0", or "recv for 2F0"
+    start: float  # seconds from the step's start barrier
+    end: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Measured:
+    """What one plan's run measured: step 0's losses and gradients, step times, the last step's timeline."""
+
+    losses: tuple[float, ...]
+    grads: dict[str, torch.Tensor]
+    step_seconds: tuple[float, ...]  # per step, rank 0's barrier-to-barrier wall time
+    timeline: tuple[tuple[MeasuredAction, ...], ...]  # per rank, of the last step
+    device: str
+
+    @property
+    def step_time(self) -> float:
+        """Median step time, leaving out step 0 (shape inference, allocator warm-up) when there are more."""
+        steady = self.step_seconds[1:] or self.step_seconds
+        return statistics.median(steady)
+
+    @property
+    def loss(self) -> float:
+        return sum(self.losses) / len(self.losses)
+
+
+def check_runnable(plan: Plan, nproc: int) -> None:
+    """Everything that can be checked before a process starts: ranks, chains, the model."""
+    if nproc != plan.num_ranks:
+        raise ParplanError(f"--nproc {nproc} but the plan has {plan.num_ranks} ranks; pass --nproc {plan.num_ranks}")
+    from parplan.runtime.export import torch_csv
+
+    torch_csv(plan.schedule)  # raises for DualPipe's two chains
+    if plan.mode != "train":
+        raise ParplanError("parplan run executes training plans; this plan's mode is 'inference'")
+    zoo = load_plan_model(plan.model.spec, batch=plan.model.batch, seq=plan.model.seq)
+    check_model(zoo.model, plan)
+
+
+def launch(plans: list[Plan], *, nproc: int, steps: int = 3, seed: int = 0, timeout_s: float = 300.0,
+           workdir: str | None = None) -> list[Measured]:
+    """Run `plans` (same rank count) in one torchrun job; one `Measured` per plan."""
+    for plan in plans:
+        check_runnable(plan, nproc)
+    with tempfile.TemporaryDirectory(prefix="parplan-run-", dir=workdir) as tmp:
+        paths = []
+        for k, plan in enumerate(plans):
+            paths.append(str(Path(tmp) / f"plan{k}.json"))
+            plan.save(paths[-1])
+        out = Path(tmp) / "out"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "parplan.runtime.worker", *paths, "--out", str(out), "--steps", str(steps), "--seed", str(seed)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        try:
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired as err:
+            tail = (err.stdout or b"")[-3000:] if isinstance(err.stdout, bytes) else (err.stdout or "")[-3000:]
+            raise ParplanError(f"the torchrun job did not finish within {timeout_s:.0f}s (a hang?); "
+                               f"output tail:\n{tail}") from None
+        if done.returncode != 0:
+            raise ParplanError(f"the torchrun job failed with exit status {done.returncode}:\n"
+                               f"{_first_traceback(done.stdout + done.stderr)}")
+        return [_collect(out / str(k), nproc) for k in range(len(plans))]
+
+
+def _first_traceback(log: str, limit: int = 4000) -> str:
+    """The first rank's traceback (the root cause), without caret lines, else the log's tail."""
+    lines = [ln for ln in log.splitlines() if not ln.strip(" []rank0123456789:").startswith("^")]
+    starts = [k for k, ln in enumerate(lines) if "Traceback (most recent call last)" in ln]
+    if not starts:
+        return "\n".join(lines)[-limit:]
+    text = "\n".join(lines[starts[0]:])
+    return text[:limit]
+
+
+def _collect(folder: Path, nproc: int) -> Measured:
+    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+    grads: dict[str, torch.Tensor] = {}
+    for data in ranks:
+        grads.update(data["grads"])
+    losses = next((tuple(d["losses"]) for d in ranks if d["losses"]), ())
+    return Measured(
+        losses=losses,
+        grads=grads,
+        step_seconds=tuple(ranks[0]["step_seconds"]),
+        timeline=tuple(
+            tuple(MeasuredAction(rank=r, lane=lane, label=label, start=t0, end=t1)
+                  for lane, label, t0, t1 in data["timeline"])
+            for r, data in enumerate(ranks)
+        ),
+        device=ranks[0]["device"],
+    )
+
+
+def reference_step(plan: Plan, *, seed: int = 0) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss and gradients of one whole-batch step in one process, same weights and data as `launch`."""
+    torch.manual_seed(seed)
+    zoo = load_plan_model(plan.model.spec, batch=plan.model.batch, seq=plan.model.seq, device="cpu")
+    model = zoo.model.train()
+    inputs, target = synthetic_batch(model, zoo.example_inputs, seed=seed + 1)
+    loss = token_cross_entropy(model(*inputs), target)
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def compare_with_reference(measured: Measured, reference: tuple[float, dict[str, torch.Tensor]]) -> dict:
+    """Largest absolute differences of the loss and of every gradient (names must match exactly)."""
+    loss, grads = reference
+    missing = sorted(set(grads) ^ set(measured.grads))
+    if missing:
+        raise ParplanError(f"pipeline and reference gradients differ in parameters {missing[:5]}")
+    worst = max(grads, key=lambda n: float((grads[n] - measured.grads[n]).abs().max()))
+    return {
+        "loss_diff": abs(measured.loss - loss),
+        "max_grad_diff": float((grads[worst] - measured.grads[worst]).abs().max()),
+        "worst_parameter": worst,
+        "num_parameters": len(grads),
+    }

@@ -1,0 +1,194 @@
+"""Split a model's exported graph into a chain of stage modules (torch.export → torch.fx).
+
+The model is exported once (`torch.export.export`, non-strict) at the micro-batch shape.
+Every graph node is given a stage:
+
+  * a node inside a planned *piece* (a module path such as `h.3`) runs on that piece's
+    stage — `nn_module_stack` says which module a node came from;
+  * a parameter or buffer (`get_attr`) goes to the one stage that reads it; a weight read
+    by two stages (tied embeddings) is refused — its two copies would need a gradient sum;
+  * glue code outside every piece (`wte(idx) + wpe(pos)`) runs on the latest stage of its
+    inputs, or, having none (`arange`), on the earliest stage of its users.
+
+A value produced at stage i and read at stage k > i + 1 (a skip connection or branch, such
+as the two-tower model's image tokens feeding every text layer) is *passed along*: stages
+i+1 … k−1 receive it and return it unchanged next to their own output. So every plan
+becomes a chain that PyTorch's one-direction runtime can run with plain point-to-point
+transfers between neighbours; the price is the extra hops' bandwidth (see docs/runtime.md).
+
+Stage k's module takes the values crossing boundary k−1→k (in graph order) and returns
+those crossing k→k+1; stage 0 takes the model's inputs, the last stage returns the model's
+output. Parameter names are the model's own (`h.3.mlp.fc.weight`), so gradients compare
+one-to-one with a single-process run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from parplan.errors import ParplanError
+
+__all__ = ["StageGraph", "split_graph", "default_pieces", "export_graph"]
+
+_MODULE_LISTS = (nn.ModuleList, nn.Sequential)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StageGraph:
+    """One stage's module and the values it receives and passes on (graph node names)."""
+
+    index: int
+    module: fx.GraphModule
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    passed_along: tuple[str, ...]  # inputs returned unchanged for a later stage
+
+
+def default_pieces(model: nn.Module) -> tuple[str, ...]:
+    """The model cut at its repeated blocks: each ModuleList item is a piece, other leaves too.
+
+    GPT gives `wte, wpe, h.0 … h.L−1, ln_f, lm_head`; a submodule that holds a ModuleList
+    somewhere below it is opened up (two-tower's `vision` → `vision.patch_embed`,
+    `vision.layers.0`, …), anything else is kept whole.
+    """
+
+    def has_list(module: nn.Module) -> bool:
+        return any(isinstance(m, _MODULE_LISTS) for m in module.modules())
+
+    def walk(module: nn.Module, prefix: str) -> list[str]:
+        out = []
+        for name, child in module.named_children():
+            path = f"{prefix}{name}"
+            if isinstance(child, _MODULE_LISTS):
+                out += [f"{path}.{k}" for k, _ in child.named_children()]
+            elif has_list(child):
+                out += walk(child, f"{path}.")
+            else:
+                out.append(path)
+        return out
+
+    return tuple(walk(model, ""))
+
+
+def export_graph(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
+    """The model as one flat fx graph with parameters as `get_attr` nodes (training mode)."""
+    model.train()
+    try:
+        exported = torch.export.export(model, tuple(example_inputs), strict=False)
+    except Exception as err:  # export failures come in many types; name the model and the cause
+        raise ParplanError(
+            f"torch.export could not trace {type(model).__name__} at the micro-batch shape "
+            f"{[tuple(getattr(x, 'shape', ())) for x in example_inputs]}: {err}"
+        ) from err
+    return exported.module()
+
+
+def _module_path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    return list(stack.values())[-1][0]
+
+
+def _piece_of(path: str, pieces: dict[str, int]) -> int | None:
+    """Stage of the piece `path` lies in (the longest piece prefix), or None for glue."""
+    while path:
+        if path in pieces:
+            return pieces[path]
+        path = path.rpartition(".")[0]
+    return None
+
+
+def _assign_stages(graph: fx.Graph, piece_stage: dict[str, int], num_stages: int) -> dict[fx.Node, int]:
+    stage: dict[fx.Node, int] = {}
+    nodes = [n for n in graph.nodes if n.op not in ("output", "call_module")]
+    for node in nodes:
+        if node.op == "placeholder":
+            stage[node] = 0
+        elif node.op == "call_function":
+            own = _piece_of(_module_path(node), piece_stage)
+            from_inputs = [stage[a] for a in node.all_input_nodes if a in stage and a.op != "get_attr"]
+            if own is not None:
+                late = [s for s in from_inputs if s > own]
+                if late:
+                    raise ParplanError(
+                        f"graph node {node.name} ({_module_path(node)}) is planned on stage {own} but reads a "
+                        f"value computed on stage {max(late)}; the plan's pieces must follow the model's "
+                        f"data flow (a piece may not come before a piece it reads from)"
+                    )
+                stage[node] = own
+            elif from_inputs:
+                stage[node] = max(from_inputs)
+    output = next(n for n in graph.nodes if n.op == "output")
+    for node in reversed(nodes):  # input-free glue (arange, full) and weights go where they are read
+        if node in stage:
+            continue
+        readers = {stage[u] if u is not output else num_stages - 1 for u in node.users if u in stage or u is output}
+        if not readers:
+            stage[node] = 0 if node.op != "get_attr" else -1
+            continue
+        if node.op == "get_attr" and len(readers) > 1:
+            raise ParplanError(
+                f"weight {node.target!r} is read by stages {sorted(readers)} (tied weights); each stage must "
+                f"own its weights, or their gradients would need summing across ranks. Untie them "
+                f"(e.g. gpt:tie_embeddings=false) or keep the readers on one stage"
+            )
+        stage[node] = min(readers)
+    return stage
+
+
+def split_graph(gm: fx.GraphModule, pieces_per_stage: list[list[str]]) -> list[StageGraph]:
+    """Cut `gm` into `len(pieces_per_stage)` chained stage modules (see the module docstring)."""
+    num_stages = len(pieces_per_stage)
+    piece_stage = {p: s for s, ps in enumerate(pieces_per_stage) for p in ps}
+    known = {_module_path(n) for n in gm.graph.nodes}
+    missing = [p for p in piece_stage if not any(k == p or k.startswith(p + ".") for k in known)]
+    if missing:
+        raise ParplanError(
+            f"pieces {missing[:4]} run no operation in the traced model; name module paths of this model "
+            f"(e.g. {sorted(k for k in known if k)[:4]})"
+        )
+    stage = _assign_stages(gm.graph, piece_stage, num_stages)
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    values = [n for n in gm.graph.nodes if n in stage and n.op != "get_attr" and stage[n] >= 0]
+    last_read = {}
+    for v in values:
+        readers = [num_stages - 1 if u is output else stage[u] for u in v.users if u is output or u in stage]
+        last_read[v] = max(readers, default=stage[v])
+    # boundary[k]: values entering stage k (k = 0: the model inputs)
+    boundary = [[n for n in gm.graph.nodes if n.op == "placeholder"]]
+    for k in range(1, num_stages):
+        boundary.append([v for v in values if stage[v] < k and last_read[v] >= k])
+
+    stages = []
+    for k in range(num_stages):
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for v in boundary[k]:
+            env[v] = graph.placeholder(v.name)
+            env[v].meta = dict(v.meta)
+        for node in gm.graph.nodes:
+            if node in stage and stage[node] == k and node.op != "placeholder":
+                env[node] = graph.node_copy(node, lambda a: env[a])
+        if k == num_stages - 1:
+            (result,) = output.args
+            if isinstance(result, (tuple, list)) and len(result) == 1:
+                result = result[0]  # exported graphs return a flat tuple; one output is the tensor
+            graph.output(fx.node.map_arg(result, lambda a: env[a]))
+            outputs: list[fx.Node] = []
+        else:
+            outputs = boundary[k + 1]
+            graph.output(tuple(env[v] for v in outputs) if len(outputs) > 1 else env[outputs[0]])
+        graph.lint()
+        module = fx.GraphModule(gm, graph, class_name=f"Stage{k}")
+        stages.append(StageGraph(
+            index=k,
+            module=module,
+            inputs=tuple(v.name for v in boundary[k]),
+            outputs=tuple(v.name for v in outputs),
+            passed_along=tuple(v.name for v in boundary[k] if k + 1 < num_stages and v in boundary[k + 1]),
+        ))
+    return stages

@@ -1,0 +1,123 @@
+"""Build a rank's `PipelineStage`s from a plan, plus the synthetic batch and loss the runtime uses."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from parplan.errors import ParplanError
+from parplan.plan import model_fingerprint
+from parplan.runtime.split import StageGraph, export_graph, split_graph
+
+if TYPE_CHECKING:
+    from parplan.plan import Plan
+
+__all__ = ["stage_graphs", "stages_for_rank", "synthetic_batch", "token_cross_entropy", "check_model", "stage_extras"]
+
+
+def check_model(model: nn.Module, plan: "Plan") -> None:
+    """Refuse a model whose structure differs from the one the plan was made for."""
+    found = model_fingerprint(model)
+    if found != plan.model.fingerprint:
+        raise ParplanError(
+            f"the model does not match the plan: the plan was made for {plan.model.spec!r} "
+            f"({plan.model.num_parameters} parameters, fingerprint {plan.model.fingerprint[:19]}…) but this "
+            f"model has {sum(p.numel() for p in model.parameters())} parameters (fingerprint {found[:19]}…). "
+            f"Make a plan for this model"
+        )
+
+
+def _runnable(plan: "Plan") -> None:
+    schedule = plan.schedule
+    if len(schedule.chains) != 1:
+        raise ParplanError(
+            f"plan schedule {schedule.name!r} runs {len(schedule.chains)} chains (DualPipe's bidirectional "
+            f"placement), which torch.distributed.pipelining cannot run; plan with 'dualpipev' instead"
+        )
+
+
+def _microbatch_inputs(example_inputs: tuple, plan: "Plan", device) -> tuple:
+    size = plan.microbatch_size
+    out = []
+    for x in example_inputs:
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[0] != plan.model.batch:
+            raise ParplanError(
+                f"example input of shape {tuple(getattr(x, 'shape', ()))} is not batched on dim 0 with the plan's "
+                f"batch {plan.model.batch}; every model input must be a tensor split along dim 0"
+            )
+        out.append(torch.zeros((size, *x.shape[1:]), dtype=x.dtype, device=device))
+    return tuple(out)
+
+
+def stage_graphs(model: nn.Module, plan: "Plan", example_inputs: tuple) -> list[StageGraph]:
+    """Every stage's module, split from the model traced at the micro-batch shape.
+
+    `example_inputs` has the whole step's batch (`plan.model.batch`) on dim 0.
+    """
+    _runnable(plan)
+    check_model(model, plan)
+    device = next(iter(model.parameters())).device
+    graph = export_graph(model, _microbatch_inputs(example_inputs, plan, device))
+    return split_graph(graph, [list(st.pieces) for st in plan.stages])
+
+
+def stage_extras(model: nn.Module, plan: "Plan", example_inputs: tuple) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """(receives, passes) of each stage: the tensors it gets and the ones it hands on unchanged."""
+    return [(g.inputs, g.passed_along) for g in stage_graphs(model, plan, example_inputs)]
+
+
+def stages_for_rank(model: nn.Module, plan: "Plan", rank: int, *, example_inputs: tuple,
+                    device: torch.device | str | None = None, group=None) -> list:
+    """This rank's `torch.distributed.pipelining.PipelineStage`s, in stage order.
+
+    Every rank traces the whole model (cheap next to training) and keeps its own stages;
+    their parameters are the model's own tensors under the model's own names.
+    """
+    from torch.distributed.pipelining import PipelineStage
+
+    if not 0 <= rank < plan.num_ranks:
+        raise ParplanError(f"rank {rank} is outside the plan's ranks 0..{plan.num_ranks - 1}")
+    graphs = stage_graphs(model, plan, example_inputs)
+    device = torch.device(device) if device is not None else next(iter(model.parameters())).device
+    return [
+        PipelineStage(graphs[st.index].module.to(device), st.index, plan.schedule.num_stages, device, group=group)
+        for st in plan.stages_of_rank(rank)
+    ]
+
+
+def synthetic_batch(model: nn.Module, example_inputs: tuple, *, seed: int) -> tuple[tuple, torch.Tensor]:
+    """Reproducible inputs and next-token targets shaped like `example_inputs`.
+
+    Integer inputs are token ids below the output's vocabulary; float inputs are N(0, 1);
+    the target is shaped like the last token-id input (the output minus its vocabulary dim).
+    """
+    vocab = _vocabulary(model)
+    generator = torch.Generator().manual_seed(seed)
+    inputs = tuple(
+        torch.randint(0, vocab, x.shape, generator=generator, dtype=x.dtype) if not x.is_floating_point()
+        else torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        for x in example_inputs
+    )
+    tokens = [x for x in example_inputs if not x.is_floating_point()]
+    if not tokens:
+        raise ParplanError("the model takes no token-id input; the runtime's next-token loss needs one")
+    target = torch.randint(0, vocab, tuple(tokens[-1].shape), generator=generator)
+    return inputs, target
+
+
+def _vocabulary(model: nn.Module) -> int:
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, nn.Linear):
+        return head.out_features
+    raise ParplanError(
+        f"{type(model).__name__} has no `lm_head` Linear; parplan's runtime trains token models "
+        f"(output [batch, seq, vocab]) with next-token cross-entropy"
+    )
+
+
+def token_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of one micro-batch (float32 for a stable reference)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))

@@ -1,0 +1,169 @@
+"""One torchrun worker: run plans' training steps on this rank and record what happened.
+
+Launched by `parplan.runtime.launch` as `torchrun … -m parplan.runtime.worker PLAN… --out DIR`.
+For each plan (all with the same rank count, run one after the other in one process
+group) it builds the model from the plan's spec with a fixed seed (every rank and the
+single-process reference get the same weights), keeps this rank's stages, and runs
+`--steps` steps of PyTorch's `_PipelineScheduleRuntime` on the plan's exported schedule,
+followed by an SGD update each. It saves, per plan and rank, `rank{r}.pt`:
+
+  losses        the per-micro-batch losses of step 0 (last stage's rank; else empty)
+  grads         {parameter name: gradient} of this rank's stages after step 0
+  step_seconds  wall time of every step, barrier to barrier
+  timeline      the measured actions of the last step: (lane, label, start, end) in
+                seconds from that step's start barrier; lane is "compute" or "comm"
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from parplan.plan import Plan
+from parplan.runtime.chain import load_plan_model
+from parplan.runtime.stages import stages_for_rank, synthetic_batch, token_cross_entropy
+
+__all__ = ["main", "TimelineRecorder"]
+
+
+class TimelineRecorder:
+    """Wraps a rank's stages' compute calls and PyTorch's p2p waits with wall-clock stamps.
+
+    Compute: `forward_one_chunk` → F, `backward_one_chunk` → B or I, and
+    `backward_weight_one_chunk` → W, each labelled `{stage}{kind}{mb}` as in the IR.
+    Communication: every wait on received (or, at the end, sent) tensors; a wait is
+    labelled after the compute action that follows it.
+    """
+
+    def __init__(self, stages: list) -> None:
+        self.events: list[tuple[str, str, float, float]] = []
+        self.origin = time.perf_counter()
+        self._pending_waits: list[int] = []
+        for stage in stages:
+            self._wrap(stage)
+
+    def reset(self) -> None:
+        self.events.clear()
+        self._pending_waits.clear()
+        self.origin = time.perf_counter()
+
+    def _record(self, lane: str, label: str, start: float, end: float) -> None:
+        self.events.append((lane, label, start - self.origin, end - self.origin))
+
+    def _wrap(self, stage) -> None:
+        index = stage.stage_index
+
+        def timed(method, label_of):
+            def call(*args, **kwargs):
+                label = label_of(*args, **kwargs)
+                for k in self._pending_waits:
+                    lane, _, t0, t1 = self.events[k]
+                    self.events[k] = (lane, f"recv for {label}", t0, t1)
+                self._pending_waits.clear()
+                start = time.perf_counter()
+                result = method(*args, **kwargs)
+                self._record("compute", label, start, time.perf_counter())
+                return result
+            return call
+
+        stage.forward_one_chunk = timed(stage.forward_one_chunk, lambda mb, *a, **k: f"{index}F{mb}")
+        stage.backward_one_chunk = timed(
+            stage.backward_one_chunk,
+            lambda mb, *a, full_backward=True, **k: f"{index}{'B' if full_backward else 'I'}{mb}",
+        )
+        stage.backward_weight_one_chunk = timed(stage.backward_weight_one_chunk, lambda mb, *a, **k: f"{index}W{mb}")
+
+    @contextlib.contextmanager
+    def p2p_waits(self):
+        """Time PyTorch's `_wait_batch_p2p` (module-level, looked up per call) while running."""
+        from torch.distributed.pipelining import schedules
+
+        original = schedules._wait_batch_p2p
+
+        def wait(work):
+            start = time.perf_counter()
+            original(work)
+            self._pending_waits.append(len(self.events))
+            self._record("comm", "send drain", start, time.perf_counter())
+
+        schedules._wait_batch_p2p = wait
+        try:
+            yield
+        finally:
+            schedules._wait_batch_p2p = original
+
+
+def _run_plan(plan: Plan, out: Path, *, steps: int, seed: int, lr: float, device: torch.device) -> None:
+    rank = dist.get_rank()
+    torch.manual_seed(seed)
+    zoo = load_plan_model(plan.model.spec, batch=plan.model.batch, seq=plan.model.seq, device="cpu")
+    model = zoo.model.to(device)
+    inputs, target = synthetic_batch(model, zoo.example_inputs, seed=seed + 1)
+    inputs, target = tuple(x.to(device) for x in inputs), target.to(device)
+    stages = stages_for_rank(model, plan, rank, example_inputs=zoo.example_inputs, device=device)
+    schedule = plan.to_torch_schedule(stages, loss_fn=token_cross_entropy)
+    params = [p for st in stages for p in st.submod.parameters()]
+    optimizer = torch.optim.SGD(params, lr=lr)
+    recorder = TimelineRecorder(stages)
+    has_first = any(st.is_first for st in stages)
+    has_last = any(st.is_last for st in stages)
+
+    step_seconds, losses0, grads0 = [], [], {}
+    for step in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        losses: list = []
+        dist.barrier()
+        recorder.reset()
+        start = time.perf_counter()
+        with recorder.p2p_waits():
+            schedule.step(*(inputs if has_first else ()), target=target if has_last else None,
+                          losses=losses if has_last else None)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dist.barrier()
+        step_seconds.append(time.perf_counter() - start)
+        if step == 0:
+            losses0 = [float(x) for x in losses]
+            grads0 = {name: p.grad.detach().cpu().clone() for st in stages for name, p in st.submod.named_parameters()
+                      if p.grad is not None}
+        optimizer.step()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"rank": rank, "losses": losses0, "grads": grads0, "step_seconds": step_seconds,
+         "timeline": list(recorder.events), "device": str(device)},
+        out / f"rank{rank}.pt",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="parplan-worker")
+    parser.add_argument("plans", nargs="+")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    args = parser.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    try:
+        for k, path in enumerate(args.plans):
+            plan = Plan.load(path)
+            _run_plan(plan, Path(args.out) / str(k), steps=args.steps, seed=args.seed, lr=args.lr, device=device)
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
