@@ -217,6 +217,18 @@ def build_model(
     for t in tasks:
         if t[1] is Kind.W:
             model.Add(makespan >= v.end[t])
+    if use_cells:
+        # (bound) per-rank energy: the rank's work, less what its cells save, runs between
+        # its earliest head and its shortest remaining tail.
+        for r in range(problem.num_ranks):
+            mine = problem.tasks_of_rank(r)
+            first = min(head[t] for t in mine)
+            last = min(tail[t] - problem.duration(t) for t in mine)
+            last = max(0, min([last] + [tail[t] - problem.cell_duration(t[0], b, True)
+                                         for t in mine if t[1] is Kind.F
+                                         for b in problem.skeleton.stages_of_rank(r)]))
+            saving = [(_cell_saving(problem, c), lit) for c, lit in v.cell.items() if problem.rank(c.forward[0]) == r]
+            model.Add(makespan >= first + problem.rank_load(r) + last - sum(k * lit for k, lit in saving))
     if options.objective == "makespan":
         v.objective = makespan
     else:
@@ -293,6 +305,12 @@ def rank_lower_bound(problem: Problem, head: dict[Task, int], tail: dict[Task, i
         last = min(tail[t] - problem.duration(t) for t in mine)
         best = max(best, first + problem.rank_load(r) + last)
     return best
+
+
+def _cell_saving(problem: Problem, cell: Cell) -> int:
+    """Rank time a cell saves against running its parts one after another."""
+    parts = [cell.forward, cell.backward] + ([(cell.backward[0], Kind.W, cell.backward[2])] if cell.full else [])
+    return sum(problem.duration(t) for t in parts) - problem.cell_duration(cell.forward[0], cell.backward[0], cell.full)
 
 
 def _serial_horizon(problem: Problem) -> int:
