@@ -371,6 +371,9 @@ _RULES: dict[str, Callable[[OpCall], RuleResult]] = {
     "topk": _topk,
     "eq": _factory, "ne": _factory, "lt": _factory, "gt": _factory, "le": _factory, "ge": _factory,
     "argmax": _factory,
+    # mask building in HF models (integer / bool tensors: nothing to differentiate)
+    "__and__": _factory, "bitwise_and": _factory, "logical_and": _factory, "__or__": _factory,
+    "new_ones": _factory, "new_zeros": _factory, "diff": _copy_like, "index": _copy_like,
 }
 for _name in _UNARY_SAVE_INPUT:
     _RULES[_name] = _memory("inputs", grad_reads=2)
