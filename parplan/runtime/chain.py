@@ -83,7 +83,8 @@ def _param_counts(model, pieces: Sequence[str]) -> list[int]:
 def _abstract_costs(weights: Sequence[float], params: Sequence[float]) -> PipelineCosts:
     """Unit costs proportional to each stage's weight: the mean stage costs F = I = W = 1."""
     mean = sum(weights) / len(weights) or 1.0
-    share = tuple(w / mean for w in weights)
+    # Rounded to 1/100: abstract shares need no more, and tables and integer solvers stay tidy.
+    share = tuple(round(w / mean, 2) for w in weights)
     num = len(weights)
     return PipelineCosts(
         forward=share, backward_input=share, backward_weight=share, transfer=(0.0,) * num,
@@ -129,6 +130,8 @@ def plan_chain(
     costs: CostSource | PipelineCosts = "params",
     cluster: ClusterSummary | None = None,
     mip_options: dict | None = None,
+    time_unit: str = "unit",
+    memory_unit: str = "unit",
 ) -> Plan:
     """A training plan running `model_spec`'s pieces, split contiguously, under `schedule`.
 
@@ -137,7 +140,7 @@ def plan_chain(
     balance `piece_costs` (piece path → cost), or parameter counts without it.
     `costs`: "params" makes abstract unit costs proportional to that balance; "measure"
     times every stage on this machine (seconds, `parplan.runtime.measure`); or give
-    `PipelineCosts` with one entry per model stage.
+    `PipelineCosts` with one entry per model stage, in `time_unit` / `memory_unit`.
     """
     from parplan.runtime.split import default_pieces
 
@@ -181,11 +184,10 @@ def plan_chain(
     params_of = lambda g: sum(counts[index[p]] for p in g)  # noqa: E731
 
     # ---- costs per model stage ----------------------------------------------------------
-    time_unit, memory_unit = "unit", "unit"
     if isinstance(costs, PipelineCosts):
         stage_costs = costs
-        time_unit, memory_unit = "s", "bytes"
     elif costs == "params":
+        time_unit, memory_unit = "unit", "unit"
         stage_costs = _abstract_costs([weight_of(g) for g in groups], [params_of(g) for g in groups])
     elif costs == "measure":
         from parplan.runtime.measure import measure_stage_costs
@@ -207,8 +209,27 @@ def plan_chain(
     return plan_from_schedule(
         model=model, model_spec=model_spec, batch=batch, seq=seq, schedule=fixed,
         model_stage_pieces=groups, costs=stage_costs, time_unit=time_unit, memory_unit=memory_unit,
-        cluster=cluster, solver=solver,
+        cluster=cluster, solver=solver, stage_extras=_chain_extras(zoo, fixed, groups, batch),
     )
+
+
+def _chain_extras(zoo, schedule: Schedule, groups, batch: int):
+    """(receives, passes) per stage from splitting the traced graph (meta device: no weights)."""
+    if len(schedule.chains) != 1:
+        return None  # DualPipe: not runnable, nothing to trace
+    from parplan.runtime.split import export_graph, split_graph
+
+    import torch
+
+    micro = batch // schedule.total_microbatches
+    if micro < 1 or batch % schedule.total_microbatches:
+        raise ParplanError(
+            f"batch {batch} does not split into {schedule.total_microbatches} equal micro-batches; "
+            f"pick a batch that is a multiple of the micro-batch count"
+        )
+    inputs = tuple(torch.zeros((micro, *x.shape[1:]), dtype=x.dtype, device="meta") for x in zoo.example_inputs)
+    graphs = split_graph(export_graph(zoo.model, inputs), [list(groups[m]) for m in schedule.model_stage])
+    return [(g.inputs, g.passed_along) for g in graphs]
 
 
 def plan_from_schedule(

@@ -45,6 +45,16 @@ class StageGraph:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     passed_along: tuple[str, ...]  # inputs returned unchanged for a later stage
+    input_meta: tuple[torch.Tensor, ...]  # meta-device tensors shaped like the inputs
+    computes_on_tokens: bool  # a non-first stage reading a non-float input it receives (not just passing)
+    output_meta: tuple[torch.Tensor, ...]  # … and like the outputs
+
+
+def _meta(node: fx.Node) -> torch.Tensor:
+    """A meta tensor like `node`'s value; computed floats carry gradients, model inputs do not."""
+    val = node.meta["val"]
+    meta = torch.empty_strided(tuple(val.shape), tuple(val.stride()), dtype=val.dtype, device="meta")
+    return meta.requires_grad_(node.op != "placeholder" and val.dtype.is_floating_point)
 
 
 def default_pieces(model: nn.Module) -> tuple[str, ...]:
@@ -140,6 +150,30 @@ def _assign_stages(graph: fx.Graph, piece_stage: dict[str, int], num_stages: int
     return stage
 
 
+def _pass_along(graph: fx.Graph, value: fx.Node) -> fx.Node:
+    """A stage input handed on unchanged, as a copy with its own autograd node.
+
+    Returning the input tensor itself makes a stage output identical to a stage input,
+    and PyTorch's split backward (I, then W) detaches its outputs in place after the I
+    step — which detaches the input too and breaks the rest of the backward. A view
+    (`alias`) cannot be detached in place at all. So the value is copied: one extra
+    activation-sized copy per hop, the price of carrying branches down a chain.
+    """
+    if not value.meta["val"].dtype.is_floating_point:
+        return value
+    node = graph.call_function(torch.ops.aten.clone.default, (value,))
+    node.meta = dict(value.meta)
+    return node
+
+
+def _flat_nodes(value) -> list[fx.Node]:
+    if isinstance(value, fx.Node):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [n for v in value for n in _flat_nodes(v)]
+    return []
+
+
 def split_graph(gm: fx.GraphModule, pieces_per_stage: list[list[str]]) -> list[StageGraph]:
     """Cut `gm` into `len(pieces_per_stage)` chained stage modules (see the module docstring)."""
     num_stages = len(pieces_per_stage)
@@ -179,9 +213,12 @@ def split_graph(gm: fx.GraphModule, pieces_per_stage: list[list[str]]) -> list[S
                 result = result[0]  # exported graphs return a flat tuple; one output is the tensor
             graph.output(fx.node.map_arg(result, lambda a: env[a]))
             outputs: list[fx.Node] = []
+            output_meta = tuple(_meta(n) for n in _flat_nodes(result))
         else:
             outputs = boundary[k + 1]
-            graph.output(tuple(env[v] for v in outputs) if len(outputs) > 1 else env[outputs[0]])
+            output_meta = tuple(_meta(v) for v in outputs)
+            results = [_pass_along(graph, env[v]) if v in boundary[k] else env[v] for v in outputs]
+            graph.output(tuple(results) if len(results) > 1 else results[0])
         graph.lint()
         module = fx.GraphModule(gm, graph, class_name=f"Stage{k}")
         stages.append(StageGraph(
@@ -190,5 +227,11 @@ def split_graph(gm: fx.GraphModule, pieces_per_stage: list[list[str]]) -> list[S
             inputs=tuple(v.name for v in boundary[k]),
             outputs=tuple(v.name for v in outputs),
             passed_along=tuple(v.name for v in boundary[k] if k + 1 < num_stages and v in boundary[k + 1]),
+            input_meta=tuple(_meta(v) for v in boundary[k]),
+            computes_on_tokens=k > 0 and any(
+                not v.meta["val"].dtype.is_floating_point and any(stage.get(u) == k for u in v.users)
+                for v in boundary[k]
+            ),
+            output_meta=output_meta,
         ))
     return stages

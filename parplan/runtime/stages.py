@@ -82,10 +82,37 @@ def stages_for_rank(model: nn.Module, plan: "Plan", rank: int, *, example_inputs
         raise ParplanError(f"rank {rank} is outside the plan's ranks 0..{plan.num_ranks - 1}")
     graphs = stage_graphs(model, plan, example_inputs)
     device = torch.device(device) if device is not None else next(iter(model.parameters())).device
-    return [
-        PipelineStage(graphs[st.index].module.to(device), st.index, plan.schedule.num_stages, device, group=group)
-        for st in plan.stages_of_rank(rank)
-    ]
+    # Shapes are static (the graph was traced at the micro-batch shape), so every stage gets
+    # its input/output metadata up front: PyTorch then skips its run-time shape inference,
+    # which would feed uninitialised token ids to a later stage's embedding.
+    stages = []
+    for st in plan.stages_of_rank(rank):
+        g = graphs[st.index]
+        cls = _full_backward_stage_class() if g.computes_on_tokens else PipelineStage
+        stages.append(cls(g.module.to(device), st.index, plan.schedule.num_stages, device,
+                          input_args=g.input_meta, output_args=g.output_meta, group=group))
+    return stages
+
+
+def _full_backward_stage_class():
+    """A `PipelineStage` whose backward-input step also computes the weight gradients.
+
+    PyTorch 2.13's split backward finds a stage's weights by walking back from its
+    differentiable inputs; weights reached only through a non-float input (an embedding
+    of token ids that an earlier stage passed along) are missed unless the stage is the
+    first, and the W step then fails. Such stages run I as a full backward and W as a
+    no-op: gradients stay exact; the W time moves into the I slot (see docs/runtime.md).
+    """
+    from torch.distributed.pipelining import PipelineStage
+
+    class FullBackwardStage(PipelineStage):
+        def backward_one_chunk(self, bwd_chunk_id, loss=None, full_backward=True, last_backward=False):
+            return super().backward_one_chunk(bwd_chunk_id, loss=loss, full_backward=True, last_backward=last_backward)
+
+        def backward_weight_one_chunk(self, bwd_chunk_id, last_backward=False):
+            return None
+
+    return FullBackwardStage
 
 
 def synthetic_batch(model: nn.Module, example_inputs: tuple, *, seed: int) -> tuple[tuple, torch.Tensor]:
