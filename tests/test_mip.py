@@ -1,0 +1,226 @@
+"""The lower-level MIP scheduler: headline, exactness, cross-checks, bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from parplan.baselines import build_baseline
+from parplan.costs import PipelineCosts
+from parplan.errors import ParplanError
+from parplan.mip import MipResult, ProgressEvent, solve_schedule
+from parplan.mip import api as mip_api
+from parplan.mip.brute import brute_force
+from parplan.mip.cpsat import CpSatOptions, SolveOutcome, solve_cpsat
+from parplan.mip.problem import build_problem
+from parplan.mip.timetable import canonical, from_schedule, without_cells
+from parplan.schedule.ir import Kind
+from parplan.schedule.simulate import simulate
+from parplan.schedule.validate import validate
+
+
+def uneven(num_stages: int, *, transfer: bool = True, ratio: float = 1.0) -> PipelineCosts:
+    """Unequal per-stage costs (F ≠ I ≠ W, stage to stage) and transfers: unit costs hide bugs."""
+    f = (1.0, 1.5, 0.5, 2.0, 1.0, 1.5, 0.5, 1.0)
+    i = (1.5, 1.0, 2.0, 0.5, 1.0, 2.0, 1.5, 1.0)
+    w = (0.5, 1.0, 0.5, 1.5, 0.5, 0.5, 1.0, 1.5)
+    c = (0.5, 0.0, 1.0, 0.5, 0.5, 1.0, 0.0, 0.5)
+    act = (1.0, 2.0, 1.0, 1.5, 1.0, 1.0, 2.0, 1.0)
+    n = num_stages
+    return PipelineCosts(forward=f[:n], backward_input=i[:n], backward_weight=w[:n],
+                         transfer=c[:n] if transfer else (0.0,) * n, activation=act[:n], params=(1.0,) * n,
+                         overlap_ratio=ratio)
+
+
+def dualpipe_cap(num_ranks: int, num_microbatches: int, costs: PipelineCosts) -> float:
+    return max(simulate(build_baseline("dualpipe", num_ranks, num_microbatches), costs).peak_activation_per_rank)
+
+
+def check(result: MipResult, costs: PipelineCosts, cap: float | None) -> None:
+    """Every emitted schedule validates, and the result's numbers are its simulation's."""
+    sim = validate(result.schedule, costs, memory_cap=cap)
+    assert result.schedule.name == "mip"
+    assert sim.makespan == pytest.approx(result.objective)
+    if result.bound is not None:
+        assert result.bound <= result.objective + 1e-9
+
+
+# ---- acceptance: the headline ----------------------------------------------------------------
+def test_dualpipe_8x20_unit_costs_optimal_at_half_the_bubble():
+    costs = PipelineCosts.uniform(8)
+    cap = dualpipe_cap(8, 20, costs)
+    assert cap == 9
+    dualpipe = simulate(build_baseline("dualpipe", 8, 20), costs)
+    result = solve_schedule(num_ranks=8, num_microbatches=20, costs=costs, placement="dualpipe",
+                            memory_cap=cap, time_limit=30, workers=2)
+    check(result, costs, cap)
+    assert result.status == "OPTIMAL" and result.gap == 0
+    assert result.simulation.max_bubble <= 0.5 * dualpipe.max_bubble + 1e-9  # 3 vs 6
+    assert max(result.simulation.peak_activation_per_rank) <= cap
+    assert result.solve_seconds <= 30
+
+
+def test_cpsat_search_itself_proves_the_8x20_optimum():
+    """Without the warm-start-meets-bound shortcut, the search proves 63 within 30 s."""
+    costs = PipelineCosts.uniform(8)
+    problem = build_problem(placement="dualpipe", num_ranks=8, num_microbatches=20, costs=costs, memory_cap=9)
+    # The plain DualPipe (cells fused) as hint: makespan 66, bubble 6.
+    dualpipe = build_baseline("dualpipe", 8, 20)
+    hint = canonical(problem, from_schedule(problem, without_cells(dualpipe)), fifo_weights=True)
+    outcome = solve_cpsat(problem, hint=hint, options=CpSatOptions(time_limit=30, workers=2))
+    assert outcome.status == "OPTIMAL" and outcome.objective == 63 and outcome.seconds <= 30
+
+
+# ---- exactness on unequal costs and transfers ---------------------------------------------------
+@pytest.mark.parametrize("placement,num_ranks,num_mb", [("dualpipe", 4, 8), ("v", 2, 4), ("loop", 2, 4)])
+def test_unequal_costs_and_transfers_simulated_equals_solver(placement, num_ranks, num_mb):
+    stages = num_ranks if placement == "dualpipe" else 2 * num_ranks
+    costs = uneven(stages)
+    problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs)
+    cap = problem.smallest_feasible_cap() + 2.0
+    result = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, placement=placement,
+                            memory_cap=cap, time_limit=30)
+    check(result, costs, cap)
+    assert result.status == "OPTIMAL"
+    assert result.objective == pytest.approx(result.bound)  # the solver's optimum is the simulated makespan
+    assert max(result.simulation.peak_activation_per_rank) <= cap + 1e-9
+
+
+def test_tight_memory_cap_is_respected_and_warm_start_never_beaten_by_worse():
+    costs = PipelineCosts.uniform(4, f=1, i=1.2, w=0.8)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, placement="dualpipe",
+                            memory_cap=2, time_limit=20)
+    check(result, costs, 2)
+    assert max(result.simulation.peak_activation_per_rank) <= 2
+    serial = simulate(mip_api.serial_schedule(build_problem(
+        placement="dualpipe", num_ranks=4, num_microbatches=8, costs=costs, memory_cap=2)), costs)
+    assert result.objective <= serial.makespan
+    assert any("exceeds the memory cap" in n for n in result.notes)  # DualPipe needs 5
+
+
+def test_f_and_b_cells_when_they_are_shorter():
+    costs = PipelineCosts.uniform(4, f=1, i=1, w=1, c=0.2, fb=2.4)
+    cap = dualpipe_cap(4, 8, costs)
+    dualpipe = simulate(build_baseline("dualpipe", 4, 8), costs)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, placement="dualpipe",
+                            memory_cap=cap, time_limit=15)
+    check(result, costs, cap)
+    assert result.objective <= dualpipe.makespan + 1e-9
+    assert any(a.kind is Kind.OVERLAP_F_B for o in result.schedule.orders for a in o)
+
+
+# ---- symmetry breaking keeps an optimum ---------------------------------------------------------
+@pytest.mark.parametrize("placement,num_ranks,num_mb,cap", [("dualpipe", 2, 4, 3.0), ("v", 2, 3, 4.0), ("loop", 2, 3, None)])
+def test_fifo_symmetry_breaking_matches_the_unbroken_model(placement, num_ranks, num_mb, cap):
+    stages = num_ranks if placement == "dualpipe" else 2 * num_ranks
+    problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb,
+                            costs=uneven(stages), memory_cap=cap)
+    values = []
+    for symmetry in (True, False):
+        out = solve_cpsat(problem, hint=None, options=CpSatOptions(time_limit=30, symmetry_breaking=symmetry))
+        assert out.status == "OPTIMAL"
+        values.append(out.objective)
+    assert values[0] == values[1]
+
+
+# ---- HiGHS big-M and brute force agree with CP-SAT --------------------------------------------------
+@pytest.mark.parametrize("placement,num_ranks,num_mb,cap", [
+    ("dualpipe", 2, 2, None), ("dualpipe", 2, 2, 2.0), ("v", 1, 1, None), ("loop", 2, 1, None), ("v", 2, 1, 3.0),
+])
+def test_cpsat_highs_and_brute_force_agree_on_tiny_instances(placement, num_ranks, num_mb, cap):
+    stages = num_ranks if placement == "dualpipe" else 2 * num_ranks
+    costs = uneven(stages)
+    problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, memory_cap=cap)
+    brute, _ = brute_force(problem)
+    cp = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, placement=placement,
+                        memory_cap=cap, time_limit=20)
+    hi = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, placement=placement,
+                        memory_cap=cap, time_limit=20, solver="highs")
+    for result in (cp, hi):
+        check(result, costs, cap)
+        assert result.status == "OPTIMAL"
+    assert cp.objective == pytest.approx(brute) and hi.objective == pytest.approx(brute)
+
+
+@pytest.mark.parametrize("placement,num_ranks,num_mb,cap", [("dualpipe", 2, 4, 3.0), ("v", 2, 2, None)])
+def test_cpsat_and_highs_agree_on_about_thirty_tasks(placement, num_ranks, num_mb, cap):
+    stages = num_ranks if placement == "dualpipe" else 2 * num_ranks
+    costs = uneven(stages)
+    kwargs = dict(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, placement=placement,
+                  memory_cap=cap, time_limit=60)
+    cp, hi = solve_schedule(**kwargs), solve_schedule(**kwargs, solver="highs")
+    assert cp.status == hi.status == "OPTIMAL"
+    assert cp.objective == pytest.approx(hi.objective)
+    check(hi, costs, cap)
+
+
+# ---- API behaviour ------------------------------------------------------------------------------
+def test_same_seed_and_workers_give_the_same_schedule():
+    costs = PipelineCosts.uniform(8, f=1, i=1.2, w=0.8).scaled(0.5)
+    runs = [solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, placement="v", time_limit=30, seed=3)
+            for _ in range(2)]
+    assert runs[0].schedule.to_text() == runs[1].schedule.to_text()
+
+
+def test_cap_below_one_microbatch_fails_at_once_with_the_smallest_feasible_cap():
+    with pytest.raises(ParplanError, match="smallest feasible cap is 1"):
+        solve_schedule(num_ranks=4, num_microbatches=8, costs=PipelineCosts.uniform(8).scaled(0.5),
+                       placement="v", memory_cap=0.9)
+    with pytest.raises(ParplanError, match="smallest feasible cap is 2"):
+        solve_schedule(num_ranks=2, num_microbatches=4, costs=uneven(2), placement="dualpipe", memory_cap=1.5)
+
+
+def test_param_cap_too_small_is_an_error():
+    with pytest.raises(ParplanError, match="parameter cap"):
+        solve_schedule(num_ranks=4, num_microbatches=8, costs=PipelineCosts.uniform(4), param_cap=1.5)
+
+
+def test_time_limit_without_a_solution_returns_the_warm_start(monkeypatch):
+    def nothing(problem, *, hint, options, progress=None):
+        return SolveOutcome(status="UNKNOWN", timetable=None, objective=None, bound=None, seconds=0.0)
+
+    monkeypatch.setattr(mip_api, "solve_cpsat", nothing)
+    costs = PipelineCosts.uniform(4, f=1, i=1.2, w=0.8)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, time_limit=1)
+    assert result.status == "WARM_START_ONLY"
+    assert any("without a solution; returning the warm start" in n for n in result.notes)
+    check(result, costs, None)
+
+
+def test_progress_events_and_model_dumps(tmp_path):
+    events: list[ProgressEvent] = []
+    costs = PipelineCosts.uniform(4, f=1, i=1.2, w=0.8)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, time_limit=20, progress=events.append,
+                            dump_model=str(tmp_path / "model.pbtxt"))
+    assert (tmp_path / "model.pbtxt").stat().st_size > 0
+    assert events and events[-1].incumbent == pytest.approx(result.objective)
+    solve_schedule(num_ranks=2, num_microbatches=2, costs=uneven(2), solver="highs", time_limit=10,
+                   dump_model=str(tmp_path / "model.lp"))
+    assert "cmax" in (tmp_path / "model.lp").read_text()
+
+
+def test_placement_auto_tries_each_and_keeps_the_best():
+    def rank_costs(num_stages: int) -> PipelineCosts:
+        return PipelineCosts.uniform(num_stages, f=1, i=1.2, w=0.8).scaled(4 / num_stages)
+
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs, placement="auto", time_limit=30)
+    assert result.placement in ("dualpipe", "v", "loop")
+    assert any("placement auto tried" in n for n in result.notes)
+    check(result, rank_costs(4 if result.placement == "dualpipe" else 8), None)
+
+
+def test_throughput_objective_minimises_the_longest_rank_span():
+    costs = PipelineCosts.uniform(4, f=1, i=1.2, w=0.8)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, objective="throughput", time_limit=20)
+    spans = [row[-1].end - row[0].start for row in result.simulation.timeline]
+    assert result.objective == pytest.approx(max(spans))
+
+
+# ---- scale (slow) -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_pp16_m64_unit_costs_within_055_of_dualpipe():
+    costs = PipelineCosts.uniform(16)
+    cap = dualpipe_cap(16, 64, costs)
+    dualpipe = simulate(build_baseline("dualpipe", 16, 64), costs)
+    result = solve_schedule(num_ranks=16, num_microbatches=64, costs=costs, memory_cap=cap, time_limit=60)
+    check(result, costs, cap)
+    assert result.simulation.max_bubble <= 0.55 * dualpipe.max_bubble
