@@ -126,3 +126,14 @@ def test_measured_timeline_holds_every_planned_action(runs, name):
         assert labels == planned
         assert all(0 <= m.start <= m.end for m in row)
     assert len(measured.step_seconds) == 2 and measured.step_time > 0
+
+
+def test_launch_example_trains():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "launch_train.py"
+    done = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "step 5: loss" in done.stdout
