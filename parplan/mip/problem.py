@@ -69,12 +69,17 @@ def placement_skeleton(placement: str, num_ranks: int, num_microbatches: int) ->
     return Schedule(name="mip", stage_to_rank=stage_to_rank, microbatches_per_chain=m, orders=empty)
 
 
-def _time_scale(values: list[float]) -> tuple[int, bool]:
-    """Smallest factor making every value whole; (1000, False) when none up to 1000 does."""
+_RESOLUTION = 2000  # integer ticks given to the longest duration when times must be rounded
+
+
+def _time_scale(values: list[float]) -> tuple[float, bool]:
+    """Smallest factor up to 1000 making every value whole, else one giving the longest
+    duration `_RESOLUTION` ticks (seconds-valued costs such as 0.013 s need ×1e5, not ×1000)."""
     for k in _SCALES:
         if all(abs(v * k - round(v * k)) <= 1e-9 * max(1.0, abs(v * k)) for v in values):
             return k, True
-    return _SCALES[-1], False
+    longest = max((abs(v) for v in values), default=0.0)
+    return (_RESOLUTION / longest if longest > 0 else float(_SCALES[-1])), False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -86,7 +91,7 @@ class Problem:
     costs: PipelineCosts  # per schedule stage (model-stage costs restaged)
     model_costs: PipelineCosts  # per model stage, as given: what the simulator takes
     memory_cap: float | None
-    time_scale: int
+    time_scale: float
     exact_times: bool  # False when durations had to be rounded to 1/time_scale
     notes: tuple[str, ...] = ()
     # Integer durations (× time_scale) per schedule stage.
@@ -232,8 +237,8 @@ def build_problem(
                            staged.overlap(staged.forward[a], staged.backward(b))]
     scale, exact = _time_scale(values)
     notes = () if exact else (
-        f"durations are not multiples of 1/{scale}; the solver works on times rounded to 1/{scale} "
-        f"and the reported makespan is the exact re-timed one",
+        f"durations are not multiples of 1/1000; the solver rounds them to 1/{_RESOLUTION} of the "
+        f"longest one and the reported makespan is the exact re-timed one",
     )
     return Problem(
         placement=placement,

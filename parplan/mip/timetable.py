@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from parplan.mip.problem import Problem, Task
 from parplan.schedule.ir import Action, Kind, Schedule
-from parplan.schedule.simulate import simulate
 
 __all__ = ["Cell", "Timetable", "to_schedule", "from_schedule", "canonical", "without_cells"]
 
@@ -68,34 +67,63 @@ def to_schedule(problem: Problem, timetable: Timetable) -> Schedule:
 
 
 def from_schedule(problem: Problem, schedule: Schedule) -> Timetable:
-    """The simulated timetable of `schedule` under the problem's costs, in integer time.
+    """`schedule`'s as-soon-as-possible timetable in the problem's integer time.
 
+    The order is timed again with the problem's integer durations and delays, not read off
+    the exact simulation and rounded: rounded starts and ends need not differ by the
+    rounded durations, and a hint that breaks `end = start + duration` is no hint at all.
     A full B outside a cell becomes its I followed at once by its W (same times, the
-    gradient released no later). Times are rounded to the problem's grid.
+    gradient released no later).
     """
-    result = simulate(schedule, problem.model_costs)
-    scale = problem.time_scale
     start: dict[Task, int] = {}
     end: dict[Task, int] = {}
     cells: list[Cell] = []
-    for row in result.timeline:
-        for timed in row:
-            t0, t1 = round(timed.start * scale), round(timed.end * scale)
-            atoms = timed.action.atoms
-            if timed.action.kind is Kind.OVERLAP_F_B:
-                fwd = next(a for a in atoms if a.kind is Kind.F)
-                back = next(a for a in atoms if a.kind is not Kind.F)
-                cells.append(Cell((fwd.stage, Kind.F, fwd.microbatch), (back.stage, Kind.I, back.microbatch),
-                                  back.kind is Kind.B))
-            for a in atoms:
-                if a.kind is Kind.B:
-                    split = t0 if timed.action.kind is Kind.OVERLAP_F_B else t0 + problem.dur[Kind.I][a.stage]
-                    mid_end = t1 if timed.action.kind is Kind.OVERLAP_F_B else split
-                    start[(a.stage, Kind.I, a.microbatch)], end[(a.stage, Kind.I, a.microbatch)] = t0, mid_end
-                    start[(a.stage, Kind.W, a.microbatch)] = split
-                    end[(a.stage, Kind.W, a.microbatch)] = t1
+    orders = schedule.orders
+    pos = [0] * len(orders)
+    free = [0] * len(orders)
+    remaining = sum(len(o) for o in orders)
+
+    def tasks_of(action: Action) -> list[Task]:
+        out = []
+        for a in action.atoms:
+            if a.kind is Kind.B:
+                out += [(a.stage, Kind.I, a.microbatch), (a.stage, Kind.W, a.microbatch)]
+            else:
+                out.append((a.stage, a.kind, a.microbatch))
+        return out
+
+    while remaining:
+        progressed = False
+        for r, order in enumerate(orders):
+            while pos[r] < len(order):
+                action = order[pos[r]]
+                own = tasks_of(action)
+                needs = [(p, d) for t in own for p, d in problem.predecessors(t) if p not in own]
+                if any(p not in end for p, _ in needs):
+                    break
+                t0 = max([free[r]] + [end[p] + d for p, d in needs])
+                if action.kind is Kind.OVERLAP_F_B:
+                    fwd = next(a for a in action.atoms if a.kind is Kind.F)
+                    back = next(a for a in action.atoms if a.kind is not Kind.F)
+                    full = back.kind is Kind.B
+                    cells.append(Cell((fwd.stage, Kind.F, fwd.microbatch), (back.stage, Kind.I, back.microbatch), full))
+                    t1 = t0 + problem.cell_duration(fwd.stage, back.stage, full)
+                    for t in own:
+                        start[t], end[t] = t0, t1
+                elif action.kind is Kind.B:
+                    i_task, w_task = own
+                    split = t0 + problem.duration(i_task)
+                    start[i_task], end[i_task] = t0, split
+                    t1 = split + problem.duration(w_task)
+                    start[w_task], end[w_task] = split, t1
                 else:
-                    start[(a.stage, a.kind, a.microbatch)], end[(a.stage, a.kind, a.microbatch)] = t0, t1
+                    t1 = t0 + problem.duration(own[0])
+                    start[own[0]], end[own[0]] = t0, t1
+                free[r] = t1
+                pos[r] += 1
+                remaining -= 1
+                progressed = True
+        assert progressed, "a validated schedule cannot deadlock"
     return Timetable(start=start, end=end, cells=tuple(cells))
 
 
