@@ -196,3 +196,19 @@ def test_negative_or_mismatched_costs_are_refused():
                       transfer=(0,) * 3, activation=(1,) * 3, params=(1,) * 3)
     with pytest.raises(ParplanError, match="give one cost entry per model stage"):
         simulate(build_baseline("1f1b", 4, 4), PipelineCosts.uniform(3))
+
+
+def test_a_cell_may_overlap_a_forward_with_a_backward_input():
+    """(F;I) cells are as valid as DualPipe's (F;B) cells; (F;F) or (F;W) are not."""
+    orders = (
+        (Action(0, Kind.F, 0), Action(0, Kind.F, 1), Action(0, Kind.I, 0),
+         Action(0, Kind.W, 0), Action(0, Kind.I, 1), Action(0, Kind.W, 1)),
+        (Action(1, Kind.F, 0), Action.overlap(Action(1, Kind.F, 1), Action(1, Kind.I, 0)),
+         Action(1, Kind.I, 1), Action(1, Kind.W, 0), Action(1, Kind.W, 1)),
+    )
+    schedule = Schedule(name="fi-cell", stage_to_rank=(0, 1), microbatches_per_chain=2, orders=orders)
+    validate(schedule)
+    bad = dataclasses.replace(schedule, orders=(orders[0], (Action(1, Kind.F, 0), Action.overlap(
+        Action(1, Kind.F, 1), Action(1, Kind.W, 0)), Action(1, Kind.I, 0), Action(1, Kind.I, 1), Action(1, Kind.W, 1))))
+    with pytest.raises(ScheduleError, match="V5"):
+        validate(bad)

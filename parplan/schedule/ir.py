@@ -137,6 +137,11 @@ class Schedule:
     def total_microbatches(self) -> int:
         return self.microbatches_per_chain * len(self.chains)
 
+    @property
+    def forward_only(self) -> bool:
+        """An inference schedule: forwards and nothing else."""
+        return all(a.kind is Kind.F for o in self.orders for x in o for a in x.atoms)
+
     def prev_stage(self, stage: int) -> int | None:
         chain = self._chain_of(stage)
         k = chain.index(stage)

@@ -3,7 +3,8 @@
   V1  placement      every action's stage exists and lives on the rank whose list runs it
   V2  micro-batches  every micro-batch index is in 0 … m−1
   V3  completeness   each (stage, micro-batch) runs exactly one F and either one B or one
-                     I and one W — nothing missing, nothing twice
+                     I and one W — nothing missing, nothing twice (an inference schedule:
+                     one F each and no backward at all)
   V4  local order    on its rank, F(s, j) precedes I/B(s, j), and I(s, j) precedes W(s, j)
   V5  overlap cells  a cell holds exactly one F and one backward (B or I), of stages on
                      the cell's rank
@@ -84,7 +85,7 @@ def _structure(schedule: Schedule) -> list[Violation]:
         for step, action in enumerate(order):
             if action.kind is Kind.OVERLAP_F_B:
                 kinds = sorted(a.kind.value for a in action.sub_actions)
-                if len(kinds) != 2 or kinds[1] != "F" or kinds[0] not in ("B", "I"):
+                if kinds not in (["B", "F"], ["F", "I"]):
                     out.append(Violation("V5", f"cell {action} must hold one F and one B or I", r, step))
             for a in action.atoms:
                 if not 0 <= a.stage < schedule.num_stages:
@@ -108,6 +109,8 @@ def _structure(schedule: Schedule) -> list[Violation]:
             where = (schedule.stage_to_rank[s], None)
             if f == 0:
                 out.append(Violation("V3", f"{s}F{j} is missing", *where))
+            if schedule.forward_only:
+                continue
             if not ((b == 1 and i == w == 0) or (b == 0 and i == 1 and w == 1)):
                 out.append(Violation(
                     "V3", f"stage {s} micro-batch {j} has B×{b}, I×{i}, W×{w}; it needs one B, or one I and one W",
