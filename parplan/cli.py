@@ -9,6 +9,7 @@ output in memory and write files last (see `parplan.io.write_outputs`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from parplan.errors import ParplanError
@@ -17,16 +18,16 @@ __all__ = ["main", "build_parser"]
 
 
 def _command_modules():
-    # Imported lazily so `parplan --help` stays fast and optional parts stay optional.
+    # Imported here, not at module level, so `parplan --help` stays fast.
     from parplan import schedule_cli
+    from parplan.planner import cli as planner_cli
+    from parplan.trace import cli as trace_cli
 
-    modules = [schedule_cli]
-    try:
-        from parplan.trace import cli as trace_cli
-    except ImportError:  # the tracer is an independent pass; absent in minimal installs
-        trace_cli = None
-    if trace_cli is not None:
-        modules.append(trace_cli)
+    modules = [schedule_cli, planner_cli, trace_cli]
+    if importlib.util.find_spec("parplan.runtime.cli") is not None:  # export/run/show
+        from parplan.runtime import cli as runtime_cli
+
+        modules.append(runtime_cli)
     return modules
 
 

@@ -1,0 +1,113 @@
+"""`parplan.plan`: model + cluster in, a `Plan` out — the Python entry the CLI also uses."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from parplan.cost.hardware import ClusterProfile, load_cluster
+from parplan.errors import ParplanError
+from parplan.plan import ClusterSummary, Plan
+from parplan.planner.bilevel import PlannerConfig, PlanResult, plan_traced
+from parplan.planner.degrees import Degrees
+from parplan.planner.lower import Evaluated
+from parplan.planner.units import stage_pieces
+
+__all__ = ["plan", "plan_with_report", "evaluated_summary"]
+
+
+def _cluster(cluster: str | ClusterProfile) -> ClusterProfile:
+    return cluster if isinstance(cluster, ClusterProfile) else load_cluster(cluster)
+
+
+def plan_with_report(
+    model,
+    example_inputs: tuple,
+    *,
+    cluster: str | ClusterProfile = "h100x8",
+    microbatches: int = 16,
+    spec: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    **options: Any,
+) -> tuple[Plan, PlanResult]:
+    """Plan `model` (fed `example_inputs`, one micro-batch) on `cluster`.
+
+    `options` are `PlannerConfig` fields (memory_limit in bytes, time_limit, mode,
+    objective, degrees, families, use_mip, seed, workers). Returns the plan and the full
+    report (every baseline, both levels' solver reports).
+    """
+    from parplan.trace import trace
+
+    profile = _cluster(cluster)
+    config = PlannerConfig(microbatches=microbatches, **options)
+    traced = trace(model, example_inputs)
+    result = plan_traced(traced, profile, config, progress=progress)
+    return to_plan(result, model, example_inputs, profile, config, spec), result
+
+
+def plan(model, example_inputs: tuple, **kwargs: Any) -> Plan:
+    """The best plan for `model` on the cluster: see `plan_with_report` for the options."""
+    return plan_with_report(model, example_inputs, **kwargs)[0]
+
+
+def _micro_shape(example_inputs: tuple) -> tuple[int, int]:
+    tokens = [t for t in example_inputs if hasattr(t, "shape") and len(t.shape) == 2]
+    first = tokens[0] if tokens else example_inputs[0]
+    return int(first.shape[0]), int(first.shape[1]) if len(first.shape) > 1 else 1
+
+
+def to_plan(result: PlanResult, model, example_inputs: tuple, cluster: ClusterProfile, config: PlannerConfig,
+            spec: str | None) -> Plan:
+    from parplan.runtime.chain import plan_from_schedule
+
+    best = result.best
+    placed = best.placed
+    schedule = best.schedule
+    pieces = stage_pieces(placed.units, list(placed.stage_of_unit), placed.costs.num_stages)
+    micro, seq = _micro_shape(example_inputs)
+    degrees = placed.degrees
+    devices = tuple({"name": name, "pipeline_rank": r, "global_rank": degrees.rank(0, r)}
+                    for r, name in enumerate(placed.gpu_names))
+    solver = {
+        "upper": {"degrees": str(degrees), "placement": placed.family.name, "reports": result.reports["upper"]},
+        "lower": dict(best.solver),
+        "comparison": {"parplan": evaluated_summary(best),
+                       **{e.label: evaluated_summary(e) for e in result.baselines}},
+        "planning": {"seconds": result.planning_seconds, "notes": list(result.notes),
+                     "memory_cap_bytes": result.memory_cap, "dp_sync_s": placed.dp_sync_s,
+                     "data_parallel": degrees.dp, "tensor_parallel": degrees.tp},
+    }
+    out = plan_from_schedule(
+        model=model, model_spec=spec or type(model).__name__, batch=micro * schedule.total_microbatches, seq=seq,
+        schedule=schedule, model_stage_pieces=pieces, costs=placed.costs, time_unit="s", memory_unit="bytes",
+        cluster=ClusterSummary(name=cluster.name, devices=devices), solver=solver,
+    )
+    if config.mode == "inference":
+        out = dataclasses.replace(out, mode="inference")
+    return out
+
+
+def evaluated_summary(e: Evaluated) -> dict:
+    return {
+        "schedule": e.solver.get("schedule", e.schedule.name),
+        "placement": e.placed.family.name,
+        "degrees": str(e.placed.degrees),
+        "step_time_s": e.step_time_s,
+        "bubble_ratio": e.bubble_ratio,
+        "peak_memory_bytes": list(e.peak_memory_bytes),
+        "fits": e.fits,
+    }
+
+
+def parse_degrees(pp: int | None, tp: int | None, cluster: ClusterProfile) -> Degrees | None:
+    if pp is None and tp is None:
+        return None
+    tp = tp or 1
+    total = cluster.num_gpus
+    pp = pp or total // tp
+    if total % (pp * tp):
+        raise ParplanError(
+            f"--pp {pp} × --tp {tp} does not divide the {total} GPUs of {cluster.name}; "
+            f"choose degrees whose product divides {total}"
+        )
+    return Degrees(pp=pp, dp=total // (pp * tp), tp=tp)

@@ -1,0 +1,311 @@
+"""The bi-level planner: trace → coarsen → place (upper MIP) → schedule (lower MIP) → best plan.
+
+1. Screen every parallel-degree candidate (PP × DP × TP) and placement family with fast
+   moves: the expert baselines on a contiguous *layer* split balanced by cost (what a
+   careful engineer writes by hand), and parplan's own *operator-level*, device-aware split
+   under the same schedules.
+2. Refine the most promising parplan placements with the upper-level CP-SAT model (units
+   may cross layer boundaries and branches may reorder; rank loads balanced, memory capped).
+3. Run the lower-level MIP on the best placement, warm-started from the best schedule on it.
+4. Keep the best plan that fits memory — the baselines are candidates too, so the result is
+   never worse than the best of them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+from parplan.cost.hardware import ClusterProfile
+from parplan.errors import ParplanError
+from parplan.planner.costing import UnitCoster
+from parplan.planner.degrees import Degrees, candidate_degrees
+from parplan.planner.lower import Evaluated, Placed, baseline_schedules, evaluate_schedule, place
+from parplan.planner.memory import MemoryModel
+from parplan.planner.partition import FAMILIES, Family, balanced_contiguous, place_units, rank_loads
+from parplan.planner.units import Granularity, UnitGraph, coarsen
+from parplan.trace.graph import TracedGraph
+
+__all__ = ["PlannerConfig", "PlanResult", "plan_traced"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlannerConfig:
+    microbatches: int = 16
+    memory_limit: float | None = None  # bytes per device; default: the smallest device's HBM
+    time_limit: float = 60.0
+    mode: Literal["train", "inference"] = "train"
+    objective: Literal["makespan", "utilization"] = "makespan"
+    memory: MemoryModel = field(default_factory=MemoryModel)
+    degrees: Degrees | None = None  # fixed degrees; None searches
+    families: tuple[str, ...] = ("chain", "loop", "v", "dualpipe")
+    use_mip: bool = True
+    seed: int = 0
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.microbatches < 1:
+            raise ParplanError(f"--microbatches {self.microbatches} is invalid: need >= 1")
+        if self.time_limit <= 0:
+            raise ParplanError(f"--time-limit {self.time_limit} is invalid: need > 0 seconds")
+        if self.objective not in ("makespan", "utilization"):
+            raise ParplanError(f"--objective {self.objective!r} is unknown; use makespan or utilization")
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown:
+            raise ParplanError(f"placement family {unknown[0]!r} is unknown; use {', '.join(FAMILIES)}")
+        if self.memory.mode != self.mode:
+            object.__setattr__(self, "memory", MemoryModel(
+                mode=self.mode, grad_bytes_per_param_byte=self.memory.grad_bytes_per_param_byte,
+                optimizer_bytes_per_param=self.memory.optimizer_bytes_per_param, zero1=self.memory.zero1))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlanResult:
+    best: Evaluated
+    baselines: tuple[Evaluated, ...]  # the best of each expert schedule, any degrees
+    units: UnitGraph
+    memory_cap: float
+    planning_seconds: float
+    reports: dict
+    notes: tuple[str, ...]
+
+
+Progress = Callable[[str], None]
+
+
+def _key(config: PlannerConfig) -> Callable[[Evaluated], tuple]:
+    if config.objective == "utilization":
+        return lambda e: (not e.fits, -e.utilization, e.step_time_s)
+    return lambda e: (not e.fits, e.step_time_s)
+
+
+def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerConfig,
+                progress: Progress | None = None) -> PlanResult:
+    start = time.perf_counter()
+    say = progress or (lambda message: None)
+    key = _key(config)
+    layers = coarsen(traced, Granularity.LAYER)
+    ops = coarsen(traced, Granularity.OPERATOR)
+    cap = config.memory_limit if config.memory_limit is not None else min(g.gpu.hbm_bytes for g in cluster.groups)
+    families = [FAMILIES[f] for f in config.families]
+    if config.mode == "inference":
+        families = [FAMILIES["chain"]]
+    degree_list = candidate_degrees(cluster, microbatches=config.microbatches, max_pp=len(layers),
+                                    fixed=config.degrees)
+    if not degree_list:
+        raise ParplanError(
+            f"no PP × DP × TP split of {cluster.num_gpus} GPUs divides {config.microbatches} micro-batches "
+            f"among the replicas; use a micro-batch count divisible by the data-parallel degree"
+        )
+    say(f"traced {len(traced.nodes)} operators → {len(layers)} layer units, {len(ops)} operator units; "
+        f"{len(degree_list)} degree candidates")
+
+    # ---- 1. screen: baselines on layer splits, parplan on operator splits --------------
+    baselines: dict[str, Evaluated] = {}
+    ours: list[tuple[Evaluated, UnitCoster]] = []
+    screened = 0
+    for degrees in degree_list:
+        micro = config.microbatches // degrees.dp
+        tp_link = degrees.tp_link(cluster)
+        coster_layers = UnitCoster(layers, tp=degrees.tp, tp_link=tp_link)
+        coster_ops = UnitCoster(ops, tp=degrees.tp, tp_link=tp_link)
+        for family in families:
+            stages = family.num_stages(degrees.pp)
+            if stages > len(layers):
+                continue
+            for label, graph, coster, aware in (("baseline", layers, coster_layers, False),
+                                               ("parplan", ops, coster_ops, True)):
+                split = _contiguous(graph, coster, cluster, degrees, family, aware=aware,
+                                    memory=config.memory, cap=cap)
+                if split is None:
+                    continue
+                placed = place(graph, coster, cluster, degrees, family, split, config.memory)
+                for name, schedule in baseline_schedules(placed, micro, config.mode):
+                    result = evaluate_schedule(name if label == "baseline" else "parplan", placed, schedule, cap,
+                                               {"schedule": name, "placement": family.name,
+                                                "degrees": str(degrees)})
+                    screened += 1
+                    if label == "baseline":
+                        if name not in baselines or key(result) < key(baselines[name]):
+                            baselines[name] = result
+                    else:
+                        ours.append((result, coster))
+    if not ours and not baselines:
+        raise ParplanError("no placement fits the model on this cluster; use more GPUs or fewer stages")
+    say(f"screened {screened} (placement, schedule) pairs in {time.perf_counter() - start:.1f}s")
+
+    # ---- 2. refine the most promising placements: boundary moves, then the upper MIP ----
+    ours.sort(key=lambda pair: key(pair[0]))
+    reports: dict = {"upper": [], "lower": None, "screened": screened,
+                     "degrees_considered": [str(d) for d in degree_list]}
+    refined: list[Evaluated] = [e for e, _ in ours[:8]]
+    budget = config.time_limit
+    seen: set = set()
+    for result, coster in ours:
+        tag = (result.placed.family.name, str(result.placed.degrees))
+        if tag in seen:
+            continue
+        seen.add(tag)
+        if len(seen) > 3:
+            break
+        left = budget - (time.perf_counter() - start)
+        if left < 2:
+            break
+        moved = _local_search(result, ops, coster, cluster, config, cap, deadline=time.perf_counter() + left / 6)
+        if moved is not None and key(moved) < key(result):
+            say(f"boundary moves: {tag[0]} {tag[1]} step {result.step_time_s:.4g}s → {moved.step_time_s:.4g}s")
+            refined.append(moved)
+            result = moved
+        left = budget - (time.perf_counter() - start)
+        improved, report = _refine(result, ops, coster, cluster, config, cap, min(left / 4, 15.0))
+        reports["upper"].append(report)
+        if improved is not None:
+            refined.append(improved)
+            say(f"upper MIP {report['status']}: {tag[0]} {tag[1]} "
+                f"step {result.step_time_s:.4g}s → {improved.step_time_s:.4g}s")
+
+    # ---- 3. lower-level MIP on the best placement --------------------------------------
+    refined.sort(key=key)
+    notes: list[str] = []
+    if config.use_mip and config.mode == "train" and refined:
+        left = budget - (time.perf_counter() - start)
+        mip = _lower_mip(refined[0], config, cap, left, notes)
+        if mip is not None:
+            reports["lower"] = mip.solver
+            refined.append(mip)
+            say(f"lower MIP {mip.solver.get('status')}: step {refined[0].step_time_s:.4g}s → {mip.step_time_s:.4g}s")
+
+    # ---- 4. keep the best, baselines included ------------------------------------------
+    pool = refined + list(baselines.values())
+    best = min(pool, key=key)
+    if not best.fits:
+        smallest = min(max(e.peak_memory_bytes) for e in pool)
+        raise ParplanError(
+            f"no plan fits the memory cap of {cap / 2**30:.2f} GiB per device; the smallest peak any "
+            f"candidate needs is {smallest / 2**30:.2f} GiB — raise --memory-limit to at least that, "
+            f"add GPUs, or shrink the micro-batch"
+        )
+    if best.label != "parplan":
+        notes.append(f"no parplan placement beat the {best.label} baseline; the plan is that baseline")
+    return PlanResult(best=best, baselines=tuple(baselines[n] for n in sorted(baselines)), units=ops,
+                      memory_cap=cap, planning_seconds=time.perf_counter() - start, reports=reports,
+                      notes=tuple(notes))
+
+
+def _stage_gpu(cluster: ClusterProfile, degrees: Degrees, family: Family):
+    gpus = [degrees.gpu(cluster, r) for r in range(degrees.pp)]
+    return lambda s: min((gpus[r] for r in family.ranks_of_stage(s, degrees.pp)), key=lambda g: g.peak("bfloat16"))
+
+
+def _contiguous(graph: UnitGraph, coster: UnitCoster, cluster: ClusterProfile, degrees: Degrees, family: Family,
+                *, aware: bool, memory: MemoryModel, cap: float) -> list[int] | None:
+    stage_gpu = _stage_gpu(cluster, degrees, family)
+    reference = stage_gpu(0)
+    units = graph.units
+    gpu_of = stage_gpu if aware else (lambda s: reference)
+    cost = lambda u, s: coster.cost(units[u], gpu_of(s)).total_s  # noqa: E731
+    static = lambda u, s: memory.static_bytes(  # noqa: E731
+        coster.cost(units[u], reference).param_bytes, coster.cost(units[u], reference).param_count, degrees.dp)
+    n = degrees.pp
+    score = lambda split: (max(rank_loads(split, family, n, cost)), max(  # noqa: E731
+        rank_loads(split, FAMILIES["chain"], family.num_stages(n), cost)))
+    try:
+        return balanced_contiguous(len(units), family.num_stages(n), cost, score=score,
+                                   static=static if aware else None, static_cap=cap if aware else None)
+    except ParplanError:
+        return None
+
+
+def _refine(result: Evaluated, graph: UnitGraph, coster: UnitCoster, cluster: ClusterProfile,
+            config: PlannerConfig, cap: float, time_limit: float) -> tuple[Evaluated | None, dict]:
+    placed: Placed = result.placed
+    degrees, family = placed.degrees, placed.family
+    stage_gpu = _stage_gpu(cluster, degrees, family)
+    units = graph.units
+    cost = lambda u, s: coster.cost(units[u], stage_gpu(s)).total_s  # noqa: E731
+    static = lambda u, s: config.memory.static_bytes(  # noqa: E731
+        coster.cost(units[u], stage_gpu(s)).param_bytes, coster.cost(units[u], stage_gpu(s)).param_count, degrees.dp)
+    split, report = place_units(
+        num_units=len(units), edges=list(graph.edges), family=family, num_ranks=degrees.pp, cost=cost,
+        static=static, static_cap=cap, hint=list(placed.stage_of_unit), time_limit=time_limit,
+        seed=config.seed, workers=config.workers,
+    )
+    report = {**report, "family": family.name, "degrees": str(degrees)}
+    if list(split) == list(placed.stage_of_unit):
+        return None, report
+    new = place(graph, coster, cluster, degrees, family, split, config.memory)
+    return _best_on(new, config, cap, {"upper": report}), report
+
+
+def _best_on(placed: Placed, config: PlannerConfig, cap: float, extra: dict) -> Evaluated | None:
+    best = None
+    for name, schedule in baseline_schedules(placed, config.microbatches // placed.degrees.dp, config.mode):
+        candidate = evaluate_schedule("parplan", placed, schedule, cap,
+                                      {"schedule": name, "placement": placed.family.name,
+                                       "degrees": str(placed.degrees), **extra})
+        if best is None or _key(config)(candidate) < _key(config)(best):
+            best = candidate
+    return best
+
+
+def _local_search(start: Evaluated, graph: UnitGraph, coster: UnitCoster, cluster: ClusterProfile,
+                  config: PlannerConfig, cap: float, *, deadline: float) -> Evaluated | None:
+    """Move one stage boundary at a time (by 1, 2, 4, 8 units) while the simulated step time drops.
+
+    Proxies such as the largest rank load miss what a fixed expert order does with uneven
+    stages; the simulator does not, so every move is judged by it.
+    """
+    split = list(start.placed.stage_of_unit)
+    if any(b < a for a, b in zip(split, split[1:])):
+        return None  # only contiguous splits have boundaries to move
+    placed = start.placed
+    key = _key(config)
+    best, moves = start, 0
+    improved = True
+    while improved and time.perf_counter() < deadline:
+        improved = False
+        for boundary in range(1, max(split) + 1):
+            first = split.index(boundary)  # first unit of stage `boundary`
+            for step in (1, -1, 2, -2, 4, -4, 8, -8):
+                cut = first + step
+                if not 0 < cut < len(split) or time.perf_counter() >= deadline:
+                    continue
+                trial = [boundary - 1 if u < cut else s for u, s in enumerate(split)] if step > 0 else \
+                    [boundary if u >= cut and s == boundary - 1 else s for u, s in enumerate(split)]
+                if len(set(trial)) != len(set(split)):
+                    continue  # a stage would become empty
+                candidate = _best_on(place(graph, coster, cluster, placed.degrees, placed.family, trial,
+                                           config.memory), config, cap, {"refined": "boundary moves"})
+                if candidate is not None and key(candidate) < key(best):
+                    best, split, improved, moves = candidate, trial, True, moves + 1
+                    break
+    return best if moves else None
+
+
+def _lower_mip(start: Evaluated, config: PlannerConfig, cap: float, time_limit: float,
+               notes: list[str]) -> Evaluated | None:
+    try:
+        from parplan.mip import solve_schedule
+    except ImportError:
+        notes.append("lower-level MIP unavailable (parplan.mip not installed); schedules are the best expert order")
+        return None
+    placed = start.placed
+    if time_limit < 2:
+        notes.append("no time left for the lower-level MIP; raise --time-limit")
+        return None
+    activation_cap = cap - max(placed.static_bytes)
+    try:
+        result = solve_schedule(
+            num_ranks=placed.degrees.pp, num_microbatches=config.microbatches // placed.degrees.dp,
+            costs=placed.costs, placement=placed.family.name, memory_cap=activation_cap,
+            time_limit=time_limit, seed=config.seed, workers=config.workers,
+        )
+    except (ParplanError, TypeError, ValueError) as err:
+        notes.append(f"lower-level MIP skipped on {placed.family.name}: {err}")
+        return None
+    report = {"schedule": "mip", "placement": placed.family.name, "degrees": str(placed.degrees),
+              "status": result.status, "objective": result.objective, "bound": result.bound, "gap": result.gap,
+              "solve_seconds": result.solve_seconds, "warm_start": result.warm_start}
+    notes.extend(result.notes)
+    return evaluate_schedule("parplan", placed, result.schedule, cap, report)

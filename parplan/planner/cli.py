@@ -1,0 +1,124 @@
+"""`parplan plan MODEL`: plan a model on a cluster and compare with the expert schedules."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from parplan.compare import parse_memory_limit
+from parplan.errors import ParplanError
+from parplan.io import check_writable, write_outputs
+
+__all__ = ["add_parsers", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "llama:layers=16,hidden=2048,heads=16,kv_heads=4,intermediate=5632"
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "plan", help="plan a model on a cluster (placement + schedule) and compare with expert schedules",
+        description="Trace MODEL, place its operators on the cluster's devices (upper-level MIP), schedule "
+                    "every micro-batch's F/I/W (lower-level MIP) and compare with the expert schedules.")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                   help=f"zoo spec (gpt:layers=12, llama, mixtral, deepseek-moe, two-tower), path.py:factory "
+                        f"or hf:llama (default: {DEFAULT_MODEL})")
+    p.add_argument("--cluster", default="h100x8", help="cluster profile name or YAML file (default h100x8)")
+    p.add_argument("--batch", type=int, default=1, help="sequences per micro-batch (default 1)")
+    p.add_argument("--seq", type=int, default=2048, help="sequence length (default 2048)")
+    p.add_argument("--microbatches", "-m", type=int, default=32, help="micro-batches per step (default 32)")
+    p.add_argument("--memory-limit", default=None, help="bytes per device, e.g. 70GiB (default: device HBM)")
+    p.add_argument("--time-limit", type=float, default=60.0, help="planning seconds (default 60)")
+    p.add_argument("--mode", choices=("train", "inference"), default="train")
+    p.add_argument("--objective", choices=("makespan", "utilization"), default="makespan")
+    p.add_argument("--pp", type=int, default=None, help="fix the pipeline degree (default: search)")
+    p.add_argument("--tp", type=int, default=None, help="fix the tensor-parallel degree (default: search)")
+    p.add_argument("--no-zero1", action="store_true", help="keep full optimizer state on every replica")
+    p.add_argument("--no-mip", action="store_true", help="skip the lower-level MIP (expert orders only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("-o", "--output", default=None, help="write plan.json here")
+    p.add_argument("--gantt", default=None, help="draw the plan next to the best baseline (.png/.svg)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=run_plan)
+
+
+def _memory_limit(text: str | None) -> float | None:
+    parsed = parse_memory_limit(text)
+    if parsed is None:
+        return None
+    kind, value = parsed
+    if kind != "bytes":
+        raise ParplanError(f"--memory-limit {text!r}: plan caps bytes per device; give a size such as 70GiB")
+    return float(value)
+
+
+def run_plan(args) -> int:
+    from parplan.cost.hardware import load_cluster
+    from parplan.planner.api import evaluated_summary, parse_degrees, plan_with_report
+    from parplan.planner.memory import MemoryModel
+    from parplan.zoo import load_model
+
+    check_writable(args.output, "-o")
+    check_writable(args.gantt, "--gantt")
+    if args.gantt and Path(args.gantt).suffix.lower() not in (".png", ".svg"):
+        raise ParplanError(f"--gantt {args.gantt!r}: the file must end in .png or .svg")
+    for flag, value in (("--batch", args.batch), ("--seq", args.seq), ("--microbatches", args.microbatches),
+                        ("--workers", args.workers)):
+        if value < 1:
+            raise ParplanError(f"{flag} {value} is invalid: need an integer >= 1")
+    cluster = load_cluster(args.cluster)
+    zoo = load_model(args.model, batch=args.batch, seq=args.seq)
+    progress = (lambda message: print(f"  {message}", file=sys.stderr)) if sys.stderr.isatty() else None
+    plan, result = plan_with_report(
+        zoo.model, zoo.example_inputs, cluster=cluster, microbatches=args.microbatches, spec=args.model,
+        progress=progress, memory_limit=_memory_limit(args.memory_limit), time_limit=args.time_limit,
+        mode=args.mode, objective=args.objective, degrees=parse_degrees(args.pp, args.tp, cluster),
+        memory=MemoryModel(mode=args.mode, zero1=not args.no_zero1), use_mip=not args.no_mip,
+        seed=args.seed, workers=args.workers,
+    )
+    outputs: dict[str, str | bytes] = {}
+    if args.output:
+        outputs[args.output] = plan.to_json()
+    if args.gantt:
+        from parplan.gantt import render_gantt
+
+        rival = min(result.baselines, key=lambda e: (not e.fits, e.step_time_s), default=None)
+        sims = [result.best.simulation] + ([rival.simulation] if rival is not None else [])
+        outputs[args.gantt] = render_gantt(sims, fmt=Path(args.gantt).suffix.lower().lstrip("."),
+                                           title=f"parplan plan vs best baseline: {args.model} on {cluster.name}")
+    best = evaluated_summary(result.best)
+    report = {
+        **best,
+        "planning_seconds": result.planning_seconds,
+        "baselines": {e.label: evaluated_summary(e) for e in result.baselines},
+        "solver": plan.solver,
+        "notes": list(result.notes),
+    }
+    text = json.dumps(report, indent=1) + "\n" if args.json else format_plan_table(result, args.model, cluster.name)
+    write_outputs(outputs)
+    sys.stdout.write(text)
+    return 0
+
+
+def format_plan_table(result, model: str, cluster: str) -> str:
+    from parplan.planner.api import evaluated_summary
+
+    rows = [("parplan", result.best)] + [(e.label, e) for e in result.baselines]
+    header = ["plan", "schedule", "placement", "degrees", "step time (s)", "bubble", "peak mem/dev (GiB)", "fits"]
+    body = []
+    for label, e in rows:
+        d = evaluated_summary(e)
+        body.append([label, d["schedule"], d["placement"], d["degrees"], f"{d['step_time_s']:.4f}",
+                     f"{d['bubble_ratio']:.1%}", f"{max(d['peak_memory_bytes']) / 2**30:.1f}",
+                     "yes" if d["fits"] else "NO"])
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    best_baseline = min((e for e in result.baselines if e.fits), key=lambda e: e.step_time_s, default=None)
+    out = [f"{model} on {cluster}: planned in {result.planning_seconds:.1f}s", line(header),
+           line(["-" * w for w in widths])] + [line(c) for c in body]
+    if best_baseline is not None:
+        gain = 1 - result.best.step_time_s / best_baseline.step_time_s
+        out.append(f"parplan vs best baseline ({best_baseline.label}): {gain:+.1%} step time")
+    out += [f"note: {n}" for n in result.notes]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,64 @@
+"""Parallel degrees on a cluster: pipeline ranks × data-parallel replicas × tensor-parallel groups.
+
+Rank layout: tensor parallel innermost (inside a node, on NVLink), then pipeline, then data
+parallel: global rank = (dp · PP + pp) · TP + tp. The global batch is fixed — M micro-batches
+of B sequences per step — so a plan with DP replicas gives each replica M / DP of them and
+step times stay comparable across degrees. The gradient sync (all-reduce, or ZeRO-1's
+reduce-scatter + all-gather of the same volume) of each pipeline rank's parameters runs over
+the link tier its replicas span, after the pipeline drains (not overlapped: conservative).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parplan.cost.hardware import ClusterProfile, GPUProfile, LinkProfile
+
+__all__ = ["Degrees", "candidate_degrees"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Degrees:
+    pp: int
+    dp: int
+    tp: int
+
+    def rank(self, dp: int, pp: int, tp: int = 0) -> int:
+        return (dp * self.pp + pp) * self.tp + tp
+
+    def gpu(self, cluster: ClusterProfile, pp: int) -> GPUProfile:
+        """The slowest device holding pipeline position `pp` across replicas and TP peers."""
+        gpus = [cluster.gpu(self.rank(d, pp, t)) for d in range(self.dp) for t in range(self.tp)]
+        return min(gpus, key=lambda g: g.peak("bfloat16"))
+
+    def pp_link(self, cluster: ClusterProfile, a: int, b: int) -> LinkProfile:
+        return cluster.link(self.rank(0, a), self.rank(0, b))
+
+    def dp_link(self, cluster: ClusterProfile) -> LinkProfile | None:
+        return cluster.link(self.rank(0, 0), self.rank(1, 0)) if self.dp > 1 else None
+
+    def tp_link(self, cluster: ClusterProfile) -> LinkProfile | None:
+        return cluster.link(self.rank(0, 0, 0), self.rank(0, 0, 1)) if self.tp > 1 else None
+
+    def __str__(self) -> str:
+        return f"PP{self.pp}×DP{self.dp}×TP{self.tp}"
+
+
+def candidate_degrees(cluster: ClusterProfile, *, microbatches: int, max_pp: int,
+                      fixed: Degrees | None = None) -> list[Degrees]:
+    if fixed is not None:
+        return [fixed]
+    total = cluster.num_gpus
+    per_node = min(g.gpus_per_node for g in cluster.groups)
+    out = []
+    for tp in (1, 2, 4, 8):
+        if tp > per_node or total % tp:
+            continue
+        for pp in range(1, total // tp + 1):
+            if (total // tp) % pp or pp > max_pp:
+                continue
+            dp = total // (tp * pp)
+            if microbatches % dp:
+                continue
+            out.append(Degrees(pp=pp, dp=dp, tp=tp))
+    return out

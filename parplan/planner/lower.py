@@ -1,0 +1,154 @@
+"""Lower level: a placed partition → per-stage costs → the best schedule on it.
+
+For a partition of units into stages, build the `PipelineCosts` the schedule layer runs on
+(seconds and bytes on each stage's device; boundary transfers over the link between the
+two stages' ranks, with the cost model's contention folded into F and I), then time every
+expert schedule that fits the placement family and, for the planner's own plan, the
+lower-level MIP warm-started from the best of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from parplan.baselines import build_baseline
+from parplan.cost.hardware import ClusterProfile
+from parplan.cost.model import transfer_time
+from parplan.costs import PipelineCosts
+from parplan.errors import ParplanError
+from parplan.planner.costing import UnitCoster, ring_allreduce_s
+from parplan.planner.degrees import Degrees
+from parplan.planner.memory import MemoryModel
+from parplan.planner.partition import Family
+from parplan.planner.units import UnitGraph
+from parplan.schedule.ir import Action, Kind, Schedule
+from parplan.schedule.simulate import SimResult
+from parplan.schedule.validate import validate
+
+__all__ = ["Placed", "Evaluated", "place", "evaluate_schedule", "forward_only_schedule"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Placed:
+    """A partition on concrete devices: what every schedule on it shares."""
+
+    units: UnitGraph = field(repr=False, compare=False)
+    degrees: Degrees
+    family: Family
+    stage_of_unit: tuple[int, ...]
+    costs: PipelineCosts  # per model stage, seconds and bytes
+    static_bytes: tuple[float, ...]  # per pipeline rank: params + grads + optimizer
+    dp_sync_s: float  # gradient sync after the pipeline drains
+    gpu_names: tuple[str, ...]  # per pipeline rank
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Evaluated:
+    label: str  # "parplan" or the baseline schedule's name
+    placed: Placed
+    schedule: Schedule
+    simulation: SimResult
+    memory_cap: float
+    solver: dict = field(default_factory=dict)
+
+    @property
+    def step_time_s(self) -> float:
+        return self.simulation.makespan + self.placed.dp_sync_s
+
+    @property
+    def peak_memory_bytes(self) -> tuple[float, ...]:
+        sim = self.simulation
+        return tuple(s + a for s, a in zip(self.placed.static_bytes, sim.peak_activation_per_rank))
+
+    @property
+    def fits(self) -> bool:
+        return max(self.peak_memory_bytes) <= self.memory_cap
+
+    @property
+    def bubble_ratio(self) -> float:
+        return self.simulation.bubble_ratio
+
+    @property
+    def utilization(self) -> float:
+        busy = sum(self.simulation.busy_per_rank)
+        return busy / (self.simulation.num_ranks * self.step_time_s) if self.step_time_s > 0 else 0.0
+
+
+def place(units: UnitGraph, coster: UnitCoster, cluster: ClusterProfile, degrees: Degrees, family: Family,
+          stage_of_unit: list[int], memory: MemoryModel) -> Placed:
+    n = degrees.pp
+    num_stages = family.num_stages(n)
+    rank_of = [family.rank_of_stage(s, n) for s in range(num_stages)]
+    gpus = [degrees.gpu(cluster, r) for r in range(n)]
+    members: list[list[int]] = [[] for _ in range(num_stages)]
+    for u, s in enumerate(stage_of_unit):
+        members[s].append(u)
+    cut = units.cut_bytes(list(stage_of_unit))
+    f, i, w, act, params, counts, xfer = ([0.0] * num_stages for _ in range(7))
+    for s in range(num_stages):
+        # DualPipe runs a model stage on two ranks: cost it on the slower device of the pair.
+        gpu = min((gpus[r] for r in family.ranks_of_stage(s, n)), key=lambda g: g.peak("bfloat16"))
+        for u in members[s]:
+            c = coster.cost(units.units[u], gpu)
+            f[s] += c.forward_s
+            i[s] += c.backward_input_s
+            w[s] += c.backward_weight_s
+            act[s] += c.activation_bytes
+            params[s] += c.param_bytes
+            counts[s] += c.param_count
+        if s + 1 < num_stages and rank_of[s] != rank_of[s + 1]:
+            xfer[s] = transfer_time(cut.get(s, 0), degrees.pp_link(cluster, rank_of[s], rank_of[s + 1]))
+    kappa = gpus[0].efficiency.transfer_contention
+    if memory.mode == "inference":
+        i, w = [0.0] * num_stages, [0.0] * num_stages
+    costs = PipelineCosts(
+        forward=tuple(f[s] + kappa * xfer[s] for s in range(num_stages)),
+        backward_input=tuple(i[s] + (kappa * xfer[s - 1] if s and memory.mode == "train" else 0.0)
+                             for s in range(num_stages)),
+        backward_weight=tuple(w),
+        transfer=tuple(xfer),
+        activation=tuple(act),
+        params=tuple(params),
+        overlap_ratio=gpus[0].efficiency.fb_overlap_ratio,
+    )
+    static = [0.0] * n
+    grad_bytes = [0.0] * n
+    for s in range(num_stages):
+        for r in family.ranks_of_stage(s, n):
+            static[r] += memory.static_bytes(params[s], counts[s], degrees.dp)
+            grad_bytes[r] += params[s] * memory.grad_bytes_per_param_byte
+    dp_link = degrees.dp_link(cluster)
+    dp_sync = 0.0
+    if memory.mode == "train" and dp_link is not None:
+        dp_sync = max(ring_allreduce_s(b, degrees.dp, dp_link) for b in grad_bytes)
+    return Placed(units=units, degrees=degrees, family=family, stage_of_unit=tuple(stage_of_unit), costs=costs,
+                  static_bytes=tuple(static), dp_sync_s=dp_sync, gpu_names=tuple(g.name for g in gpus))
+
+
+def forward_only_schedule(num_ranks: int, num_microbatches: int) -> Schedule:
+    """Inference: each rank runs its stage's forwards in micro-batch order."""
+    return Schedule(
+        name="forward", stage_to_rank=tuple(range(num_ranks)), microbatches_per_chain=num_microbatches,
+        orders=[[Action(r, Kind.F, j) for j in range(num_microbatches)] for r in range(num_ranks)],
+    )
+
+
+def evaluate_schedule(label: str, placed: Placed, schedule: Schedule, memory_cap: float,
+                      solver: dict | None = None) -> Evaluated:
+    sim = validate(schedule, placed.costs)
+    return Evaluated(label=label, placed=placed, schedule=schedule, simulation=sim, memory_cap=memory_cap,
+                     solver=solver or {})
+
+
+def baseline_schedules(placed: Placed, microbatches: int, mode: str) -> list[tuple[str, Schedule]]:
+    """Every expert schedule of the placement's family that accepts these sizes."""
+    n = placed.degrees.pp
+    if mode == "inference":
+        return [("forward", forward_only_schedule(n, microbatches))] if placed.family.name == "chain" else []
+    out = []
+    for name in placed.family.schedules:
+        try:
+            out.append((name, build_baseline(name, n, microbatches)))
+        except ParplanError:
+            continue  # this size is outside the schedule's preconditions
+    return out
