@@ -152,13 +152,14 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
         left = budget - (time.perf_counter() - start)
         if left < 2:
             break
-        moved = _local_search(result, ops, coster, cluster, config, cap, deadline=time.perf_counter() + left / 6)
+        moved = _local_search(result, ops, coster, cluster, config, cap, max_trials=int(4 * budget) + 20,
+                              deadline=time.perf_counter() + left / 3)
         if moved is not None and key(moved) < key(result):
             say(f"boundary moves: {tag[0]} {tag[1]} step {result.step_time_s:.4g}s → {moved.step_time_s:.4g}s")
             refined.append(moved)
             result = moved
         left = budget - (time.perf_counter() - start)
-        improved, report = _refine(result, ops, coster, cluster, config, cap, min(left / 4, 15.0))
+        improved, report = _refine(result, ops, coster, cluster, config, cap, min(budget / 8, 15.0))
         reports["upper"].append(report)
         if improved is not None:
             refined.append(improved)
@@ -250,31 +251,33 @@ def _best_on(placed: Placed, config: PlannerConfig, cap: float, extra: dict) -> 
 
 
 def _local_search(start: Evaluated, graph: UnitGraph, coster: UnitCoster, cluster: ClusterProfile,
-                  config: PlannerConfig, cap: float, *, deadline: float) -> Evaluated | None:
+                  config: PlannerConfig, cap: float, *, max_trials: int, deadline: float) -> Evaluated | None:
     """Move one stage boundary at a time (by 1, 2, 4, 8 units) while the simulated step time drops.
 
     Proxies such as the largest rank load miss what a fixed expert order does with uneven
-    stages; the simulator does not, so every move is judged by it.
+    stages; the simulator does not, so every move is judged by it. The search is bounded
+    by a trial count (deterministic); the deadline only guards a slow machine.
     """
     split = list(start.placed.stage_of_unit)
     if any(b < a for a, b in zip(split, split[1:])):
         return None  # only contiguous splits have boundaries to move
     placed = start.placed
     key = _key(config)
-    best, moves = start, 0
+    best, moves, trials = start, 0, 0
     improved = True
-    while improved and time.perf_counter() < deadline:
+    while improved and trials < max_trials and time.perf_counter() < deadline:
         improved = False
         for boundary in range(1, max(split) + 1):
             first = split.index(boundary)  # first unit of stage `boundary`
             for step in (1, -1, 2, -2, 4, -4, 8, -8):
                 cut = first + step
-                if not 0 < cut < len(split) or time.perf_counter() >= deadline:
+                if not 0 < cut < len(split) or trials >= max_trials or time.perf_counter() >= deadline:
                     continue
                 trial = [boundary - 1 if u < cut else s for u, s in enumerate(split)] if step > 0 else \
                     [boundary if u >= cut and s == boundary - 1 else s for u, s in enumerate(split)]
                 if len(set(trial)) != len(set(split)):
                     continue  # a stage would become empty
+                trials += 1
                 candidate = _best_on(place(graph, coster, cluster, placed.degrees, placed.family, trial,
                                            config.memory), config, cap, {"refined": "boundary moves"})
                 if candidate is not None and key(candidate) < key(best):

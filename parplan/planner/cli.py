@@ -25,7 +25,7 @@ def add_parsers(sub) -> None:
                         f"or hf:llama (default: {DEFAULT_MODEL})")
     p.add_argument("--cluster", default="h100x8", help="cluster profile name or YAML file (default h100x8)")
     p.add_argument("--batch", type=int, default=1, help="sequences per micro-batch (default 1)")
-    p.add_argument("--seq", type=int, default=2048, help="sequence length (default 2048)")
+    p.add_argument("--seq", type=int, default=1024, help="sequence length (default 1024)")
     p.add_argument("--microbatches", "-m", type=int, default=32, help="micro-batches per step (default 32)")
     p.add_argument("--memory-limit", default=None, help="bytes per device, e.g. 70GiB (default: device HBM)")
     p.add_argument("--time-limit", type=float, default=60.0, help="planning seconds (default 60)")
@@ -67,13 +67,16 @@ def run_plan(args) -> int:
                         ("--workers", args.workers)):
         if value < 1:
             raise ParplanError(f"{flag} {value} is invalid: need an integer >= 1")
+    # cheap checks first: a bad option fails before the model is built and traced
     cluster = load_cluster(args.cluster)
+    memory_limit = _memory_limit(args.memory_limit)
+    degrees = parse_degrees(args.pp, args.tp, cluster)
     zoo = load_model(args.model, batch=args.batch, seq=args.seq)
     progress = (lambda message: print(f"  {message}", file=sys.stderr)) if sys.stderr.isatty() else None
     plan, result = plan_with_report(
         zoo.model, zoo.example_inputs, cluster=cluster, microbatches=args.microbatches, spec=args.model,
-        progress=progress, memory_limit=_memory_limit(args.memory_limit), time_limit=args.time_limit,
-        mode=args.mode, objective=args.objective, degrees=parse_degrees(args.pp, args.tp, cluster),
+        progress=progress, memory_limit=memory_limit, time_limit=args.time_limit,
+        mode=args.mode, objective=args.objective, degrees=degrees,
         memory=MemoryModel(mode=args.mode, zero1=not args.no_zero1), use_mip=not args.no_mip,
         seed=args.seed, workers=args.workers,
     )

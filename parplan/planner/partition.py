@@ -247,7 +247,10 @@ def place_units(
 
     # ---- solve & extract ----------------------------------------------------------------
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit
+    # Deterministic time keeps the answer independent of machine load (same seed, same
+    # plan); the wall-clock cap only guards against a slow machine.
+    solver.parameters.max_deterministic_time = time_limit
+    solver.parameters.max_time_in_seconds = 3 * time_limit
     solver.parameters.num_workers = workers
     solver.parameters.random_seed = seed
     status = solver.Solve(model)
