@@ -16,9 +16,11 @@ from typing import Callable, Literal
 from parplan.baselines import build_baseline
 from parplan.costs import PipelineCosts
 from parplan.errors import ParplanError
-from parplan.mip.cpsat import CpSatOptions, ProgressEvent, problem_bounds, rank_lower_bound, solve_cpsat
+from parplan.mip.cpsat import (
+    CpSatOptions, ProgressEvent, cell_lower_bound, problem_bounds, rank_lower_bound, solve_cpsat,
+)
 from parplan.mip.problem import PLACEMENTS, Problem, build_problem, check_param_cap, num_model_stages
-from parplan.mip.timetable import canonical, from_schedule, to_schedule, without_cells
+from parplan.mip.timetable import Timetable, canonical, from_schedule, to_schedule, without_cells
 from parplan.schedule.ir import Action, Kind, Schedule
 from parplan.schedule.simulate import SimResult
 from parplan.schedule.validate import ScheduleError, validate
@@ -30,7 +32,18 @@ WARM_STARTS: dict[str, tuple[str, ...]] = {
     "dualpipe": ("dualpipe",),
     "v": ("dualpipev", "zb-v"),
     "loop": ("interleaved-1f1b",),
+    "chain": ("1f1b", "zb-h1", "zb-h2", "gpipe"),
 }
+
+# Seconds kept back from the search for turning its timetable into a validated, simulated
+# schedule (twice: candidate and result), so that the whole call ends by its deadline.
+_RESERVE_SECONDS = 0.3
+_RESERVE_PER_TASK = 3e-4
+# Up to this many tasks the whole model gets the whole search time; above it the full
+# model runs first (it proves small instances and gives the bound), then windowed LNS
+# (lns.py) improves its best for the rest: a 1,500-task model finds little on its own.
+_FULL_MODEL_TASKS = 200
+_FULL_MODEL_SHARE = {800: 0.6, None: 0.3}  # share of the search time by task count
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -54,12 +67,24 @@ class _Warm:
     simulation: SimResult
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Prepared:
+    """One placement ready to search: problem, best warm start, its hint, static bound."""
+
+    problem: Problem
+    warm: _Warm
+    hint: Timetable
+    use_cells: bool
+    lower: int  # integer-time lower bound on the makespan known before any search
+    notes: tuple[str, ...]
+
+
 def solve_schedule(
     *,
     num_ranks: int,
     num_microbatches: int,
     costs: PipelineCosts | None = None,
-    placement: Literal["dualpipe", "v", "loop", "auto"] = "dualpipe",
+    placement: Literal["dualpipe", "v", "loop", "chain", "auto"] = "dualpipe",
     memory_cap: float | None = None,
     param_cap: float | None = None,
     time_limit: float = 60.0,
@@ -71,14 +96,20 @@ def solve_schedule(
     rank_costs: Callable[[int], PipelineCosts] | None = None,
     dump_model: str | None = None,
     link_contention: bool = False,
+    lns: bool = True,
 ) -> MipResult:
-    """Order and time every task of a pipeline on `num_ranks` ranks.
+    """Order and time every task of a pipeline on `num_ranks` ranks, within `time_limit`
+    seconds of wall time in all (model building and re-timing included).
 
-    `costs` are per model stage of the placement (DualPipe: N stages, v/loop: 2N); or
-    give `rank_costs(S)` returning costs for S model stages (needed for placement='auto',
-    which tries each placement within the time limit and keeps the best). `dump_model`
-    writes the solver's model (CP-SAT: .pb/.pbtxt; HiGHS: .lp/.mps) before solving.
+    `costs` are per model stage of the placement (dualpipe and chain: N stages, v/loop:
+    2N); or give `rank_costs(S)` returning costs for S model stages (needed for
+    placement='auto' across stage counts). 'auto' prepares every placement, drops those
+    whose lower bound cannot beat the best warm start, gives the rest a short search each
+    and the best one the remaining time. `lns=False` keeps the search to the full model.
+    `dump_model` writes the solver's model (CP-SAT: .pb/.pbtxt; HiGHS: .lp/.mps).
     """
+    started = time.perf_counter()
+    deadline = started + time_limit if isinstance(time_limit, (int, float)) else started
     _check_options(placement=placement, time_limit=time_limit, workers=workers, solver=solver,
                    objective=objective, costs=costs, rank_costs=rank_costs)
     if placement != "auto":
@@ -92,24 +123,64 @@ def solve_schedule(
                 f"placement 'auto' found no placement for costs of {costs.num_stages} stages on "
                 f"{num_ranks} ranks; pass rank_costs so each placement gets costs for its own stage count"
             )
-    started = time.perf_counter()
-    results = []
-    for k, name in enumerate(chosen):
-        remaining = time_limit - (time.perf_counter() - started)
-        share = max(0.5, remaining / (len(chosen) - k))
-        placement_costs = rank_costs(num_model_stages(name, num_ranks)) if rank_costs is not None else costs
-        results.append(_solve_one(
-            placement=name, num_ranks=num_ranks, num_microbatches=num_microbatches, costs=placement_costs,
-            memory_cap=memory_cap, param_cap=param_cap, time_limit=share, seed=seed, workers=workers,
-            solver=solver, objective=objective, progress=progress, dump_model=dump_model,
-            link_contention=link_contention,
-        ))
-    best = min(results, key=lambda r: r.objective)
-    if len(results) > 1:
-        tried = ", ".join(f"{r.placement}: {r.objective:g} ({r.status})" for r in results)
-        best = _with_notes(best, f"placement auto tried {tried}; kept {best.placement}",
-                           solve_seconds=time.perf_counter() - started)
-    return best
+    search = dict(seed=seed, workers=workers, solver=solver, objective=objective, progress=progress,
+                  dump_model=dump_model, link_contention=link_contention, lns=lns)
+    prepared = [
+        _prepare(placement=name, num_ranks=num_ranks, num_microbatches=num_microbatches,
+                 costs=rank_costs(num_model_stages(name, num_ranks)) if rank_costs is not None else costs,
+                 memory_cap=memory_cap, param_cap=param_cap, objective=objective, link_contention=link_contention)
+        for name in chosen
+    ]
+    if len(prepared) == 1:
+        return _search(prepared[0], deadline=deadline, started=started, **search)
+    return _auto(prepared, deadline=deadline, started=started, objective=objective, search=search)
+
+
+def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objective: str, search: dict) -> MipResult:
+    """Placement 'auto': prune by bound, a short search each, then the rest to the best.
+
+    Round 1 gives each surviving placement an equal part of 40 % of the time (a placement
+    certified by its bound costs nothing); round 2 continues the best unproven one from its
+    round-1 schedule until the deadline. A placement is pruned when its lower bound is at
+    least the best warm start of all placements: it could at best tie."""
+    best_warm = min(_objective(p.warm.simulation, objective) for p in prepared)
+    alive, notes = [], []
+    for p in prepared:
+        lower = p.lower / p.problem.time_scale
+        if (p.problem.exact_times and objective == "makespan" and not search["link_contention"]
+                and lower >= best_warm - 1e-9 and _objective(p.warm.simulation, objective) > best_warm + 1e-9):
+            notes.append(f"placement {p.problem.placement} skipped: its lower bound {lower:g} is no better than "
+                         f"the best warm start {best_warm:g}")
+        else:
+            alive.append(p)
+    alive.sort(key=lambda p: _objective(p.warm.simulation, objective))
+    results: list[MipResult] = []
+    first_round = 0.4 * max(0.0, deadline - time.perf_counter())
+    for k, p in enumerate(alive):
+        share = first_round / len(alive) if len(alive) > 1 else deadline - time.perf_counter()
+        stop = min(deadline, time.perf_counter() + share)
+        results.append(_search(p, deadline=stop, started=time.perf_counter(), **search))
+    key = lambda r: (r.objective, r.status != "OPTIMAL", r.gap if r.gap is not None else 1.0)  # noqa: E731
+    best = min(results, key=key)
+    # ---- round 2: the best placement that may still improve gets the rest ----------------------
+    open_ = [(r, p) for r, p in zip(results, alive)
+             if r.status != "OPTIMAL" and (r.bound is None or r.bound < best.objective - 1e-9)]
+    if open_ and deadline - time.perf_counter() > 1.0:
+        r, p = min(open_, key=lambda rp: key(rp[0]))
+        again = _search(p, deadline=deadline, started=time.perf_counter(),
+                        warm=_Warm(f"{r.warm_start} → round 1", r.schedule, r.simulation), **search)
+        again = _with_notes(again, f"round 2 continued placement {p.problem.placement} from its round-1 "
+                                   f"schedule ({r.objective:g})", solve_seconds=again.solve_seconds,
+                            warm_start=r.warm_start, bound=_max_bound(again.bound, r.bound))
+        results[alive.index(p)] = again
+        best = min(results, key=key)
+    tried = ", ".join(f"{r.placement}: {r.objective:g} ({r.status})" for r in results)
+    return _with_notes(best, "; ".join(notes + [f"placement auto tried {tried}; kept {best.placement}"]),
+                       solve_seconds=time.perf_counter() - started)
+
+
+def _max_bound(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _check_options(*, placement, time_limit, workers, solver, objective, costs, rank_costs) -> None:
@@ -127,11 +198,8 @@ def _check_options(*, placement, time_limit, workers, solver, objective, costs, 
         raise ParplanError("solve_schedule needs costs (per model stage) or rank_costs(num_stages)")
 
 
-def _solve_one(*, placement: str, num_ranks: int, num_microbatches: int, costs: PipelineCosts,
-               memory_cap: float | None, param_cap: float | None, time_limit: float, seed: int,
-               workers: int, solver: str, objective: str, progress, dump_model: str | None,
-               link_contention: bool) -> MipResult:
-    started = time.perf_counter()
+def _prepare(*, placement: str, num_ranks: int, num_microbatches: int, costs: PipelineCosts,
+             memory_cap: float | None, param_cap: float | None, objective: str, link_contention: bool) -> _Prepared:
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_microbatches,
                             costs=costs, memory_cap=memory_cap)
     check_param_cap(problem, param_cap)
@@ -139,43 +207,79 @@ def _solve_one(*, placement: str, num_ranks: int, num_microbatches: int, costs: 
     use_cells = problem.cells_help
     warm = _best_warm_start(problem, use_cells, objective, notes)
     hint = canonical(problem, from_schedule(problem, warm.schedule), fifo_weights=not use_cells)
+    lower = 0
+    if objective == "makespan":
+        if use_cells:
+            lower = cell_lower_bound(problem)
+        else:
+            head, tail = problem_bounds(problem, cells=False)
+            lower = rank_lower_bound(problem, head, tail)
+    return _Prepared(problem=problem, warm=warm, hint=hint, use_cells=use_cells, lower=lower, notes=tuple(notes))
+
+
+def _search(prep: _Prepared, *, deadline: float, started: float, seed: int, workers: int, solver: str,
+            objective: str, progress, dump_model: str | None, link_contention: bool, lns: bool,
+            warm: _Warm | None = None) -> MipResult:
+    problem, notes = prep.problem, list(prep.notes)
     scale = problem.time_scale
+    if warm is None:
+        warm, hint = prep.warm, prep.hint
+    else:
+        hint = canonical(problem, from_schedule(problem, warm.schedule), fifo_weights=not prep.use_cells)
+    num_tasks = len(problem.tasks())
+    reserve = _RESERVE_SECONDS + _RESERVE_PER_TASK * num_tasks
+    left = lambda: deadline - reserve - time.perf_counter()  # noqa: E731
 
     # Fast path: a warm start that meets the lower bound is optimal; no search needed.
-    if solver == "cpsat" and not use_cells and objective == "makespan" and not link_contention:
-        head, tail = problem_bounds(problem, cells=False)
-        lower = rank_lower_bound(problem, head, tail)
-        if hint.makespan <= lower and problem.exact_times:
-            notes.append(f"the warm start meets the per-rank lower bound {lower / scale:g}: optimal without search")
-            return _result(problem, warm.schedule, "OPTIMAL", lower / scale, warm.name, notes,
-                           time.perf_counter() - started, objective)
+    if (solver == "cpsat" and objective == "makespan" and not link_contention and problem.exact_times
+            and hint.makespan <= prep.lower):
+        notes.append(f"the warm start meets the lower bound {prep.lower / scale:g}: optimal without search")
+        return _result(problem, warm.schedule, "OPTIMAL", prep.lower / scale, warm.name, notes,
+                       time.perf_counter() - started, objective)
 
     if solver == "cpsat":
-        outcome = solve_cpsat(problem, hint=hint, options=CpSatOptions(
-            time_limit=max(0.05, time_limit - (time.perf_counter() - started)), seed=seed, workers=workers,
-            objective=objective, link_contention=link_contention, dump_path=dump_model,
-        ), progress=progress)
+        share = 1.0 if (num_tasks <= _FULL_MODEL_TASKS or not lns) else (
+            _FULL_MODEL_SHARE[800] if num_tasks <= 800 else _FULL_MODEL_SHARE[None])
+        options = CpSatOptions(time_limit=max(0.05, share * left()), seed=seed, workers=workers,
+                               objective=objective, link_contention=link_contention, dump_path=dump_model)
+        outcome = solve_cpsat(problem, hint=hint, options=options, progress=progress)
+        best_table = outcome.timetable
+        if lns and outcome.status != "OPTIMAL" and left() > 1.0:
+            from parplan.mip.lns import improve
+
+            improved = improve(problem, best_table or hint, options=options, deadline=deadline - reserve,
+                               progress=progress)
+            notes.append(f"windowed LNS: {improved.steps} windows, {improved.improving_steps} improving, "
+                         f"{improved.seconds:.1f} s; integer objective {improved.objective / scale:g}")
+            if improved.improved or best_table is None:
+                best_table = improved.timetable
+                if best_table is hint:
+                    best_table = None
+        outcome_status = outcome.status
     else:
         from parplan.mip.bigm import solve_bigm
 
-        outcome = solve_bigm(problem, hint=hint, time_limit=max(0.05, time_limit - (time.perf_counter() - started)),
+        outcome = solve_bigm(problem, hint=hint, time_limit=max(0.05, left()),
                              objective=objective, dump_path=dump_model, link_contention=link_contention)
+        best_table, outcome_status = outcome.timetable, outcome.status
     notes += outcome.notes
-    bound = None if outcome.bound is None else outcome.bound / scale
-    if outcome.timetable is None:
-        notes.append(f"the {solver} search ended ({outcome.status}) without a solution; returning the warm start "
+    bound_int = prep.lower if outcome.bound is None else max(outcome.bound, prep.lower)
+    bound = bound_int / scale if (outcome.bound is not None or prep.lower > 0) else None
+    if best_table is None:
+        notes.append(f"the {solver} search ended ({outcome_status}) without a solution; returning the warm start "
                      f"{warm.name!r}")
         return _result(problem, warm.schedule, "WARM_START_ONLY", bound, warm.name, notes,
                        time.perf_counter() - started, objective)
-    schedule = to_schedule(problem, outcome.timetable)
+    schedule = to_schedule(problem, best_table)
     try:
-        candidate = validate(schedule, problem.model_costs, memory_cap=memory_cap)
+        candidate = validate(schedule, problem.model_costs, memory_cap=problem.memory_cap)
     except ScheduleError as err:  # only with rounded times: the exact re-timing may break the cap
         assert not problem.exact_times, f"solver schedule failed validation: {err}"
         notes.append(f"the solver's order broke an invariant under exact costs; returning the warm start ({err})")
         return _result(problem, warm.schedule, "WARM_START_ONLY", None, warm.name, notes,
                        time.perf_counter() - started, objective)
-    status = "OPTIMAL" if outcome.status == "OPTIMAL" else "FEASIBLE"
+    proven = outcome_status == "OPTIMAL" or (objective == "makespan" and best_table.makespan <= bound_int)
+    status = "OPTIMAL" if proven else "FEASIBLE"
     if _objective(candidate, objective) > _objective(warm.simulation, objective) + 1e-9:
         notes.append(f"the solver's best ({_objective(candidate, objective):g}) is worse than the warm start "
                      f"{warm.name!r} ({_objective(warm.simulation, objective):g}) under exact costs; returning the warm start")
@@ -203,10 +307,13 @@ def _result(problem: Problem, schedule: Schedule, status: str, bound: float | No
     )
 
 
-def _with_notes(result: MipResult, note: str, *, solve_seconds: float) -> MipResult:
+def _with_notes(result: MipResult, note: str, *, solve_seconds: float, warm_start: str | None = None,
+                bound: float | None = None) -> MipResult:
+    bound = result.bound if bound is None else min(bound, result.objective)
+    gap = result.gap if bound is None or result.objective <= 0 else max(0.0, (result.objective - bound) / result.objective)
     return MipResult(
         schedule=result.schedule, simulation=result.simulation, status=result.status, objective=result.objective,
-        bound=result.bound, gap=result.gap, solve_seconds=solve_seconds, warm_start=result.warm_start,
+        bound=bound, gap=gap, solve_seconds=solve_seconds, warm_start=warm_start or result.warm_start,
         placement=result.placement, notes=(*result.notes, note),
     )
 

@@ -25,6 +25,7 @@ better.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal
@@ -35,7 +36,8 @@ from parplan.mip.problem import Problem, Task
 from parplan.mip.timetable import Cell, Timetable
 from parplan.schedule.ir import Kind
 
-__all__ = ["CpSatOptions", "SolveOutcome", "ProgressEvent", "solve_cpsat", "cell_candidates"]
+__all__ = ["CpSatOptions", "SolveOutcome", "ProgressEvent", "solve_cpsat", "cell_candidates", "build_model",
+           "extract_timetable", "problem_bounds", "rank_lower_bound", "cell_lower_bound"]
 
 Objective = Literal["makespan", "throughput"]
 
@@ -65,6 +67,7 @@ class CpSatOptions:
     # off by default: the validator's V5 check rejects them (see docs/mip.md §6).
     cell_kinds: tuple[bool, ...] = (True,)  # False: (F;I) cell, True: (F;B) cell
     dump_path: str | None = None  # write the model (.pb binary, .pbtxt text) before solving
+    cell_bound: bool = True  # with cells: the makespan starts at `cell_lower_bound` (off: to test that bound)
 
     def __post_init__(self) -> None:
         assert self.workers >= 1 and self.time_limit > 0 and self.objective in ("makespan", "throughput")
@@ -212,8 +215,11 @@ def build_model(
                     model.Add(v.end[(s, kind, j)] <= v.start[(s, kind, j + 1)])
 
     # ---- objective --------------------------------------------------------------------------
-    lower = rank_lower_bound(problem, head, tail) if not use_cells else 0
-    makespan = model.NewIntVar(lower, horizon, "makespan")
+    if not use_cells:
+        lower = rank_lower_bound(problem, head, tail)
+    else:
+        lower = cell_lower_bound(problem, options.cell_kinds) if options.cell_bound else 0
+    makespan = model.NewIntVar(min(lower, horizon), horizon, "makespan")
     for t in tasks:
         if t[1] is Kind.W:
             model.Add(makespan >= v.end[t])
@@ -263,16 +269,7 @@ def problem_bounds(problem: Problem, *, cells: bool) -> tuple[dict[Task, int], d
     may start with its I (a full B cell), so the bounds use those shortest durations."""
     if not cells:
         return problem.heads(), problem.tails()
-    shortest = {}
-    for t in problem.tasks():
-        s, kind, _ = t
-        others = problem.skeleton.stages_of_rank(problem.rank(s))
-        cell_lengths = []
-        if kind is Kind.F:
-            cell_lengths = [problem.cell_duration(s, b, full) for b in others for full in (False, True)]
-        elif kind is Kind.I:
-            cell_lengths = [problem.cell_duration(a, s, full) for a in others for full in (False, True)]
-        shortest[t] = min([problem.duration(t)] + cell_lengths)
+    shortest = _shortest(problem)
     succ: dict[Task, list[tuple[Task, int]]] = {t: [] for t in problem.tasks()}
     head: dict[Task, int] = {}
     order = problem.topological_tasks()
@@ -307,6 +304,80 @@ def rank_lower_bound(problem: Problem, head: dict[Task, int], tail: dict[Task, i
     return best
 
 
+def cell_lower_bound(problem: Problem, cell_kinds: tuple[bool, ...] = (True,)) -> int:
+    """A makespan bound with F&B cells that knows when cells cannot form (docs/mip.md §3).
+
+    Per rank: before the earliest head a_I of any of its I's no cell can run, so the rank
+    either idles there or runs F's alone; after the last F can end (every F still has at
+    least q_F to go, so none ends after C_max − q_F) no cell runs either, so the rank idles
+    or runs I/W pairs alone. With k F's run alone early and k' B's alone late,
+
+        C_max ≥ first + load + max(0, a_I − first − k·F̂) + max(0, q_F − last − k'·B̂)
+                − ŝ · min(#F − k, #I − k') + last
+
+    (F̂, B̂: longest F and I+W on the rank, ŝ: largest saving of one cell), minimised over
+    k ≤ #F with head < a_I and k' ≤ #I able to end after C_max − q_F. Heads and tails use
+    the shortest duration a task may take and FIFO order per stage (which keeps an optimum,
+    §3). The late term needs full-B cells only: with (F;I) cells a W may run alone late
+    after its I was saved, so it is dropped then.
+    """
+    head, tail = problem_bounds(problem, cells=True)
+    shortest = _shortest(problem)
+    for t in problem.topological_tasks():  # FIFO per stage: the j-th F/I waits for the (j−1)-th
+        s, kind, j = t
+        if kind is not Kind.W and j > 0:
+            prev = (s, kind, j - 1)
+            head[t] = max(head[t], head[prev] + shortest[prev])
+    for t in reversed(problem.topological_tasks()):
+        s, kind, j = t
+        if kind is not Kind.W and j + 1 in problem.microbatches:
+            tail[t] = max(tail[t], shortest[t] + tail[(s, kind, j + 1)])
+    best = 0
+    for r in range(problem.num_ranks):
+        mine = problem.tasks_of_rank(r)
+        stages = problem.skeleton.stages_of_rank(r)
+        fs = [t for t in mine if t[1] is Kind.F]
+        bs = [t for t in mine if t[1] is Kind.I]
+        first = min(head[t] for t in mine)
+        last = max(0, min(tail[t] - shortest[t] for t in mine))
+        load = problem.rank_load(r)
+        saving = max([0] + [_cell_saving(problem, Cell((a, Kind.F, 0), (b, Kind.I, 0), full))
+                            for a in stages for b in stages for full in cell_kinds])
+        a_i = min(head[t] for t in bs)
+        f_hat = max(problem.duration(t) for t in fs)
+        b_hat = max(problem.duration(t) + problem.duration((t[0], Kind.W, t[2])) for t in bs)
+        q_f = min(tail[t] - shortest[t] for t in fs)
+        late = cell_kinds == (True,)
+        k_max = sum(1 for t in fs if head[t] < a_i)
+        k2_max = sum(1 for t in bs if tail[t] - shortest[t] < q_f) if late else 0
+        rank_best = None
+        for k in range(k_max + 1):
+            pre = max(0, a_i - first - k * f_hat)
+            points = {0, k2_max, min(k2_max, max(0, len(bs) - (len(fs) - k)))}
+            if late and b_hat > 0:
+                points |= {min(k2_max, max(0, (q_f - last) // b_hat + d)) for d in (0, 1)}
+            for k2 in points:
+                post = max(0, q_f - last - k2 * b_hat) if late else 0
+                value = first + load + pre + post - saving * min(len(fs) - k, len(bs) - k2) + last
+                rank_best = value if rank_best is None else min(rank_best, value)
+        best = max(best, rank_best)
+    return best
+
+
+def _shortest(problem: Problem) -> dict[Task, int]:
+    out = {}
+    for t in problem.tasks():
+        s, kind, _ = t
+        others = problem.skeleton.stages_of_rank(problem.rank(s))
+        cell_lengths = []
+        if kind is Kind.F:
+            cell_lengths = [problem.cell_duration(s, b, full) for b in others for full in (False, True)]
+        elif kind is Kind.I:
+            cell_lengths = [problem.cell_duration(a, s, full) for a in others for full in (False, True)]
+        out[t] = min([problem.duration(t)] + cell_lengths)
+    return out
+
+
 def _cell_saving(problem: Problem, cell: Cell) -> int:
     """Rank time a cell saves against running its parts one after another."""
     parts = [cell.forward, cell.backward] + ([(cell.backward[0], Kind.W, cell.backward[2])] if cell.full else [])
@@ -319,12 +390,12 @@ def _serial_horizon(problem: Problem) -> int:
 
 
 def _add_memory(model: cp_model.CpModel, problem: Problem, v: _Vars, horizon: int) -> None:
-    scale = _memory_scale(problem)
-    cap = int(round(problem.memory_cap * scale + 1e-6)) if problem.memory_cap is not None else 0
+    unit, exact = memory_unit(problem)
+    cap = memory_cap_units(problem, unit, exact)
     for r in range(problem.num_ranks):
         held, demands = [], []
         for s in problem.skeleton.stages_of_rank(r):
-            demand = int(round(problem.activation(s) * scale))
+            demand = memory_demand_units(problem.activation(s), unit, exact)
             if demand == 0:
                 continue
             for j in problem.microbatches:
@@ -336,13 +407,33 @@ def _add_memory(model: cp_model.CpModel, problem: Problem, v: _Vars, horizon: in
             model.AddCumulative(held, demands, cap)
 
 
-def _memory_scale(problem: Problem) -> int:
-    """Activations and cap to integers (exact for decimals with up to 3 places)."""
+# The Cumulative's capacity is kept at or below 2^30 units: activations in bytes (1e8–1e9,
+# caps ~1e10) times a decimal factor would otherwise reach 1e13, and CP-SAT's energy
+# reasoning multiplies demands by durations (~1e5 ticks) in int64.
+_MEMORY_RESOLUTION = 1 << 30
+
+
+def memory_unit(problem: Problem) -> tuple[float, bool]:
+    """(bytes per integer memory unit, exact?). Exact: the smallest of a few decimal
+    factors that makes every activation and the cap whole, when the cap then stays within
+    `_MEMORY_RESOLUTION`. Otherwise one unit is cap / 2^30 and demands round up, the cap
+    down: a schedule feasible in units is feasible in bytes (at most ~1e-9 of the cap
+    per held activation is given away)."""
     values = [problem.activation(s) for s in range(problem.num_stages)] + [problem.memory_cap or 0.0]
+    largest = max(values, default=0.0)
     for k in (1, 2, 4, 5, 8, 10, 20, 25, 50, 100, 1000):
-        if all(abs(x * k - round(x * k)) < 1e-9 for x in values):
-            return k
-    return 1000
+        if largest * k <= _MEMORY_RESOLUTION and all(abs(x * k - round(x * k)) < 1e-9 for x in values):
+            return 1.0 / k, True
+    return max(largest, 1e-300) / _MEMORY_RESOLUTION, False
+
+
+def memory_demand_units(activation: float, unit: float, exact: bool) -> int:
+    return int(round(activation / unit)) if exact else math.ceil(activation / unit - 1e-9)
+
+
+def memory_cap_units(problem: Problem, unit: float, exact: bool) -> int:
+    cap = problem.memory_cap or 0.0
+    return int(round(cap / unit)) if exact else math.floor(cap / unit + 1e-9)
 
 
 def _add_channels(model: cp_model.CpModel, problem: Problem, v: _Vars, horizon: int) -> None:
@@ -387,6 +478,16 @@ class _Progress(cp_model.CpSolverSolutionCallback):
         self._report(ProgressEvent(inc, bnd, gap, time.perf_counter() - self._started))
 
 
+def extract_timetable(problem: Problem, solver: cp_model.CpSolver, v: _Vars, var=lambda x: x) -> Timetable:
+    """The solver's timetable; `var` maps the model's variables into a clone's (LNS)."""
+    tasks = problem.tasks()
+    return Timetable(
+        start={t: solver.Value(var(v.start[t])) for t in tasks},
+        end={t: solver.Value(var(v.end[t])) for t in tasks},
+        cells=tuple(c for c, lit in v.cell.items() if solver.BooleanValue(var(lit))),
+    )
+
+
 def _gap(incumbent: float, bound: float) -> float:
     return 0.0 if incumbent <= bound + 1e-9 else (incumbent - bound) / max(abs(incumbent), 1e-9)
 
@@ -426,12 +527,7 @@ def solve_cpsat(
                             notes=tuple(notes))
 
     # ---- extract ------------------------------------------------------------------------------
-    tasks = problem.tasks()
-    timetable = Timetable(
-        start={t: solver.Value(v.start[t]) for t in tasks},
-        end={t: solver.Value(v.end[t]) for t in tasks},
-        cells=tuple(c for c, lit in v.cell.items() if solver.BooleanValue(lit)),
-    )
+    timetable = extract_timetable(problem, solver, v)
     return SolveOutcome(
         status=status,
         timetable=timetable,

@@ -1,6 +1,7 @@
 """The lower-level scheduling problem every solver here reads: placement, tasks, integer times.
 
-Given a stage→rank placement (DualPipe's bidirectional map, the V map or the loop map)
+Given a stage→rank placement (DualPipe's bidirectional map, the V map, the loop map or
+the plain chain of one stage per rank)
 and per-model-stage costs, the problem is to order and time every (stage, micro-batch,
 F/I/W) task on its rank. This module builds that problem once, as data; the CP-SAT
 model (`cpsat.py`), the Pyomo big-M model (`bigm.py`) and the brute-force enumerator
@@ -25,8 +26,8 @@ from parplan.schedule.ir import Kind, Schedule
 
 __all__ = ["Placement", "PLACEMENTS", "Task", "Problem", "placement_skeleton", "build_problem", "num_model_stages"]
 
-Placement = Literal["dualpipe", "v", "loop"]
-PLACEMENTS: tuple[str, ...] = ("dualpipe", "v", "loop")
+Placement = Literal["dualpipe", "v", "loop", "chain"]
+PLACEMENTS: tuple[str, ...] = ("dualpipe", "v", "loop", "chain")
 
 # (stage, kind, micro-batch) of one plain task; kind is F, I or W (a B is an I and a W run together).
 Task = tuple[int, Kind, int]
@@ -35,8 +36,9 @@ _SCALES = (1, 2, 4, 5, 8, 10, 20, 25, 40, 50, 100, 200, 250, 500, 1000)
 
 
 def num_model_stages(placement: str, num_ranks: int) -> int:
-    """DualPipe holds the N-stage model twice; V and loop cut the model into 2N stages."""
-    return num_ranks if placement == "dualpipe" else 2 * num_ranks
+    """DualPipe holds the N-stage model twice, chain runs it once (stage s on rank s); V and
+    loop cut the model into 2N stages."""
+    return num_ranks if placement in ("dualpipe", "chain") else 2 * num_ranks
 
 
 def placement_skeleton(placement: str, num_ranks: int, num_microbatches: int) -> Schedule:
@@ -62,6 +64,8 @@ def placement_skeleton(placement: str, num_ranks: int, num_microbatches: int) ->
             chains=(tuple(range(n)), tuple(range(n, 2 * n))),
             model_stage=tuple(range(n)) + tuple(range(n)),
         )
+    if placement == "chain":
+        return Schedule(name="mip", stage_to_rank=tuple(range(n)), microbatches_per_chain=m, orders=empty)
     if placement == "v":
         stage_to_rank = tuple(s if s < n else 2 * n - 1 - s for s in range(2 * n))
     else:
@@ -217,7 +221,7 @@ def build_problem(
     if costs.num_stages != expected:
         raise ParplanError(
             f"placement {placement!r} on {num_ranks} ranks runs {expected} model stages but the costs "
-            f"describe {costs.num_stages}; give one cost entry per model stage (DualPipe: N, v/loop: 2N)"
+            f"describe {costs.num_stages}; give one cost entry per model stage (dualpipe/chain: N, v/loop: 2N)"
         )
     staged = costs.restaged(skeleton.model_stage)
     if memory_cap is not None:
