@@ -136,12 +136,12 @@ def test_plan_memory_accounting(llama_plan):
         rel=1e-6)
 
 
-def _unit_costs(placed):
-    from parplan.planner.costing import UnitCoster
+def _unit_costs(placed):  # noqa
+    from parplan.planner.costing import Coster
 
-    coster = UnitCoster(placed.units)
+    coster = Coster(placed.units.traced)
     gpu = load_cluster("h100x8").gpu(0)
-    return [coster.cost(u, gpu) for u in placed.units.units]
+    return [coster.unit(u, gpu) for u in placed.units.units]
 
 
 def test_too_small_memory_cap_names_the_smallest_that_fits(llama_trace):
@@ -212,3 +212,23 @@ def test_plan_cli_bad_input_exits_2(argv, message, capsys, tmp_path):
     assert main([*argv, "-o", str(target)]) == 2
     assert message in capsys.readouterr().err
     assert not target.exists()
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_layer_and_operator_placements_of_the_same_operators_cost_the_same(llama_trace, tp):
+    """One cost function: a placement is costed per operator, whatever the unit grouping."""
+    from parplan.planner.bilevel import _refine_units
+    from parplan.planner.costing import Coster
+    from parplan.planner.lower import place
+    from parplan.planner.memory import MemoryModel
+
+    _, traced = llama_trace
+    cluster = load_cluster("h100x8")
+    degrees = Degrees(pp=2, dp=1, tp=tp)
+    coster = Coster(traced, tp=tp, tp_link=degrees.tp_link(cluster))
+    layers, ops = coarsen(traced, Granularity.LAYER), coarsen(traced, Granularity.OPERATOR)
+    split = balanced_contiguous(len(layers), 4, lambda u, s: coster.unit(layers.units[u], cluster.gpu(0)).total_s)
+    fine = _refine_units(split, layers, ops)
+    a = place(layers, coster, cluster, degrees, FAMILIES["v"], split, MemoryModel())
+    b = place(ops, coster, cluster, degrees, FAMILIES["v"], fine, MemoryModel())
+    assert a.costs == b.costs and a.static_bytes == b.static_bytes

@@ -19,12 +19,13 @@ from typing import Callable, Literal
 
 from parplan.cost.hardware import ClusterProfile
 from parplan.errors import ParplanError
-from parplan.planner.costing import UnitCoster
+from parplan.planner.costing import Coster
 from parplan.planner.degrees import Degrees, candidate_degrees
 from parplan.planner.lower import Evaluated, Placed, baseline_schedules, evaluate_schedule, place
 from parplan.planner.memory import MemoryModel
 from parplan.planner.partition import FAMILIES, Family, balanced_contiguous, place_units, rank_loads
 from parplan.planner.units import Granularity, UnitGraph, coarsen
+from parplan.schedule.simulate import costs_for_schedule
 from parplan.trace.graph import TracedGraph
 
 __all__ = ["PlannerConfig", "PlanResult", "plan_traced"]
@@ -102,26 +103,41 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
         f"{len(degree_list)} degree candidates")
 
     # ---- 1. screen: baselines on layer splits, parplan on operator splits --------------
+    # A schedule cannot beat its busiest rank's work, so candidates whose bound is already
+    # 10 % above the best simulated step of their kind are not simulated.
     baselines: dict[str, Evaluated] = {}
-    ours: list[tuple[Evaluated, UnitCoster]] = []
-    screened = 0
+    ours: list[tuple[Evaluated, Coster]] = []
+    screened = pruned = 0
+    best_ours = float("inf")
     for degrees in degree_list:
         micro = config.microbatches // degrees.dp
         tp_link = degrees.tp_link(cluster)
-        coster_layers = UnitCoster(layers, tp=degrees.tp, tp_link=tp_link)
-        coster_ops = UnitCoster(ops, tp=degrees.tp, tp_link=tp_link)
+        coster_layers = coster_ops = Coster(traced, tp=degrees.tp, tp_link=tp_link)
         for family in families:
             stages = family.num_stages(degrees.pp)
             if stages > len(layers):
                 continue
-            for label, graph, coster, aware in (("baseline", layers, coster_layers, False),
-                                               ("parplan", ops, coster_ops, True)):
-                split = _contiguous(graph, coster, cluster, degrees, family, aware=aware,
-                                    memory=config.memory, cap=cap)
+            layer_split = _contiguous(layers, coster_layers, cluster, degrees, family, aware=False,
+                                      memory=config.memory, cap=cap)
+            op_split = _contiguous(ops, coster_ops, cluster, degrees, family, aware=True,
+                                   memory=config.memory, cap=cap)
+            op_even = _contiguous(ops, coster_ops, cluster, degrees, family, aware=True,
+                                  memory=config.memory, cap=cap, by_rank=False)
+            # parplan also starts from the hand split seen at operator level, so its own
+            # search space contains the baseline's placement
+            candidates = [("baseline", layers, coster_layers, layer_split), ("parplan", ops, coster_ops, op_split),
+                          ("parplan", ops, coster_ops, _refine_units(layer_split, layers, ops))]
+            if op_even != op_split:
+                candidates.append(("parplan", ops, coster_ops, op_even))
+            for label, graph, coster, split in candidates:
                 if split is None:
                     continue
                 placed = place(graph, coster, cluster, degrees, family, split, config.memory)
                 for name, schedule in baseline_schedules(placed, micro, config.mode):
+                    rival = baselines[name].step_time_s if label == "baseline" and name in baselines else best_ours
+                    if _busiest_rank_bound(placed, schedule) > 1.1 * rival:
+                        pruned += 1
+                        continue
                     result = evaluate_schedule(name if label == "baseline" else "parplan", placed, schedule, cap,
                                                {"schedule": name, "placement": family.name,
                                                 "degrees": str(degrees)})
@@ -131,13 +147,22 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
                             baselines[name] = result
                     else:
                         ours.append((result, coster))
+                        if result.fits:
+                            best_ours = min(best_ours, result.step_time_s)
     if not ours and not baselines:
         raise ParplanError("no placement fits the model on this cluster; use more GPUs or fewer stages")
-    say(f"screened {screened} (placement, schedule) pairs in {time.perf_counter() - start:.1f}s")
+    say(f"screened {screened} (placement, schedule) pairs, pruned {pruned} by their bound, "
+        f"in {time.perf_counter() - start:.1f}s")
 
     # ---- 2. refine the most promising placements: boundary moves, then the upper MIP ----
+    # Refine where the best plans are, baselines included: that is the bar to clear.
     ours.sort(key=lambda pair: key(pair[0]))
-    reports: dict = {"upper": [], "lower": None, "screened": screened,
+    best_of_tag: dict[tuple, tuple] = {}
+    for e in [e for e, _ in ours] + list(baselines.values()):
+        tag = (e.placed.family.name, str(e.placed.degrees))
+        best_of_tag[tag] = min(best_of_tag.get(tag, key(e)), key(e))
+    ours.sort(key=lambda pair: (best_of_tag[(pair[0].placed.family.name, str(pair[0].placed.degrees))], key(pair[0])))
+    reports: dict = {"upper": [], "lower": None, "screened": screened, "pruned": pruned,
                      "degrees_considered": [str(d) for d in degree_list]}
     refined: list[Evaluated] = [e for e, _ in ours[:8]]
     budget = config.time_limit
@@ -194,23 +219,43 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
                       notes=tuple(notes))
 
 
+def _refine_units(split: list[int] | None, coarse: UnitGraph, fine: UnitGraph) -> list[int] | None:
+    """A split of coarse units expressed on finer units (each fine unit follows its first operator)."""
+    if split is None:
+        return None
+    stage_of_op = {op: split[u.index] for u in coarse.units for op in u.ops}
+    out = [stage_of_op[u.ops[0]] for u in fine.units]
+    return out if len(set(out)) == len(set(split)) else None
+
+
+def _busiest_rank_bound(placed: Placed, schedule) -> float:
+    """Step time can be no less than the busiest rank's compute plus the gradient sync."""
+    costs = costs_for_schedule(schedule, placed.costs)
+    busy = [0.0] * schedule.num_ranks
+    for s in range(schedule.num_stages):
+        busy[schedule.stage_to_rank[s]] += schedule.microbatches_per_chain * (
+            costs.forward[s] + costs.backward_input[s] + costs.backward_weight[s])
+    return max(busy) + placed.dp_sync_s
+
+
 def _stage_gpu(cluster: ClusterProfile, degrees: Degrees, family: Family):
     gpus = [degrees.gpu(cluster, r) for r in range(degrees.pp)]
     return lambda s: min((gpus[r] for r in family.ranks_of_stage(s, degrees.pp)), key=lambda g: g.peak("bfloat16"))
 
 
-def _contiguous(graph: UnitGraph, coster: UnitCoster, cluster: ClusterProfile, degrees: Degrees, family: Family,
-                *, aware: bool, memory: MemoryModel, cap: float) -> list[int] | None:
+def _contiguous(graph: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: Degrees, family: Family,
+                *, aware: bool, memory: MemoryModel, cap: float, by_rank: bool = True) -> list[int] | None:
     stage_gpu = _stage_gpu(cluster, degrees, family)
     reference = stage_gpu(0)
     units = graph.units
     gpu_of = stage_gpu if aware else (lambda s: reference)
-    cost = lambda u, s: coster.cost(units[u], gpu_of(s)).total_s  # noqa: E731
+    cost = lambda u, s: coster.unit(units[u], gpu_of(s)).total_s  # noqa: E731
     static = lambda u, s: memory.static_bytes(  # noqa: E731
-        coster.cost(units[u], reference).param_bytes, coster.cost(units[u], reference).param_count, degrees.dp)
+        coster.unit(units[u], reference).param_bytes, coster.unit(units[u], reference).param_count, degrees.dp)
     n = degrees.pp
-    score = lambda split: (max(rank_loads(split, family, n, cost)), max(  # noqa: E731
-        rank_loads(split, FAMILIES["chain"], family.num_stages(n), cost)))
+    by_stage = lambda split: max(rank_loads(split, FAMILIES["chain"], family.num_stages(n), cost))  # noqa: E731
+    score = (lambda split: (max(rank_loads(split, family, n, cost)), by_stage(split))) if by_rank else \
+        (lambda split: (by_stage(split),))
     try:
         return balanced_contiguous(len(units), family.num_stages(n), cost, score=score,
                                    static=static if aware else None, static_cap=cap if aware else None)
@@ -218,15 +263,15 @@ def _contiguous(graph: UnitGraph, coster: UnitCoster, cluster: ClusterProfile, d
         return None
 
 
-def _refine(result: Evaluated, graph: UnitGraph, coster: UnitCoster, cluster: ClusterProfile,
+def _refine(result: Evaluated, graph: UnitGraph, coster: Coster, cluster: ClusterProfile,
             config: PlannerConfig, cap: float, time_limit: float) -> tuple[Evaluated | None, dict]:
     placed: Placed = result.placed
     degrees, family = placed.degrees, placed.family
     stage_gpu = _stage_gpu(cluster, degrees, family)
     units = graph.units
-    cost = lambda u, s: coster.cost(units[u], stage_gpu(s)).total_s  # noqa: E731
+    cost = lambda u, s: coster.unit(units[u], stage_gpu(s)).total_s  # noqa: E731
     static = lambda u, s: config.memory.static_bytes(  # noqa: E731
-        coster.cost(units[u], stage_gpu(s)).param_bytes, coster.cost(units[u], stage_gpu(s)).param_count, degrees.dp)
+        coster.unit(units[u], stage_gpu(s)).param_bytes, coster.unit(units[u], stage_gpu(s)).param_count, degrees.dp)
     split, report = place_units(
         num_units=len(units), edges=list(graph.edges), family=family, num_ranks=degrees.pp, cost=cost,
         static=static, static_cap=cap, hint=list(placed.stage_of_unit), time_limit=time_limit,
@@ -250,7 +295,7 @@ def _best_on(placed: Placed, config: PlannerConfig, cap: float, extra: dict) -> 
     return best
 
 
-def _local_search(start: Evaluated, graph: UnitGraph, coster: UnitCoster, cluster: ClusterProfile,
+def _local_search(start: Evaluated, graph: UnitGraph, coster: Coster, cluster: ClusterProfile,
                   config: PlannerConfig, cap: float, *, max_trials: int, deadline: float) -> Evaluated | None:
     """Move one stage boundary at a time (by 1, 2, 4, 8 units) while the simulated step time drops.
 

@@ -1,21 +1,29 @@
-"""Unit costs on a device: the cost model summed over a unit's operators, once per tie.
+"""Costs of operators, units and stages on a device: the cost model summed, memoised.
 
-Tensor parallelism inside a node (degree t) is modelled the Megatron way: a unit inside a
-repeated block (a layer) and the vocabulary-sized head/embedding split their compute,
-parameters and saved activations t ways and pay two all-reduces of the unit's output
-activation per layer in forward and two in backward (ring: 2(t−1)/t × bytes / link).
-That is an approximation — small GEMMs lose efficiency when split — stated in docs/planner.md.
+Every placement is costed operator by operator — a stage costs the sum of its operators
+and holds the activations its operators save (each storage once) — so a layer-level and
+an operator-level placement that put the same operators on the same stage cost the same.
+Operators with equal signatures cost the same, so repeated blocks are costed once.
+
+Tensor parallelism inside a node (degree t) is modelled the Megatron way: operators inside
+a repeated block (a layer) and operators holding parameters (the vocabulary-sized head and
+embedding) split their time, parameters and saved activations t ways, and each layer pays
+two all-reduces of its output activation in forward and two in backward (ring:
+2(t−1)/t × bytes / link), charged to the layer's last operator. An approximation — small
+GEMMs lose efficiency when split — stated in docs/planner.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 from parplan.cost.hardware import GPUProfile, LinkProfile
-from parplan.cost.model import op_cost, transfer_time
-from parplan.planner.units import Unit, UnitGraph
+from parplan.cost.model import op_cost
+from parplan.planner.units import Unit
+from parplan.trace.graph import TracedGraph
 
-__all__ = ["UnitCost", "UnitCoster"]
+__all__ = ["UnitCost", "Coster", "ring_allreduce_s"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -38,54 +46,53 @@ def ring_allreduce_s(nbytes: float, ranks: int, link: LinkProfile) -> float:
     return 2 * (ranks - 1) * link.latency_s + 2 * (ranks - 1) / ranks * nbytes / (link.bandwidth * link.efficiency)
 
 
-class UnitCoster:
-    """Memoised unit costs: key (tie, GPU name, TP degree)."""
+class Coster:
+    """Memoised costs of operators (by signature), units (by tie) and stages (by op set)."""
 
-    def __init__(self, units: UnitGraph, *, tp: int = 1, tp_link: LinkProfile | None = None):
-        self.units = units
+    def __init__(self, traced: TracedGraph, *, tp: int = 1, tp_link: LinkProfile | None = None):
+        self.traced = traced
         self.tp = tp
         self.tp_link = tp_link
-        self._cache: dict[tuple, UnitCost] = {}
-        self._layer_outputs = self._layer_last_units()
+        last: dict[str, str] = {}
+        for node in traced.nodes:
+            if node.block_instance is not None:
+                last[node.block_instance] = node.name
+        self._layer_last = set(last.values())
+        self._ops: dict[tuple, tuple[float, float, float, float, float]] = {}
+        self._units: dict[tuple, UnitCost] = {}
 
-    def _layer_last_units(self) -> set[int]:
-        # one all-reduce pair per layer: charge it to the layer's last unit
-        last: dict[str, int] = {}
-        for u in self.units.units:
-            if u.block_instance is not None:
-                last[u.block_instance] = u.index
-        return set(last.values())
-
-    def cost(self, unit: Unit, gpu: GPUProfile) -> UnitCost:
-        key = (unit.tie, gpu.name, self.tp, unit.index in self._layer_outputs)
-        hit = self._cache.get(key)
+    def op(self, name: str, gpu: GPUProfile) -> tuple[float, float, float, float, float]:
+        """(F s, I s, W s, parameter bytes, parameter count) of one operator."""
+        node = self.traced.node(name)
+        key = (node.signature, node.block_instance is not None, gpu.name, name in self._layer_last)
+        hit = self._ops.get(key)
         if hit is None:
-            hit = self._compute(unit, gpu)
-            self._cache[key] = hit
+            c = op_cost(node, gpu)
+            f, i, w, pb, pc = c.forward_s, c.backward_input_s, c.backward_weight_s, c.param_bytes, node.param_count
+            t = self.tp
+            if t > 1 and (node.block_instance is not None or pb > 0):
+                f, i, w, pb, pc = f / t, i / t, w / t, pb / t, pc / t
+                if name in self._layer_last and self.tp_link is not None:
+                    comm = 2 * ring_allreduce_s(sum(o.nbytes for o in node.outputs), t, self.tp_link)
+                    f, i = f + comm, i + comm
+            hit = (f, i, w, pb, pc)
+            self._ops[key] = hit
         return hit
 
-    def _compute(self, unit: Unit, gpu: GPUProfile) -> UnitCost:
-        traced = self.units.traced
-        f = i = w = 0.0
-        params = count = 0
-        for name in unit.ops:
-            node = traced.node(name)
-            c = op_cost(node, gpu)
-            f, i, w = f + c.forward_s, i + c.backward_input_s, w + c.backward_weight_s
-            params += c.param_bytes
-            count += node.param_count
-        act = float(traced.saved_bytes(set(unit.ops)))
-        t = self.tp
-        if t > 1 and (unit.block_instance is not None or params > 0):
-            f, i, w, act, params, count = f / t, i / t, w / t, act / t, params / t, count / t
-            if unit.index in self._layer_outputs and self.tp_link is not None:
-                out = traced.node(unit.ops[-1]).outputs
-                nbytes = sum(o.nbytes for o in out)
-                comm = 2 * ring_allreduce_s(nbytes, t, self.tp_link)
-                f, i = f + comm, i + comm
-        return UnitCost(forward_s=f, backward_input_s=i, backward_weight_s=w,
-                        activation_bytes=act, param_bytes=float(params), param_count=float(count))
+    def ops(self, names: Iterable[str], gpu: GPUProfile) -> UnitCost:
+        names = list(names)
+        f = i = w = pb = pc = 0.0
+        for name in names:
+            a, b, c, d, e = self.op(name, gpu)
+            f, i, w, pb, pc = f + a, i + b, w + c, pb + d, pc + e
+        act = self.traced.saved_bytes(set(names)) / (self.tp if self.tp > 1 else 1)
+        return UnitCost(forward_s=f, backward_input_s=i, backward_weight_s=w, activation_bytes=float(act),
+                        param_bytes=pb, param_count=pc)
 
-
-def boundary_transfer_s(nbytes: float, link: LinkProfile | None) -> float:
-    return transfer_time(nbytes, link) if link is not None else 0.0
+    def unit(self, unit: Unit, gpu: GPUProfile) -> UnitCost:
+        key = (unit.tie, gpu.name, tuple(op in self._layer_last for op in unit.ops))
+        hit = self._units.get(key)
+        if hit is None:
+            hit = self.ops(unit.ops, gpu)
+            self._units[key] = hit
+        return hit

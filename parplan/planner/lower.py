@@ -16,7 +16,7 @@ from parplan.cost.hardware import ClusterProfile
 from parplan.cost.model import transfer_time
 from parplan.costs import PipelineCosts
 from parplan.errors import ParplanError
-from parplan.planner.costing import UnitCoster, ring_allreduce_s
+from parplan.planner.costing import Coster, ring_allreduce_s
 from parplan.planner.degrees import Degrees
 from parplan.planner.memory import MemoryModel
 from parplan.planner.partition import Family
@@ -74,7 +74,7 @@ class Evaluated:
         return busy / (self.simulation.num_ranks * self.step_time_s) if self.step_time_s > 0 else 0.0
 
 
-def place(units: UnitGraph, coster: UnitCoster, cluster: ClusterProfile, degrees: Degrees, family: Family,
+def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: Degrees, family: Family,
           stage_of_unit: list[int], memory: MemoryModel) -> Placed:
     n = degrees.pp
     num_stages = family.num_stages(n)
@@ -88,14 +88,9 @@ def place(units: UnitGraph, coster: UnitCoster, cluster: ClusterProfile, degrees
     for s in range(num_stages):
         # DualPipe runs a model stage on two ranks: cost it on the slower device of the pair.
         gpu = min((gpus[r] for r in family.ranks_of_stage(s, n)), key=lambda g: g.peak("bfloat16"))
-        for u in members[s]:
-            c = coster.cost(units.units[u], gpu)
-            f[s] += c.forward_s
-            i[s] += c.backward_input_s
-            w[s] += c.backward_weight_s
-            act[s] += c.activation_bytes
-            params[s] += c.param_bytes
-            counts[s] += c.param_count
+        c = coster.ops((op for u in members[s] for op in units.units[u].ops), gpu)
+        f[s], i[s], w[s] = c.forward_s, c.backward_input_s, c.backward_weight_s
+        act[s], params[s], counts[s] = c.activation_bytes, c.param_bytes, c.param_count
         if s + 1 < num_stages and rank_of[s] != rank_of[s + 1]:
             xfer[s] = transfer_time(cut.get(s, 0), degrees.pp_link(cluster, rank_of[s], rank_of[s + 1]))
     kappa = gpus[0].efficiency.transfer_contention

@@ -114,20 +114,28 @@ def stage_pieces(graph: "UnitGraph", stage_of_unit: list[int], num_stages: int) 
 def coarsen(traced: TracedGraph, granularity: Granularity = Granularity.OPERATOR) -> UnitGraph:
     owners = param_owners(traced)
     runs: list[tuple[str, list[str], str | None]] = []
+    layer_of_run: list[str] = []
     for node in traced.nodes:
-        glue = not node.module_path or node.kind is OpKind.VIEW
-        if granularity is Granularity.OPERATOR:
-            # a unit starts at a compute operator of a cut-able module; the rest is glue
-            heavy = bool(node.params) or node.kind in (OpKind.ATTENTION, OpKind.MATMUL)
-            glue = not (heavy and node.module_path in owners)
-        if runs and glue:
-            runs[-1][1].append(node.name)  # glue joins the unit before it
+        if runs and not node.module_path:
+            runs[-1][1].append(node.name)  # pathless glue joins the unit before it
             continue
-        key = _key(node, granularity) if node.module_path else "<input>"
+        layer = _key(node, Granularity.LAYER)
+        if granularity is Granularity.OPERATOR:
+            # a unit starts at a compute operator of a cut-able module, and never spans two
+            # layer units, so operator units nest inside layer units
+            heavy = bool(node.params) or node.kind in (OpKind.ATTENTION, OpKind.MATMUL)
+            glue = not (heavy and node.module_path in owners) and bool(runs) and layer_of_run[-1] == layer
+        else:
+            glue = node.kind is OpKind.VIEW and bool(runs) and layer_of_run[-1] == layer
+        if glue:
+            runs[-1][1].append(node.name)
+            continue
+        key = _key(node, granularity)
         if runs and runs[-1][0] == key:
             runs[-1][1].append(node.name)
         else:
             runs.append((key, [node.name], node.block_instance))
+            layer_of_run.append(layer)
     seen: dict[str, int] = {}
     units = []
     for index, (key, ops, instance) in enumerate(runs):
