@@ -2,9 +2,11 @@
 
 Pass order: placement → problem (integer times, memory and parameter checks) → warm
 starts (baselines of that placement feasible under the cap, plus the always-feasible
-serial order) → solver (CP-SAT, or the Pyomo big-M model on HiGHS) → schedule → validate
-→ simulate. The returned schedule is the better of the solver's and the warm start's, so
-it is never worse than the best baseline of its placement under the same cap.
+serial order) → static lower bound → solver (CP-SAT on the full model, then windowed LNS
+on large instances; or the Pyomo big-M model on HiGHS) → schedule → validate → simulate,
+all within one deadline of `time_limit` seconds. The returned schedule is the better of
+the solver's and the warm start's, so it is never worse than the best baseline of its
+placement under the same cap (with placement='auto': of any placement).
 """
 
 from __future__ import annotations

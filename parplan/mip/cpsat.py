@@ -202,7 +202,7 @@ def build_model(
         model.AddNoOverlap(intervals[r])
     # (mem) activation held from F start to W end, per rank.
     if problem.memory_cap is not None:
-        _add_memory(model, problem, v, horizon)
+        notes += _add_memory(model, problem, v, horizon, hint)
     # (14) transfers on directed links, one at a time.
     if options.link_contention:
         _add_channels(model, problem, v, horizon)
@@ -389,9 +389,19 @@ def _serial_horizon(problem: Problem) -> int:
     return sum(problem.duration(t) for t in problem.tasks()) + 2 * len(list(problem.microbatches)) * sum(problem.delay)
 
 
-def _add_memory(model: cp_model.CpModel, problem: Problem, v: _Vars, horizon: int) -> None:
+def _add_memory(model: cp_model.CpModel, problem: Problem, v: _Vars, horizon: int,
+                hint: Timetable | None) -> list[str]:
     unit, exact = memory_unit(problem)
     cap = memory_cap_units(problem, unit, exact)
+    notes = []
+    if not exact and hint is not None:
+        # Rounding demands up may push a warm start that sits exactly at the cap a few units
+        # over it; keep the warm start feasible (every result is validated in bytes anyway).
+        peak = _peak_units(problem, hint, unit)
+        if peak > cap:
+            notes.append(f"memory cap raised by {peak - cap} units of {unit:.3g} bytes (rounding) to keep the "
+                         f"warm start feasible; the result is validated against the exact cap")
+            cap = peak
     for r in range(problem.num_ranks):
         held, demands = [], []
         for s in problem.skeleton.stages_of_rank(r):
@@ -405,6 +415,23 @@ def _add_memory(model: cp_model.CpModel, problem: Problem, v: _Vars, horizon: in
                 demands.append(demand)
         if held:
             model.AddCumulative(held, demands, cap)
+    return notes
+
+
+def _peak_units(problem: Problem, timetable: Timetable, unit: float) -> int:
+    """Largest per-rank sum of rounded-up demands held at once (F start to W end)."""
+    peak = 0
+    for r in range(problem.num_ranks):
+        events = []
+        for s in problem.skeleton.stages_of_rank(r):
+            demand = memory_demand_units(problem.activation(s), unit, False)
+            for j in problem.microbatches:
+                events += [(timetable.start[(s, Kind.F, j)], 1, demand), (timetable.end[(s, Kind.W, j)], 0, -demand)]
+        held = 0
+        for _, _, delta in sorted(events):
+            held += delta
+            peak = max(peak, held)
+    return peak
 
 
 # The Cumulative's capacity is kept at or below 2^30 units: activations in bytes (1e8–1e9,

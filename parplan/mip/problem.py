@@ -101,6 +101,7 @@ class Problem:
     # Integer durations (× time_scale) per schedule stage.
     dur: dict[Kind, tuple[int, ...]] = field(default_factory=dict)
     delay: tuple[int, ...] = ()  # transfer time of stage s's output / returning gradient, × scale
+    task_list: tuple[Task, ...] = ()  # every task, built once (tasks() is called per rank, per bound)
 
     # ---- structure ------------------------------------------------------------------
     @property
@@ -119,10 +120,10 @@ class Problem:
         return self.skeleton.stage_to_rank[stage]
 
     def tasks(self) -> list[Task]:
-        return [(s, k, j) for s in range(self.num_stages) for j in self.microbatches for k in (Kind.F, Kind.I, Kind.W)]
+        return list(self.task_list)
 
     def tasks_of_rank(self, rank: int) -> list[Task]:
-        return [t for t in self.tasks() if self.rank(t[0]) == rank]
+        return [t for t in self.task_list if self.skeleton.stage_to_rank[t[0]] == rank]
 
     def link_delay(self, producer_stage: int, consumer_stage: int, transfer_stage: int) -> int:
         return self.delay[transfer_stage] if self.rank(producer_stage) != self.rank(consumer_stage) else 0
@@ -259,6 +260,8 @@ def build_problem(
             Kind.W: tuple(_to_int(v, scale) for v in staged.backward_weight),
         },
         delay=tuple(_to_int(v, scale) for v in staged.transfer),
+        task_list=tuple((s, k, j) for s in range(skeleton.num_stages) for j in range(skeleton.microbatches_per_chain)
+                        for k in (Kind.F, Kind.I, Kind.W)),
     )
 
 

@@ -1,0 +1,164 @@
+"""The MIP scheduler at planner scale: chain placement, seconds and bytes, deadlines, LNS,
+and the cell-aware lower bound (checked against solved optima)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from parplan.baselines import BASELINES, build_baseline
+from parplan.costs import PipelineCosts
+from parplan.mip import solve_schedule
+from parplan.mip.api import WARM_STARTS
+from parplan.mip.brute import brute_force
+from parplan.mip.cpsat import CpSatOptions, cell_lower_bound, memory_cap_units, memory_demand_units, memory_unit, solve_cpsat
+from parplan.mip.lns import improve
+from parplan.mip.problem import build_problem
+from parplan.mip.timetable import canonical, from_schedule, to_schedule
+from parplan.schedule.simulate import simulate
+from parplan.schedule.validate import ScheduleError, validate
+from test_mip import check, uneven
+
+
+def seconds_costs(num_stages: int, *, scale: float = 1.0, seed: int = 1) -> PipelineCosts:
+    """Planner-like costs: seconds (F ≈ 13 ms, I ≈ 17 ms, W ≈ 6 ms, transfer ≈ 50 µs), bytes
+    (activations ≈ 4e8), each stage different."""
+    rng = random.Random(seed)
+    jitter = lambda: rng.uniform(0.8, 1.2)  # noqa: E731
+    n = num_stages
+    return PipelineCosts(
+        forward=tuple(0.013 * scale * jitter() for _ in range(n)),
+        backward_input=tuple(0.017 * scale * jitter() for _ in range(n)),
+        backward_weight=tuple(0.006 * scale * jitter() for _ in range(n)),
+        transfer=tuple(5e-5 * jitter() for _ in range(n)),
+        activation=tuple(float(int(4e8 * scale * jitter())) for _ in range(n)),
+        params=(1e9,) * n,
+    )
+
+
+def fitting_baselines(names, num_ranks, num_mb, costs, cap):
+    out = {}
+    for name in names:
+        try:
+            out[name] = validate(build_baseline(name, num_ranks, num_mb), costs, memory_cap=cap)
+        except ScheduleError:
+            continue
+    return out
+
+
+# ---- chain placement ------------------------------------------------------------------------------
+def test_chain_placement_never_worse_than_its_warm_starts():
+    costs = uneven(4)
+    cap = max(simulate(build_baseline("1f1b", 4, 6), costs).peak_activation_per_rank)  # GPipe and ZB-H2 need more
+    result = solve_schedule(num_ranks=4, num_microbatches=6, costs=costs, placement="chain", memory_cap=cap,
+                            time_limit=15)
+    check(result, costs, cap)
+    assert result.placement == "chain" and result.schedule.stage_to_rank == (0, 1, 2, 3)
+    warm = fitting_baselines(WARM_STARTS["chain"], 4, 6, costs, cap)
+    assert "1f1b" in warm
+    assert result.objective <= min(s.makespan for s in warm.values()) + 1e-9
+    if result.status == "OPTIMAL":
+        assert result.objective == pytest.approx(result.bound)  # integer times: solver optimum == simulated
+
+
+def test_chain_placement_agrees_with_brute_force():
+    costs = uneven(2)
+    problem = build_problem(placement="chain", num_ranks=2, num_microbatches=2, costs=costs, memory_cap=2.0)
+    brute, _ = brute_force(problem)
+    result = solve_schedule(num_ranks=2, num_microbatches=2, costs=costs, placement="chain", memory_cap=2.0,
+                            time_limit=10)
+    check(result, costs, 2.0)
+    assert result.status == "OPTIMAL" and result.objective == pytest.approx(brute)
+
+
+# ---- seconds and bytes, deadlines ----------------------------------------------------------------------
+def test_seconds_and_bytes_instance_improves_within_a_short_limit():
+    """4 ranks × 16 micro-batches on V (384 tasks: full model, then LNS), costs in seconds
+    and bytes, cap at ZB-V's peak: FEASIBLE or better, within the limit, never worse."""
+    costs = seconds_costs(8, scale=0.5)
+    zbv = simulate(build_baseline("zb-v", 4, 16), costs)
+    cap = max(zbv.peak_activation_per_rank)
+    warm = fitting_baselines(WARM_STARTS["v"], 4, 16, costs, cap)
+    started = time.perf_counter()
+    result = solve_schedule(num_ranks=4, num_microbatches=16, costs=costs, placement="v", memory_cap=cap,
+                            time_limit=8, seed=0, workers=2)
+    wall = time.perf_counter() - started
+    check(result, costs, cap)
+    assert result.status in ("OPTIMAL", "FEASIBLE")
+    assert result.objective <= min(s.makespan for s in warm.values()) + 1e-12
+    assert wall <= 8.0 + 1.0  # slack for a loaded CI box; the deadline itself is 8 s
+    assert max(result.simulation.peak_activation_per_rank) <= cap
+
+
+def test_wall_time_stays_within_the_limit_on_a_large_instance():
+    costs = seconds_costs(16, scale=0.5)
+    started = time.perf_counter()
+    result = solve_schedule(num_ranks=8, num_microbatches=32, costs=costs, placement="v", memory_cap=1e10,
+                            time_limit=5)
+    assert time.perf_counter() - started <= 5.0 + 1.0
+    check(result, costs, 1e10)
+
+
+def test_byte_valued_memory_is_scaled_conservatively():
+    costs = seconds_costs(8, scale=0.5)
+    problem = build_problem(placement="v", num_ranks=4, num_microbatches=8, costs=costs, memory_cap=1.2345e10)
+    unit, exact = memory_unit(problem)
+    assert not exact and memory_cap_units(problem, unit, exact) <= 1 << 30
+    for s in range(problem.num_stages):
+        assert memory_demand_units(problem.activation(s), unit, exact) * unit >= problem.activation(s)
+    assert memory_cap_units(problem, unit, exact) * unit <= problem.memory_cap
+    exact_problem = build_problem(placement="v", num_ranks=2, num_microbatches=2, costs=uneven(4), memory_cap=3.5)
+    assert memory_unit(exact_problem) == (0.5, True)
+
+
+# ---- LNS ---------------------------------------------------------------------------------------------------
+def test_lns_never_returns_worse_and_its_timetable_is_a_valid_schedule():
+    costs = seconds_costs(8, scale=0.5)
+    problem = build_problem(placement="v", num_ranks=4, num_microbatches=16, costs=costs, memory_cap=1e10)
+    hint = canonical(problem, from_schedule(problem, build_baseline("zb-v", 4, 16)), fifo_weights=True)
+    out = improve(problem, hint, options=CpSatOptions(), deadline=time.perf_counter() + 4)
+    assert out.objective <= hint.makespan and out.steps >= 1
+    sim = validate(to_schedule(problem, out.timetable), costs, memory_cap=1e10)
+    assert sim.makespan <= simulate(build_baseline("zb-v", 4, 16), costs).makespan + 1e-12
+
+
+# ---- the cell-aware lower bound -----------------------------------------------------------------------------
+@pytest.mark.parametrize("placement,num_ranks,num_mb", [("dualpipe", 2, 4), ("v", 2, 2), ("chain", 2, 3)])
+def test_cell_bound_is_at_most_the_optimum_with_cells(placement, num_ranks, num_mb):
+    """The unbroken model (no FIFO, no bound on the makespan) solved to optimality."""
+    stages = num_ranks if placement in ("dualpipe", "chain") else 2 * num_ranks
+    costs = uneven(stages, ratio=0.7)
+    problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs)
+    out = solve_cpsat(problem, hint=None, options=CpSatOptions(time_limit=60, symmetry_breaking=False,
+                                                               cell_bound=False))
+    assert out.status == "OPTIMAL"
+    assert 0 < cell_lower_bound(problem) <= out.objective
+    if max(len(problem.tasks_of_rank(r)) for r in range(num_ranks)) <= 6:
+        brute, _ = brute_force(problem)  # no cells: an upper bound on the optimum with cells
+        assert out.objective <= round(brute * problem.time_scale)
+
+
+def test_cell_bound_tighter_than_the_plain_energy_bound_on_the_grid():
+    """4×8, F=I=W=1, C=0.2, FB=0.8(F+B): 23.4 (the plain energy bound gave 21.0; best known 24.2)."""
+    costs = PipelineCosts.uniform(4, f=1, i=1, w=1, c=0.2, fb=2.4)
+    problem = build_problem(placement="dualpipe", num_ranks=4, num_microbatches=8, costs=costs)
+    assert cell_lower_bound(problem) / problem.time_scale == pytest.approx(23.4)
+
+
+# ---- auto: the best baseline of every placement seeds it ------------------------------------------------------
+def test_auto_is_never_worse_than_any_baseline_under_the_cap():
+    def rank_costs(num_stages: int) -> PipelineCosts:
+        return PipelineCosts.uniform(num_stages, f=1, i=1.2, w=0.8, c=0.1).scaled(4 / num_stages)
+
+    two_chunk = {"dualpipev", "zb-v", "interleaved-1f1b"}
+    sims = {n: simulate(build_baseline(n, 4, 8), rank_costs(8 if n in two_chunk else 4)) for n in BASELINES}
+    cap = max(sims["dualpipe"].peak_activation_per_rank)
+    best = min(s.makespan for s in sims.values() if max(s.peak_activation_per_rank) <= cap + 1e-9)
+    started = time.perf_counter()
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs, placement="auto",
+                            memory_cap=cap, time_limit=10)
+    assert time.perf_counter() - started <= 10.0 + 1.0
+    check(result, rank_costs(8 if result.placement in ("v", "loop") else 4), cap)
+    assert result.objective <= best + 1e-9
