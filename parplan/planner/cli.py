@@ -31,6 +31,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--time-limit", type=float, default=60.0, help="planning seconds (default 60)")
     p.add_argument("--mode", choices=("train", "inference"), default="train")
     p.add_argument("--objective", choices=("makespan", "utilization"), default="makespan")
+    p.add_argument("--placement", choices=("auto", "chain", "loop", "v", "dualpipe"), default="auto",
+                   help="stage-to-rank family (default auto: try each)")
     p.add_argument("--pp", type=int, default=None, help="fix the pipeline degree (default: search)")
     p.add_argument("--tp", type=int, default=None, help="fix the tensor-parallel degree (default: search)")
     p.add_argument("--no-zero1", action="store_true", help="keep full optimizer state on every replica")
@@ -77,6 +79,7 @@ def run_plan(args) -> int:
         zoo.model, zoo.example_inputs, cluster=cluster, microbatches=args.microbatches, spec=args.model,
         progress=progress, memory_limit=memory_limit, time_limit=args.time_limit,
         mode=args.mode, objective=args.objective, degrees=degrees,
+        **({} if args.placement == "auto" else {"families": (args.placement,)}),
         memory=MemoryModel(mode=args.mode, zero1=not args.no_zero1), use_mip=not args.no_mip,
         seed=args.seed, workers=args.workers,
     )
