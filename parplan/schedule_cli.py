@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from parplan.baselines import BASELINES
 from parplan.compare import ComparisonRow, compare, rank_share_costs
 from parplan.costs import parse_cost_spec
 from parplan.errors import ParplanError
+from parplan.cli_args import chart_format, positive_float, positive_int
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers"]
@@ -18,30 +18,10 @@ __all__ = ["add_parsers"]
 _SCHEDULE_NAMES = (*BASELINES, "mip")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is invalid: must be >= 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} is invalid: must be > 0")
-    return value
-
-
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ranks", "-n", type=_positive_int, required=True, help="pipeline ranks N")
-    p.add_argument("--microbatches", "-m", type=_positive_int, required=True, help="micro-batches M per step")
-    p.add_argument("--chunks", "-v", type=_positive_int, default=None,
+    p.add_argument("--ranks", "-n", type=positive_int, required=True, help="pipeline ranks N")
+    p.add_argument("--microbatches", "-m", type=positive_int, required=True, help="micro-batches M per step")
+    p.add_argument("--chunks", "-v", type=positive_int, default=None,
                    help="stage chunks per rank for interleaved-1f1b (default 2)")
     p.add_argument("--cost", default="F=1,I=1,W=1,C=0",
                    help="costs of one rank's share of the model per micro-batch: F, I, W (or B), "
@@ -50,12 +30,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     mip.add_argument("--memory-limit", default=None,
                      help="activation cap per rank: units of one rank-share activation per micro-batch, "
                           "or match:NAME for a baseline's peak (e.g. match:dualpipe)")
-    mip.add_argument("--time-limit", type=_positive_float, default=60.0, help="solver seconds (default 60)")
+    mip.add_argument("--time-limit", type=positive_float, default=60.0, help="solver seconds (default 60)")
     mip.add_argument("--placement", choices=("dualpipe", "v", "loop", "auto"), default="auto",
                      help="stage-to-rank map for the MIP (default auto: try each, keep the best)")
     mip.add_argument("--solver", choices=("cpsat", "highs"), default="cpsat")
     mip.add_argument("--seed", type=int, default=0)
-    mip.add_argument("--workers", type=_positive_int, default=2)
+    mip.add_argument("--workers", type=positive_int, default=2)
 
 
 def add_parsers(sub) -> None:
@@ -121,13 +101,6 @@ def _rows(args, names: list[str]) -> list[ComparisonRow]:
     return rows
 
 
-def _gantt_format(path: str) -> str:
-    suffix = Path(path).suffix.lower().lstrip(".")
-    if suffix not in ("png", "svg"):
-        raise ParplanError(f"--gantt {path!r}: the file must end in .png or .svg")
-    return suffix
-
-
 def run_schedule(args) -> int:
     check_writable(args.output, "-o")
     if args.name not in _SCHEDULE_NAMES:
@@ -153,7 +126,7 @@ def run_compare(args) -> int:
     names = [n.strip() for n in args.schedules.split(",") if n.strip()]
     if not names:
         raise ParplanError("--schedules is empty; name at least one schedule, e.g. --schedules 1f1b,dualpipe")
-    fmt = _gantt_format(args.gantt) if args.gantt else None
+    fmt = chart_format(args.gantt)
     check_writable(args.gantt, "--gantt")
     rows = _rows(args, names)
     outputs = {}

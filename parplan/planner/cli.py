@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
+from parplan.cli_args import chart_format
 from parplan.compare import parse_memory_limit
 from parplan.errors import ParplanError
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers", "DEFAULT_MODEL"]
 
-DEFAULT_MODEL = "llama:layers=16,hidden=2048,heads=16,kv_heads=4,intermediate=5632"
+DEFAULT_MODEL = "llama:layers=40,hidden=5120,heads=40,kv_heads=40,intermediate=13824"  # Llama-2-13B shape
 
 
 def add_parsers(sub) -> None:
@@ -63,8 +63,7 @@ def run_plan(args) -> int:
 
     check_writable(args.output, "-o")
     check_writable(args.gantt, "--gantt")
-    if args.gantt and Path(args.gantt).suffix.lower() not in (".png", ".svg"):
-        raise ParplanError(f"--gantt {args.gantt!r}: the file must end in .png or .svg")
+    fmt = chart_format(args.gantt)
     for flag, value in (("--batch", args.batch), ("--seq", args.seq), ("--microbatches", args.microbatches),
                         ("--workers", args.workers)):
         if value < 1:
@@ -91,7 +90,7 @@ def run_plan(args) -> int:
 
         rival = min(result.baselines, key=lambda e: (not e.fits, e.step_time_s), default=None)
         sims = [result.best.simulation] + ([rival.simulation] if rival is not None else [])
-        outputs[args.gantt] = render_gantt(sims, fmt=Path(args.gantt).suffix.lower().lstrip("."),
+        outputs[args.gantt] = render_gantt(sims, fmt=fmt,
                                            title=f"parplan plan vs best baseline: {args.model} on {cluster.name}")
     best = evaluated_summary(result.best)
     report = {

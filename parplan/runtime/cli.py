@@ -7,34 +7,13 @@ is written.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
-from parplan.errors import ParplanError
+from parplan.cli_args import chart_format, positive_int
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is invalid: must be >= 1")
-    return value
-
-
-def _chart_format(path: str | None) -> str | None:
-    if path is None:
-        return None
-    suffix = Path(path).suffix.lower().lstrip(".")
-    if suffix not in ("png", "svg"):
-        raise ParplanError(f"--gantt {path!r}: the file must end in .png or .svg")
-    return suffix
 
 
 def add_parsers(sub) -> None:
@@ -42,11 +21,11 @@ def add_parsers(sub) -> None:
                        description="Split MODEL's pieces contiguously over SCHEDULE's stages and write plan.json.")
     p.add_argument("model", help="zoo spec such as gpt:hidden=64,heads=4,layers=4,dtype=float32, or file.py:factory")
     p.add_argument("--schedule", required=True, help="a baseline name (1f1b, zb-v, dualpipev, …) or mip")
-    p.add_argument("--ranks", "-n", type=_positive_int, required=True)
-    p.add_argument("--microbatches", "-m", type=_positive_int, required=True)
-    p.add_argument("--batch", type=_positive_int, required=True, help="whole step's batch (a multiple of -m)")
-    p.add_argument("--seq", type=_positive_int, required=True)
-    p.add_argument("--chunks", "-v", type=_positive_int, default=None, help="stage chunks per rank (interleaved-1f1b)")
+    p.add_argument("--ranks", "-n", type=positive_int, required=True)
+    p.add_argument("--microbatches", "-m", type=positive_int, required=True)
+    p.add_argument("--batch", type=positive_int, required=True, help="whole step's batch (a multiple of -m)")
+    p.add_argument("--seq", type=positive_int, required=True)
+    p.add_argument("--chunks", "-v", type=positive_int, default=None, help="stage chunks per rank (interleaved-1f1b)")
     p.add_argument("--costs", choices=("params", "measure"), default="params",
                    help="params: abstract costs proportional to parameter counts; measure: time each stage here")
     p.add_argument("-o", "--output", required=True, help="plan file to write")
@@ -71,8 +50,8 @@ def add_parsers(sub) -> None:
                        description="Launch torchrun (gloo on CPU, NCCL with CUDA), run training steps of the "
                                    "plan's schedule on the real model and print predicted vs measured step time.")
     p.add_argument("plan")
-    p.add_argument("--nproc", type=_positive_int, required=True, help="processes (= the plan's ranks)")
-    p.add_argument("--steps", type=_positive_int, default=3, help="training steps (default 3; step 0 is warm-up)")
+    p.add_argument("--nproc", type=positive_int, required=True, help="processes (= the plan's ranks)")
+    p.add_argument("--steps", type=positive_int, default=3, help="training steps (default 3; step 0 is warm-up)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="run this model spec instead of the plan's (must match the plan)")
     p.add_argument("--check", action="store_true",
@@ -128,7 +107,7 @@ def _summary(plan) -> str:
 def run_show(args) -> int:
     from parplan.plan import Plan
 
-    fmt = _chart_format(args.gantt)
+    fmt = chart_format(args.gantt)
     check_writable(args.gantt, "--gantt")
     check_writable(args.trace, "--trace")
     plan = Plan.load(args.plan)
@@ -149,7 +128,7 @@ def run_run(args) -> int:
     from parplan.runtime.launch import check_runnable, compare_with_reference, launch, reference_step
     from parplan.runtime.stages import check_model
 
-    fmt = _chart_format(args.gantt)
+    fmt = chart_format(args.gantt)
     check_writable(args.gantt, "--gantt")
     check_writable(args.trace, "--trace")
     plan = Plan.load(args.plan)

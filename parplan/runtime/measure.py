@@ -39,10 +39,6 @@ def _median_time(fn, repeats: int) -> float:
 def measure_stage_costs(model_spec: str, groups: Sequence[Sequence[str]], *, batch: int, seq: int,
                         repeats: int = 5, seed: int = 0) -> PipelineCosts:
     """Costs of the model stages `groups` (pieces per stage) at micro-batch `batch`."""
-    from parplan.runtime.chain import load_plan_model
-    from parplan.runtime.split import export_graph, split_graph
-    from parplan.runtime.stages import synthetic_batch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the runtime's workers run (OMP_NUM_THREADS=1)
     try:

@@ -8,7 +8,7 @@ CSV is what `_PipelineScheduleRuntime` (and torchtitan) load.
 from __future__ import annotations
 
 from parplan.errors import ParplanError
-from parplan.schedule.ir import Action, Kind, Schedule
+from parplan.schedule.ir import Action, Schedule
 
 __all__ = ["to_torch_order", "from_torch_order", "check_with_torch"]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from parplan.costs import PipelineCosts
 from parplan.errors import ParplanError
-from parplan.schedule.ir import Action, Kind, Schedule
+from parplan.schedule.ir import Kind, Schedule
 from parplan.schedule.simulate import DeadlockError, SimResult, simulate
 
 __all__ = ["Violation", "ScheduleError", "validate", "format_grid"]

@@ -10,7 +10,6 @@ gradient accumulation and repeated blocks, and builds the networkx DAG.
 from __future__ import annotations
 
 import math
-import operator
 import time
 import warnings
 from collections import defaultdict

@@ -1,0 +1,40 @@
+"""Argument types and checks the CLI command families share."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from parplan.errors import ParplanError
+
+__all__ = ["positive_int", "positive_float", "chart_format"]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: must be >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: must be > 0")
+    return value
+
+
+def chart_format(path: str | None, flag: str = "--gantt") -> str | None:
+    """'png' or 'svg' from a chart file name (None without one)."""
+    if path is None:
+        return None
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in ("png", "svg"):
+        raise ParplanError(f"{flag} {path!r}: the file must end in .png or .svg")
+    return suffix
