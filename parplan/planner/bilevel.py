@@ -109,7 +109,11 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
     ours: list[tuple[Evaluated, Coster]] = []
     screened = pruned = 0
     best_ours = float("inf")
+    skipped: list[str] = []
     for degrees in degree_list:
+        if ours and time.perf_counter() - start > 0.5 * config.time_limit:
+            skipped.append(str(degrees))  # half the budget is for refinement and the MIP
+            continue
         micro = config.microbatches // degrees.dp
         tp_link = degrees.tp_link(cluster)
         coster_layers = coster_ops = Coster(traced, tp=degrees.tp, tp_link=tp_link)
@@ -163,6 +167,7 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
         best_of_tag[tag] = min(best_of_tag.get(tag, key(e)), key(e))
     ours.sort(key=lambda pair: (best_of_tag[(pair[0].placed.family.name, str(pair[0].placed.degrees))], key(pair[0])))
     reports: dict = {"upper": [], "lower": None, "screened": screened, "pruned": pruned,
+                     "degrees_skipped": skipped,
                      "degrees_considered": [str(d) for d in degree_list]}
     refined: list[Evaluated] = [e for e, _ in ours[:8]]
     budget = config.time_limit
@@ -172,19 +177,19 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
         if tag in seen:
             continue
         seen.add(tag)
-        if len(seen) > 3:
+        if len(seen) > 2:  # the rest of the budget goes to the lower-level MIP
             break
         left = budget - (time.perf_counter() - start)
         if left < 2:
             break
         moved = _local_search(result, ops, coster, cluster, config, cap, max_trials=int(4 * budget) + 20,
-                              deadline=time.perf_counter() + left / 3)
+                              deadline=time.perf_counter() + left / 4)
         if moved is not None and key(moved) < key(result):
             say(f"boundary moves: {tag[0]} {tag[1]} step {result.step_time_s:.4g}s → {moved.step_time_s:.4g}s")
             refined.append(moved)
             result = moved
         left = budget - (time.perf_counter() - start)
-        improved, report = _refine(result, ops, coster, cluster, config, cap, min(budget / 8, 15.0))
+        improved, report = _refine(result, ops, coster, cluster, config, cap, min(budget / 12, 10.0))
         reports["upper"].append(report)
         if improved is not None:
             refined.append(improved)
@@ -212,6 +217,9 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
             f"candidate needs is {smallest / 2**30:.2f} GiB — raise --memory-limit to at least that, "
             f"add GPUs, or shrink the micro-batch"
         )
+    if skipped:
+        notes.append(f"time limit: {len(skipped)} degree candidates not screened ({', '.join(skipped[:4])}"
+                     f"{', …' if len(skipped) > 4 else ''}); raise --time-limit to screen them")
     if best.label != "parplan":
         notes.append(f"no parplan placement beat the {best.label} baseline; the plan is that baseline")
     return PlanResult(best=best, baselines=tuple(baselines[n] for n in sorted(baselines)), units=ops,
