@@ -99,6 +99,7 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
             f"no PP × DP × TP split of {cluster.num_gpus} GPUs divides {config.microbatches} micro-batches "
             f"among the replicas; use a micro-batch count divisible by the data-parallel degree"
         )
+    degree_list = _promising_first(degree_list, traced, cluster, config, cap)
     say(f"traced {len(traced.nodes)} operators → {len(layers)} layer units, {len(ops)} operator units; "
         f"{len(degree_list)} degree candidates")
 
@@ -111,29 +112,28 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
     best_ours = float("inf")
     skipped: list[str] = []
     for degrees in degree_list:
-        if ours and time.perf_counter() - start > 0.5 * config.time_limit:
-            skipped.append(str(degrees))  # half the budget is for refinement and the MIP
+        if best_ours < float("inf") and time.perf_counter() - start > 0.5 * config.time_limit:
+            skipped.append(str(degrees))  # a plan that fits exists; the rest of the budget refines it
             continue
         micro = config.microbatches // degrees.dp
         tp_link = degrees.tp_link(cluster)
-        coster_layers = coster_ops = Coster(traced, tp=degrees.tp, tp_link=tp_link)
+        coster = Coster(traced, tp=degrees.tp, tp_link=tp_link)  # one cost function for every grouping
         for family in families:
             stages = family.num_stages(degrees.pp)
             if stages > len(layers):
                 continue
-            layer_split = _contiguous(layers, coster_layers, cluster, degrees, family, aware=False,
+            layer_split = _contiguous(layers, coster, cluster, degrees, family, aware=False,
                                       memory=config.memory, cap=cap)
-            op_split = _contiguous(ops, coster_ops, cluster, degrees, family, aware=True,
-                                   memory=config.memory, cap=cap)
-            op_even = _contiguous(ops, coster_ops, cluster, degrees, family, aware=True,
-                                  memory=config.memory, cap=cap, by_rank=False)
+            op_split = _contiguous(ops, coster, cluster, degrees, family, aware=True, memory=config.memory, cap=cap)
+            op_even = _contiguous(ops, coster, cluster, degrees, family, aware=True, memory=config.memory, cap=cap,
+                                  by_rank=False)
             # parplan also starts from the hand split seen at operator level, so its own
             # search space contains the baseline's placement
-            candidates = [("baseline", layers, coster_layers, layer_split), ("parplan", ops, coster_ops, op_split),
-                          ("parplan", ops, coster_ops, _refine_units(layer_split, layers, ops))]
+            candidates = [("baseline", layers, layer_split), ("parplan", ops, op_split),
+                          ("parplan", ops, _refine_units(layer_split, layers, ops))]
             if op_even != op_split:
-                candidates.append(("parplan", ops, coster_ops, op_even))
-            for label, graph, coster, split in candidates:
+                candidates.append(("parplan", ops, op_even))
+            for label, graph, split in candidates:
                 if split is None:
                     continue
                 placed = place(graph, coster, cluster, degrees, family, split, config.memory)
@@ -160,7 +160,6 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
 
     # ---- 2. refine the most promising placements: boundary moves, then the upper MIP ----
     # Refine where the best plans are, baselines included: that is the bar to clear.
-    ours.sort(key=lambda pair: key(pair[0]))
     best_of_tag: dict[tuple, tuple] = {}
     for e in [e for e, _ in ours] + list(baselines.values()):
         tag = (e.placed.family.name, str(e.placed.degrees))
@@ -188,7 +187,6 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
             say(f"boundary moves: {tag[0]} {tag[1]} step {result.step_time_s:.4g}s → {moved.step_time_s:.4g}s")
             refined.append(moved)
             result = moved
-        left = budget - (time.perf_counter() - start)
         improved, report = _refine(result, ops, coster, cluster, config, cap, min(budget / 12, 10.0))
         reports["upper"].append(report)
         if improved is not None:
@@ -225,6 +223,28 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
     return PlanResult(best=best, baselines=tuple(baselines[n] for n in sorted(baselines)), units=ops,
                       memory_cap=cap, planning_seconds=time.perf_counter() - start, reports=reports,
                       notes=tuple(notes))
+
+
+def _promising_first(degree_list: list[Degrees], traced: TracedGraph, cluster: ClusterProfile,
+                     config: PlannerConfig, cap: float) -> list[Degrees]:
+    """Screen likely winners first, so a time limit cuts off the unlikely ones.
+
+    Estimate: the work per device, stretched by a 1F1B-like fill (pp−1)/m, a few percent per
+    TP doubling for its collectives; degrees whose parameters and optimizer state alone
+    overflow the cap go last.
+    """
+    coster = Coster(traced)
+    gpu = cluster.gpu(0)
+    total = coster.ops((n.name for n in traced.nodes), gpu)
+    work = total.total_s if config.mode == "train" else total.forward_s
+
+    def estimate(d: Degrees) -> tuple[bool, float]:
+        micro = config.microbatches // d.dp
+        static = config.memory.static_bytes(total.param_bytes, total.param_count, d.dp) / (d.pp * d.tp)
+        step = work * micro / (d.pp * d.tp) * (1 + (d.pp - 1) / micro) * (1 + 0.05 * (d.tp.bit_length() - 1))
+        return (static > cap, step)
+
+    return sorted(degree_list, key=estimate)
 
 
 def _refine_units(split: list[int] | None, coarse: UnitGraph, fine: UnitGraph) -> list[int] | None:
