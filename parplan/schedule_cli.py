@@ -36,6 +36,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     mip.add_argument("--solver", choices=("cpsat", "highs"), default="cpsat")
     mip.add_argument("--seed", type=int, default=0)
     mip.add_argument("--workers", type=positive_int, default=2)
+    mip.add_argument("--dump-model", default=None, metavar="FILE",
+                     help="write the solver's model before solving (CP-SAT: .pb/.pbtxt; HiGHS: .lp/.mps)")
 
 
 def add_parsers(sub) -> None:
@@ -75,7 +77,7 @@ def run_demo(args) -> int:
 
 def _mip_options(args) -> dict:
     options = {"placement": args.placement, "time_limit": args.time_limit, "seed": args.seed,
-               "workers": args.workers, "solver": args.solver}
+               "workers": args.workers, "solver": args.solver, "dump_model": args.dump_model}
     if sys.stderr.isatty():
         options["progress"] = _print_progress
     return options

@@ -106,3 +106,10 @@ def test_console_script_exit_status():
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "dualpipev" in result.stderr
+
+
+def test_mip_model_dump(capsys, tmp_path):
+    dump = tmp_path / "model.pbtxt"
+    code, out, _ = run(capsys, "schedule", "mip", "-n", "2", "-m", "4", "--time-limit", "5", "--dump-model", str(dump))
+    assert code == 0 and out.startswith("# mip")
+    assert "NoOverlap" in dump.read_text() or "no_overlap" in dump.read_text()

@@ -232,9 +232,10 @@ def _search(prep: _Prepared, *, deadline: float, started: float, seed: int, work
     reserve = _RESERVE_SECONDS + _RESERVE_PER_TASK * num_tasks
     left = lambda: deadline - reserve - time.perf_counter()  # noqa: E731
 
-    # Fast path: a warm start that meets the lower bound is optimal; no search needed.
+    # Fast path: a warm start that meets the lower bound is optimal; no search needed
+    # (unless the model was asked for: then it is built, dumped and solved).
     if (solver == "cpsat" and objective == "makespan" and not link_contention and problem.exact_times
-            and hint.makespan <= prep.lower):
+            and hint.makespan <= prep.lower and dump_model is None):
         notes.append(f"the warm start meets the lower bound {prep.lower / scale:g}: optimal without search")
         return _result(problem, warm.schedule, "OPTIMAL", prep.lower / scale, warm.name, notes,
                        time.perf_counter() - started, objective)
