@@ -232,3 +232,15 @@ def test_layer_and_operator_placements_of_the_same_operators_cost_the_same(llama
     a = place(layers, coster, cluster, degrees, FAMILIES["v"], split, MemoryModel())
     b = place(ops, coster, cluster, degrees, FAMILIES["v"], fine, MemoryModel())
     assert a.costs == b.costs and a.static_bytes == b.static_bytes
+
+
+def test_inference_latency_objective_prefers_short_pipelines(llama_trace):
+    """Serving one request: fewer, fuller stages beat a deep pipeline; throughput prefers depth."""
+    _, traced = llama_trace
+    cluster = load_cluster("h100x8")
+    fast = plan_traced(traced, cluster, PlannerConfig(microbatches=8, time_limit=5, mode="inference",
+                                                      objective="latency", families=("chain",)))
+    busy = plan_traced(traced, cluster, PlannerConfig(microbatches=8, time_limit=5, mode="inference",
+                                                      families=("chain",)))
+    assert fast.best.latency_s <= busy.best.latency_s
+    assert busy.best.step_time_s <= fast.best.step_time_s

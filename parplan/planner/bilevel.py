@@ -37,7 +37,7 @@ class PlannerConfig:
     memory_limit: float | None = None  # bytes per device; default: the smallest device's HBM
     time_limit: float = 60.0
     mode: Literal["train", "inference"] = "train"
-    objective: Literal["makespan", "utilization"] = "makespan"
+    objective: Literal["makespan", "utilization", "latency"] = "makespan"
     memory: MemoryModel = field(default_factory=MemoryModel)
     degrees: Degrees | None = None  # fixed degrees; None searches
     families: tuple[str, ...] = ("chain", "loop", "v", "dualpipe")
@@ -50,8 +50,8 @@ class PlannerConfig:
             raise ParplanError(f"--microbatches {self.microbatches} is invalid: need >= 1")
         if self.time_limit <= 0:
             raise ParplanError(f"--time-limit {self.time_limit} is invalid: need > 0 seconds")
-        if self.objective not in ("makespan", "utilization"):
-            raise ParplanError(f"--objective {self.objective!r} is unknown; use makespan or utilization")
+        if self.objective not in ("makespan", "utilization", "latency"):
+            raise ParplanError(f"--objective {self.objective!r} is unknown; use makespan, utilization or latency")
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown:
             raise ParplanError(f"placement family {unknown[0]!r} is unknown; use {', '.join(FAMILIES)}")
@@ -78,6 +78,8 @@ Progress = Callable[[str], None]
 def _key(config: PlannerConfig) -> Callable[[Evaluated], tuple]:
     if config.objective == "utilization":
         return lambda e: (not e.fits, -e.utilization, e.step_time_s)
+    if config.objective == "latency":  # inference: the first request's time through the pipeline
+        return lambda e: (not e.fits, e.latency_s, e.step_time_s)
     return lambda e: (not e.fits, e.step_time_s)
 
 

@@ -30,7 +30,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--memory-limit", default=None, help="bytes per device, e.g. 70GiB (default: device HBM)")
     p.add_argument("--time-limit", type=float, default=60.0, help="planning seconds (default 60)")
     p.add_argument("--mode", choices=("train", "inference"), default="train")
-    p.add_argument("--objective", choices=("makespan", "utilization"), default="makespan")
+    p.add_argument("--objective", choices=("makespan", "utilization", "latency"), default="makespan",
+                   help="makespan: step time (throughput); utilization: busy fraction; latency: first "
+                        "micro-batch through the pipeline (inference)")
     p.add_argument("--placement", choices=("auto", "chain", "loop", "v", "dualpipe"), default="auto",
                    help="stage-to-rank family (default auto: try each)")
     p.add_argument("--pp", type=int, default=None, help="fix the pipeline degree (default: search)")

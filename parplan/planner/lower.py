@@ -69,6 +69,12 @@ class Evaluated:
         return self.simulation.bubble_ratio
 
     @property
+    def latency_s(self) -> float:
+        """When micro-batch 0 leaves the pipeline: the latency an inference request sees."""
+        ends = self.simulation.ends()
+        return max(t for (stage, kind, mb), t in ends.items() if mb == 0 and kind is Kind.F)
+
+    @property
     def utilization(self) -> float:
         busy = sum(self.simulation.busy_per_rank)
         return busy / (self.simulation.num_ranks * self.step_time_s) if self.step_time_s > 0 else 0.0
