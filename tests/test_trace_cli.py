@@ -80,7 +80,7 @@ def test_measured_replay_machinery_on_cpu():
     """The replay that measured mode runs on a GPU, exercised on CPU: every non-view
     signature gets a cost and op_cost uses it."""
     from parplan.cost import load_gpu, op_cost
-    from parplan.cost.measure import cache_text, load_cache, measure_graph
+    from parplan.cost.measure import measure_graph
     from parplan.trace import trace
     from parplan.zoo import build
 
