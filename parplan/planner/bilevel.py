@@ -21,7 +21,7 @@ from parplan.cost.hardware import ClusterProfile
 from parplan.errors import ParplanError
 from parplan.planner.costing import Coster
 from parplan.planner.degrees import Degrees, candidate_degrees
-from parplan.planner.lower import Evaluated, Placed, baseline_schedules, evaluate_schedule, place
+from parplan.planner.lower import Evaluated, Placed, baseline_schedules, evaluate_schedule, place, stage_gpus
 from parplan.planner.memory import MemoryModel
 from parplan.planner.partition import FAMILIES, Family, balanced_contiguous, place_units, rank_loads
 from parplan.planner.units import Granularity, UnitGraph, coarsen
@@ -284,20 +284,24 @@ def _busiest_rank_bound(placed: Placed, schedule) -> float:
     return max(busy) + placed.dp_sync_s
 
 
-def _stage_gpu(cluster: ClusterProfile, degrees: Degrees, family: Family):
-    gpus = [degrees.gpu(cluster, r) for r in range(degrees.pp)]
-    return lambda s: min((gpus[r] for r in family.ranks_of_stage(s, degrees.pp)), key=lambda g: g.peak("bfloat16"))
+def _unit_functions(graph: UnitGraph, coster: Coster, gpu_of, memory: MemoryModel, dp: int):
+    """(cost(u, s), static(u, s)): seconds of unit u on stage s's device, and its static bytes."""
+    units = graph.units
+    cost = lambda u, s: coster.unit(units[u], gpu_of(s)).total_s  # noqa: E731
+
+    def static(u: int, s: int) -> float:
+        c = coster.unit(units[u], gpu_of(s))  # parameter bytes do not depend on the device
+        return memory.static_bytes(c.param_bytes, c.param_count, dp)
+
+    return cost, static
 
 
 def _contiguous(graph: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: Degrees, family: Family,
                 *, aware: bool, memory: MemoryModel, cap: float, by_rank: bool = True) -> list[int] | None:
-    stage_gpu = _stage_gpu(cluster, degrees, family)
-    reference = stage_gpu(0)
+    device = stage_gpus(cluster, degrees, family)
+    gpu_of = device.__getitem__ if aware else (lambda s: device[0])
+    cost, static = _unit_functions(graph, coster, gpu_of, memory, degrees.dp)
     units = graph.units
-    gpu_of = stage_gpu if aware else (lambda s: reference)
-    cost = lambda u, s: coster.unit(units[u], gpu_of(s)).total_s  # noqa: E731
-    static = lambda u, s: memory.static_bytes(  # noqa: E731
-        coster.unit(units[u], reference).param_bytes, coster.unit(units[u], reference).param_count, degrees.dp)
     n = degrees.pp
     by_stage = lambda split: max(rank_loads(split, FAMILIES["chain"], family.num_stages(n), cost))  # noqa: E731
     score = (lambda split: (max(rank_loads(split, family, n, cost)), by_stage(split))) if by_rank else \
@@ -313,11 +317,9 @@ def _refine(result: Evaluated, graph: UnitGraph, coster: Coster, cluster: Cluste
             config: PlannerConfig, cap: float, time_limit: float) -> tuple[Evaluated | None, dict]:
     placed: Placed = result.placed
     degrees, family = placed.degrees, placed.family
-    stage_gpu = _stage_gpu(cluster, degrees, family)
+    cost, static = _unit_functions(graph, coster, stage_gpus(cluster, degrees, family).__getitem__, config.memory,
+                                   degrees.dp)
     units = graph.units
-    cost = lambda u, s: coster.unit(units[u], stage_gpu(s)).total_s  # noqa: E731
-    static = lambda u, s: config.memory.static_bytes(  # noqa: E731
-        coster.unit(units[u], stage_gpu(s)).param_bytes, coster.unit(units[u], stage_gpu(s)).param_count, degrees.dp)
     split, report = place_units(
         num_units=len(units), edges=list(graph.edges), family=family, num_ranks=degrees.pp, cost=cost,
         static=static, static_cap=cap, hint=list(placed.stage_of_unit), time_limit=time_limit,

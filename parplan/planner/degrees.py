@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 from parplan.cost.hardware import ClusterProfile, GPUProfile, LinkProfile
 
-__all__ = ["Degrees", "candidate_degrees"]
+__all__ = ["Degrees", "candidate_degrees", "slowest"]
+
+
+def slowest(gpus) -> GPUProfile:
+    """The device a shared piece of work waits for (least bf16 peak)."""
+    return min(gpus, key=lambda g: g.peak("bfloat16"))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -28,8 +33,7 @@ class Degrees:
 
     def gpu(self, cluster: ClusterProfile, pp: int) -> GPUProfile:
         """The slowest device holding pipeline position `pp` across replicas and TP peers."""
-        gpus = [cluster.gpu(self.rank(d, pp, t)) for d in range(self.dp) for t in range(self.tp)]
-        return min(gpus, key=lambda g: g.peak("bfloat16"))
+        return slowest(cluster.gpu(self.rank(d, pp, t)) for d in range(self.dp) for t in range(self.tp))
 
     def pp_link(self, cluster: ClusterProfile, a: int, b: int) -> LinkProfile:
         return cluster.link(self.rank(0, a), self.rank(0, b))

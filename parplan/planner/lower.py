@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from parplan.baselines import build_baseline
-from parplan.cost.hardware import ClusterProfile
+from parplan.cost.hardware import ClusterProfile, GPUProfile
 from parplan.cost.model import transfer_time
 from parplan.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.planner.costing import Coster, ring_allreduce_s
-from parplan.planner.degrees import Degrees
+from parplan.planner.degrees import Degrees, slowest
 from parplan.planner.memory import MemoryModel
 from parplan.planner.partition import Family
 from parplan.planner.units import UnitGraph
@@ -25,7 +25,7 @@ from parplan.schedule.ir import Action, Kind, Schedule
 from parplan.schedule.simulate import SimResult
 from parplan.schedule.validate import validate
 
-__all__ = ["Placed", "Evaluated", "place", "evaluate_schedule", "forward_only_schedule"]
+__all__ = ["Placed", "Evaluated", "place", "stage_gpus", "evaluate_schedule", "forward_only_schedule"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -80,21 +80,28 @@ class Evaluated:
         return busy / (self.simulation.num_ranks * self.step_time_s) if self.step_time_s > 0 else 0.0
 
 
+def stage_gpus(cluster: ClusterProfile, degrees: Degrees, family: Family) -> list[GPUProfile]:
+    """The device each model stage is costed on. DualPipe runs a model stage on two ranks:
+    it is costed on the slower device of the pair."""
+    gpus = [degrees.gpu(cluster, r) for r in range(degrees.pp)]
+    return [slowest(gpus[r] for r in family.ranks_of_stage(s, degrees.pp))
+            for s in range(family.num_stages(degrees.pp))]
+
+
 def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: Degrees, family: Family,
           stage_of_unit: list[int], memory: MemoryModel) -> Placed:
     n = degrees.pp
     num_stages = family.num_stages(n)
     rank_of = [family.rank_of_stage(s, n) for s in range(num_stages)]
     gpus = [degrees.gpu(cluster, r) for r in range(n)]
+    device = stage_gpus(cluster, degrees, family)
     members: list[list[int]] = [[] for _ in range(num_stages)]
     for u, s in enumerate(stage_of_unit):
         members[s].append(u)
     cut = units.cut_bytes(list(stage_of_unit))
     f, i, w, act, params, counts, xfer = ([0.0] * num_stages for _ in range(7))
     for s in range(num_stages):
-        # DualPipe runs a model stage on two ranks: cost it on the slower device of the pair.
-        gpu = min((gpus[r] for r in family.ranks_of_stage(s, n)), key=lambda g: g.peak("bfloat16"))
-        c = coster.ops((op for u in members[s] for op in units.units[u].ops), gpu)
+        c = coster.ops((op for u in members[s] for op in units.units[u].ops), device[s])
         f[s], i[s], w[s] = c.forward_s, c.backward_input_s, c.backward_weight_s
         act[s], params[s], counts[s] = c.activation_bytes, c.param_bytes, c.param_count
         if s + 1 < num_stages and rank_of[s] != rank_of[s + 1]:
