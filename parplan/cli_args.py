@@ -7,7 +7,7 @@ from pathlib import Path
 
 from parplan.errors import ParplanError
 
-__all__ = ["positive_int", "positive_float", "chart_format"]
+__all__ = ["positive_int", "positive_float", "chart_format", "format_columns"]
 
 
 def positive_int(text: str) -> int:
@@ -38,3 +38,10 @@ def chart_format(path: str | None, flag: str = "--gantt") -> str | None:
     if suffix not in ("png", "svg"):
         raise ParplanError(f"{flag} {path!r}: the file must end in .png or .svg")
     return suffix
+
+
+def format_columns(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A plain-text table: the header, a rule, one line per row, columns padded to fit."""
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]

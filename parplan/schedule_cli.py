@@ -10,7 +10,7 @@ from parplan.baselines import BASELINES
 from parplan.compare import ComparisonRow, compare, rank_share_costs
 from parplan.costs import parse_cost_spec
 from parplan.errors import ParplanError
-from parplan.cli_args import chart_format, positive_float, positive_int
+from parplan.cli_args import chart_format, format_columns, positive_float, positive_int
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers"]
@@ -163,9 +163,7 @@ def format_table(rows: list[ComparisonRow]) -> str:
         if with_fit:
             cells.append("-" if row.fits is None else ("yes" if row.fits else "NO"))
         body.append(cells)
-    widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    out = [line(header), line(["-" * w for w in widths])] + [line(c) for c in body]
+    out = format_columns(header, body)
     for row in rows:
         if row.solver:
             s = row.solver

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from parplan.cli_args import chart_format
+from parplan.cli_args import chart_format, format_columns
 from parplan.compare import parse_memory_limit
 from parplan.errors import ParplanError
 from parplan.io import check_writable, write_outputs
@@ -119,11 +119,8 @@ def format_plan_table(result, model: str, cluster: str) -> str:
         body.append([label, d["schedule"], d["placement"], d["degrees"], f"{d['step_time_s']:.4f}",
                      f"{d['bubble_ratio']:.1%}", f"{max(d['peak_memory_bytes']) / 2**30:.1f}",
                      "yes" if d["fits"] else "NO"])
-    widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     best_baseline = min((e for e in result.baselines if e.fits), key=lambda e: e.step_time_s, default=None)
-    out = [f"{model} on {cluster}: planned in {result.planning_seconds:.1f}s", line(header),
-           line(["-" * w for w in widths])] + [line(c) for c in body]
+    out = [f"{model} on {cluster}: planned in {result.planning_seconds:.1f}s", *format_columns(header, body)]
     if best_baseline is not None:
         gain = 1 - result.best.step_time_s / best_baseline.step_time_s
         out.append(f"parplan vs best baseline ({best_baseline.label}): {gain:+.1%} step time")
