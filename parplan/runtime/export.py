@@ -29,16 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["lower_overlap_cells", "torch_csv", "check_torch_csv", "torch_schedule"]
 
 
-def _require_exportable(schedule: Schedule) -> None:
-    if len(schedule.chains) != 1 or schedule.chains[0] != tuple(range(schedule.num_stages)):
-        raise ParplanError(
-            f"schedule {schedule.name!r} runs {len(schedule.chains)} chains (DualPipe's bidirectional "
-            f"placement: each rank holds a stage of both directions); torch.distributed.pipelining runs one "
-            f"chain 0..S-1 only and cannot express it. Plan with 'dualpipev' instead: DualPipeV has "
-            f"DualPipe's per-rank timeline on one V-shaped chain"
-        )
-
-
 def lower_overlap_cells(schedule: Schedule) -> Schedule:
     """The same order with each `(F;B)OVERLAP_F_B` cell replaced by its parts, in order."""
     orders = tuple(tuple(a for cell in order for a in cell.atoms) for order in schedule.orders)
@@ -47,7 +37,7 @@ def lower_overlap_cells(schedule: Schedule) -> Schedule:
 
 def torch_csv(schedule: Schedule) -> str:
     """PyTorch's compute-only CSV of `schedule`: one row per rank, one plain action per cell."""
-    _require_exportable(schedule)
+    schedule.require_one_chain()
     return lower_overlap_cells(schedule).to_csv()
 
 

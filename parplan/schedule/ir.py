@@ -171,13 +171,18 @@ class Schedule:
         return "\n".join(lines) + "\n"
 
     # ---- PyTorch's compute-only CSV: one row per rank, one action per cell -----------
-    def to_csv(self) -> str:
+    def require_one_chain(self) -> None:
+        """PyTorch's IR, CSV and runtime run one chain 0 … S−1; refuse anything else."""
         if len(self.chains) != 1 or self.chains[0] != tuple(range(self.num_stages)):
             raise ParplanError(
-                f"schedule {self.name!r} runs {len(self.chains)} chains (a bidirectional placement); "
-                f"PyTorch's CSV/runtime expresses one chain 0..S-1 only. Use 'dualpipev', which "
+                f"schedule {self.name!r} runs {len(self.chains)} chains (DualPipe's bidirectional "
+                f"placement: each rank holds a stage of both directions); torch.distributed.pipelining "
+                f"runs one chain 0..S-1 only and cannot express it. Use 'dualpipev' instead: DualPipeV "
                 f"has DualPipe's per-rank timeline on one V-shaped chain"
             )
+
+    def to_csv(self) -> str:
+        self.require_one_chain()
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         for order in self.orders:

@@ -7,7 +7,6 @@ CSV is what `_PipelineScheduleRuntime` (and torchtitan) load.
 
 from __future__ import annotations
 
-from parplan.errors import ParplanError
 from parplan.schedule.ir import Action, Schedule
 
 __all__ = ["to_torch_order", "from_torch_order", "check_with_torch"]
@@ -22,21 +21,13 @@ def _torch_action(action: Action):
     return _Action(action.stage, _ComputationType.from_str(action.kind.value), action.microbatch)
 
 
-def _require_one_chain(schedule: Schedule) -> None:
-    if len(schedule.chains) != 1:
-        raise ParplanError(
-            f"schedule {schedule.name!r} runs {len(schedule.chains)} chains (bidirectional); PyTorch's "
-            f"pipelining IR expresses one chain only. Use 'dualpipev' for DualPipe's timeline on one V chain"
-        )
-
-
 def to_torch_order(schedule: Schedule, *, expand_overlap: bool = False) -> dict[int, list]:
     """rank → list of torch `_Action`; `expand_overlap` lowers F&B cells to their parts in order.
 
     PyTorch 2.13's `_add_send_recv` and `_validate_schedule` take only plain actions, so
     cells are expanded (F first, then the backward) before those passes.
     """
-    _require_one_chain(schedule)
+    schedule.require_one_chain()
     out = {}
     for r, order in enumerate(schedule.orders):
         actions = []
@@ -56,7 +47,7 @@ def check_with_torch(schedule: Schedule) -> None:
     """Run PyTorch's validator and its deadlock simulation on the (cell-expanded) order."""
     from torch.distributed.pipelining import schedules as ts
 
-    _require_one_chain(schedule)
+    schedule.require_one_chain()
     actions = to_torch_order(schedule, expand_overlap=True)
     ts._validate_schedule(actions, schedule.num_ranks, schedule.num_stages, schedule.microbatches_per_chain)
     stage_to_rank = schedule.stage_to_rank.__getitem__
