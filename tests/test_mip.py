@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+from ortools.sat.python import cp_model
 
 from parplan.baselines import build_baseline
 from parplan.costs import PipelineCosts
@@ -10,10 +13,11 @@ from parplan.errors import ParplanError
 from parplan.mip import MipResult, ProgressEvent, solve_schedule
 from parplan.mip import api as mip_api
 from parplan.mip.brute import brute_force
-from parplan.mip.cpsat import CpSatOptions, SolveOutcome, solve_cpsat
+from parplan.mip.api import serial_schedule
+from parplan.mip.cpsat import CpSatOptions, SolveOutcome, build_model, solve_cpsat
 from parplan.mip.problem import build_problem
-from parplan.mip.timetable import canonical, from_schedule, without_cells
-from parplan.schedule.ir import Kind
+from parplan.mip.timetable import Timetable, canonical, from_schedule, without_cells
+from parplan.schedule.ir import Action, Kind, Schedule
 from parplan.schedule.simulate import simulate
 from parplan.schedule.validate import validate
 
@@ -109,17 +113,51 @@ def test_f_and_b_cells_when_they_are_shorter():
 
 
 # ---- symmetry breaking keeps an optimum ---------------------------------------------------------
-@pytest.mark.parametrize("placement,num_ranks,num_mb,cap", [("dualpipe", 2, 4, 3.0), ("v", 2, 3, 4.0), ("loop", 2, 3, None)])
-def test_fifo_symmetry_breaking_matches_the_unbroken_model(placement, num_ranks, num_mb, cap):
+@pytest.mark.parametrize("placement,num_ranks,num_mb,cap,ratio", [
+    ("dualpipe", 2, 4, 3.0, 1.0), ("v", 2, 3, 4.0, 1.0), ("loop", 2, 3, None, 1.0),
+    # With F&B cells: W's run alone keep their order, same-chain cells need j < i.
+    ("dualpipe", 2, 4, 3.0, 0.7), ("dualpipe", 2, 4, 2.0, 0.8), ("v", 2, 2, 3.0, 0.7), ("loop", 2, 2, None, 0.6),
+])
+def test_fifo_symmetry_breaking_matches_the_unbroken_model(placement, num_ranks, num_mb, cap, ratio):
     stages = num_ranks if placement == "dualpipe" else 2 * num_ranks
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb,
-                            costs=uneven(stages), memory_cap=cap)
+                            costs=uneven(stages, ratio=ratio), memory_cap=cap)
     values = []
     for symmetry in (True, False):
         out = solve_cpsat(problem, hint=None, options=CpSatOptions(time_limit=30, symmetry_breaking=symmetry))
         assert out.status == "OPTIMAL"
         values.append(out.objective)
     assert values[0] == values[1]
+
+
+def test_canonical_hints_satisfy_the_symmetry_broken_model():
+    """Warm starts are relabelled (FIFO F/I, alone W's in order) and mirrored so that the
+    model with all its symmetry breaking accepts them as they are: DualPipe with its cells,
+    DualPipe with two W's run out of order, the serial order and its mirror image."""
+    problem = build_problem(placement="dualpipe", num_ranks=4, num_microbatches=8, costs=uneven(4, ratio=0.8))
+    sk = problem.skeleton
+    swap = {**dict(zip(sk.chains[0], sk.chains[1])), **dict(zip(sk.chains[1], sk.chains[0]))}
+    serial = from_schedule(problem, serial_schedule(problem))
+    flip = lambda times: {(swap[s], k, j): x for (s, k, j), x in times.items()}  # noqa: E731
+    mirrored = Timetable(start=flip(serial.start), end=flip(serial.end))
+    base = build_baseline("dualpipe", 4, 8)
+    # Rank 0 ends "0I2 0W2 0I3 0W3"; run its two W's the other way round, out of order.
+    orders = [list(o) for o in base.orders]
+    assert [str(a) for a in orders[0][-4:]] == ["0I2", "0W2", "0I3", "0W3"]
+    orders[0][-4:] = [Action(0, Kind.I, 2), Action(0, Kind.I, 3), Action(0, Kind.W, 3), Action(0, Kind.W, 2)]
+    late_w = Schedule(name="late-w", stage_to_rank=base.stage_to_rank, orders=orders, chains=base.chains,
+                      microbatches_per_chain=base.microbatches_per_chain, model_stage=base.model_stage)
+    tables = [from_schedule(problem, s) for s in (base, late_w)] + [serial, mirrored]
+    assert tables[1].start[(0, Kind.W, 3)] < tables[1].start[(0, Kind.W, 2)]
+    for table in tables:
+        hint = canonical(problem, table, fifo_weights=False)
+        model, v, _ = build_model(problem, hint, CpSatOptions())
+        for t in problem.tasks():
+            model.Add(v.start[t] == hint.start[t])
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = 10
+        assert solver.Solve(model) in (cp_model.OPTIMAL, cp_model.FEASIBLE)
+        assert solver.Value(v.objective) == hint.makespan
 
 
 # ---- HiGHS big-M and brute force agree with CP-SAT --------------------------------------------------
@@ -206,6 +244,30 @@ def test_placement_auto_tries_each_and_keeps_the_best():
     assert result.placement in ("dualpipe", "v", "loop")
     assert any("placement auto tried" in n for n in result.notes)
     check(result, rank_costs(4 if result.placement == "dualpipe" else 8), None)
+
+
+@pytest.mark.parametrize("other_bound,status", [(0.0, "FEASIBLE"), (None, "OPTIMAL")])
+def test_auto_is_optimal_only_when_no_placement_can_do_better(monkeypatch, other_bound, status):
+    """The kept placement is (made) optimal; the others end worse with a bound either
+    below its makespan (room left: not proven) or at least it (proven over all)."""
+    def rank_costs(num_stages: int) -> PipelineCosts:
+        return PipelineCosts.uniform(num_stages, f=1, i=1, w=1, c=0.2, fb=2.4).scaled(4 / num_stages)
+
+    real, kept = mip_api._search, {}
+
+    def search(prep, **kwargs):
+        result = real(prep, **kwargs)
+        if prep.problem.placement == "dualpipe":
+            kept["objective"] = result.objective
+            return dataclasses.replace(result, status="OPTIMAL", bound=result.objective, gap=0.0)
+        bound = kept["objective"] if other_bound is None else other_bound
+        return dataclasses.replace(result, status="FEASIBLE", objective=result.objective + 100, bound=bound)
+
+    monkeypatch.setattr(mip_api, "_search", search)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs, placement="auto",
+                            memory_cap=5, time_limit=6)
+    assert result.placement == "dualpipe" and result.status == status
+    assert result.bound == (0.0 if other_bound == 0.0 else result.objective)
 
 
 def test_throughput_objective_minimises_the_longest_rank_span():

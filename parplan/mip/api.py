@@ -144,7 +144,8 @@ def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objecti
     Round 1 gives each surviving placement an equal part of 40 % of the time (a placement
     certified by its bound costs nothing); round 2 continues the best unproven one from its
     round-1 schedule until the deadline. A placement is pruned when its lower bound is at
-    least the best warm start of all placements: it could at best tie."""
+    least the best warm start of all placements: it could at best tie. The bound reported is
+    the lowest over placements, and OPTIMAL means no placement can do better."""
     best_warm = min(_objective(p.warm.simulation, objective) for p in prepared)
     alive, notes = [], []
     for p in prepared:
@@ -177,8 +178,18 @@ def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objecti
         results[alive.index(p)] = again
         best = min(results, key=key)
     tried = ", ".join(f"{r.placement}: {r.objective:g} ({r.status})" for r in results)
-    return _with_notes(best, "; ".join(notes + [f"placement auto tried {tried}; kept {best.placement}"]),
-                       solve_seconds=time.perf_counter() - started)
+    notes.append(f"placement auto tried {tried}; kept {best.placement}")
+    # Over all placements the bound is the weakest one's (pruned placements' bounds are at
+    # least the best warm start, so never lower); "optimal" needs every placement covered.
+    overall = min((r.bound if r.bound is not None else 0.0) for r in results)
+    status = best.status
+    if status == "OPTIMAL" and overall < best.objective - 1e-9:
+        weakest = min(results, key=lambda r: r.bound if r.bound is not None else 0.0)
+        status = "FEASIBLE"
+        notes.append(f"optimal for placement {best.placement}, but placement {weakest.placement}'s bound "
+                     f"{overall:g} leaves room below {best.objective:g}")
+    return _with_notes(best, "; ".join(notes), solve_seconds=time.perf_counter() - started, bound=overall,
+                       status=status)
 
 
 def _max_bound(a: float | None, b: float | None) -> float | None:
@@ -311,11 +322,12 @@ def _result(problem: Problem, schedule: Schedule, status: str, bound: float | No
 
 
 def _with_notes(result: MipResult, note: str, *, solve_seconds: float, warm_start: str | None = None,
-                bound: float | None = None) -> MipResult:
+                bound: float | None = None, status: str | None = None) -> MipResult:
     bound = result.bound if bound is None else min(bound, result.objective)
     gap = result.gap if bound is None or result.objective <= 0 else max(0.0, (result.objective - bound) / result.objective)
     return MipResult(
-        schedule=result.schedule, simulation=result.simulation, status=result.status, objective=result.objective,
+        schedule=result.schedule, simulation=result.simulation, status=status or result.status,
+        objective=result.objective,
         bound=bound, gap=gap, solve_seconds=solve_seconds, warm_start=warm_start or result.warm_start,
         placement=result.placement, notes=(*result.notes, note),
     )

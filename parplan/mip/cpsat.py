@@ -93,13 +93,19 @@ class _Vars:
     objective: cp_model.IntVar | None = None
 
 
+_ALONE_W_WINDOW = 4  # alone W's of a stage ordered against the next this many micro-batches
+
+
 # ---- data: which F&B cells the model may form --------------------------------------------
-def cell_candidates(problem: Problem, hint: Timetable | None, max_pairs: int) -> tuple[list[tuple[Task, Task]], bool]:
+def cell_candidates(problem: Problem, hint: Timetable | None, max_pairs: int,
+                    fifo: bool = False) -> tuple[list[tuple[Task, Task]], bool]:
     """(F, I) pairs on one rank that may share a cell, and whether the list is complete.
 
-    A pair is excluded when the I depends on the F (same chain, same micro-batch). When
-    more than `max_pairs` remain, the ones whose tasks run nearest in time in the warm
-    start are kept, and every cell of the warm start is kept.
+    A pair is excluded when the I depends on the F (same chain, same micro-batch). Under
+    FIFO per stage (`fifo`) a pair of one chain needs j < i: the I of micro-batch j waits
+    for F(·, j), which for j ≥ i starts no earlier than F(a, i) — so they cannot start
+    together. When more than `max_pairs` remain, the ones whose tasks run nearest in time
+    in the warm start are kept, and every cell of the warm start is kept.
     """
     chain_of = {s: k for k, chain in enumerate(problem.skeleton.chains) for s in chain}
     pairs: list[tuple[Task, Task]] = []
@@ -109,7 +115,7 @@ def cell_candidates(problem: Problem, hint: Timetable | None, max_pairs: int) ->
             for b in stages:
                 for i in problem.microbatches:
                     for j in problem.microbatches:
-                        if i == j and chain_of[a] == chain_of[b]:
+                        if chain_of[a] == chain_of[b] and (i == j or (fifo and j > i)):
                             continue
                         pairs.append(((a, Kind.F, i), (b, Kind.I, j)))
     if len(pairs) <= max_pairs:
@@ -135,7 +141,7 @@ def build_model(
     use_cells = problem.cells_help if options.cells is None else options.cells
     pairs: list[tuple[Task, Task]] = []
     if use_cells:
-        pairs, complete = cell_candidates(problem, hint, options.max_cell_pairs)
+        pairs, complete = cell_candidates(problem, hint, options.max_cell_pairs, fifo=options.symmetry_breaking)
         if not complete:
             notes.append(
                 f"F&B cells were limited to the {len(pairs)} (F, I) pairs nearest in the warm start; "
@@ -208,11 +214,22 @@ def build_model(
         _add_channels(model, problem, v, horizon)
     # (sym) FIFO per stage and kind.
     if options.symmetry_breaking:
-        kinds = (Kind.F, Kind.I) if use_cells else (Kind.F, Kind.I, Kind.W)
         for s in range(problem.num_stages):
-            for kind in kinds:
+            for kind in (Kind.F, Kind.I, Kind.W):
                 for j in list(problem.microbatches)[:-1]:
-                    model.Add(v.end[(s, kind, j)] <= v.start[(s, kind, j + 1)])
+                    a, b = (s, kind, j), (s, kind, j + 1)
+                    if kind is not Kind.W or not (cells_of[a] or cells_of[b]):
+                        model.Add(v.end[a] <= v.start[b])
+                    else:
+                        # A W inside a B cell runs with its I; the W's run alone keep
+                        # micro-batch order among themselves (relabelling them keeps an
+                        # optimum). Stated for the next few only: the model stays linear in M.
+                        for k in problem.microbatches[j + 1:j + 1 + _ALONE_W_WINDOW]:
+                            b = (s, kind, k)
+                            model.Add(v.end[a] <= v.start[b]).OnlyEnforceIf(
+                                [x for x in (v.alone[a], v.alone[b]) if x is not True])
+
+        _break_mirror(model, problem, v)
 
     # ---- objective --------------------------------------------------------------------------
     if not use_cells:
@@ -262,6 +279,20 @@ def build_model(
             model.AddHint(lit, cell in hinted_cells)
         model.AddHint(makespan, hint.makespan)
     return model, v, notes
+
+
+def _break_mirror(model: cp_model.CpModel, problem: Problem, v: _Vars) -> None:
+    """DualPipe's placement is its own mirror image: rank r ↔ N−1−r swaps the two chains
+    stage for stage (same model-stage costs, transfers and activations, one cap for all
+    ranks). The mirror of a schedule is a schedule with the same makespan, so one of the
+    two has the first chain start no later in total than the second: require that one."""
+    sk = problem.skeleton
+    if problem.placement != "dualpipe" or len(sk.chains) != 2:
+        return
+    first, second = sk.chains
+    assert [sk.model_stage[s] for s in first] == [sk.model_stage[s] for s in second]
+    model.Add(sum(v.start[t] for t in problem.tasks() if t[0] in first)
+              <= sum(v.start[t] for t in problem.tasks() if t[0] in second))
 
 
 def problem_bounds(problem: Problem, *, cells: bool) -> tuple[dict[Task, int], dict[Task, int]]:

@@ -129,11 +129,13 @@ def from_schedule(problem: Problem, schedule: Schedule) -> Timetable:
 
 def canonical(problem: Problem, timetable: Timetable, *, fifo_weights: bool) -> Timetable:
     """Relabel micro-batches so that, per stage, F's and I's run in micro-batch order (and
-    W's too when `fifo_weights`; otherwise each W keeps following its own I).
+    W's too when `fifo_weights`; otherwise the W's run alone keep that order among themselves).
 
     Same times, same cells, so the same schedule up to names: micro-batches of a chain
     are interchangeable and each dependency edge joins the k-th producer to the k-th
     consumer of the relabelled order no later than the old matching did (docs/mip.md §3).
+    On DualPipe's placement the timetable is also mirrored (rank r ↔ N−1−r, chains
+    swapped) when that puts the first chain earlier in total, as the model requires.
     """
     rename: dict[Task, Task] = {}
     for s in range(problem.num_stages):
@@ -144,8 +146,29 @@ def canonical(problem: Problem, timetable: Timetable, *, fifo_weights: bool) -> 
             for new_j, old_j in enumerate(old):
                 rename[(s, kind, old_j)] = (s, kind, new_j)
         if not fifo_weights:
-            for j in problem.microbatches:
+            # A W in a full-B cell follows its I; the W's run alone take the remaining
+            # labels in start order (the cell model keeps those in order).
+            in_cell = {c.backward[2] for c in timetable.cells if c.full and c.backward[0] == s}
+            for j in in_cell:
                 rename[(s, Kind.W, j)] = (s, Kind.W, rename[(s, Kind.I, j)][2])
+            alone = [j for j in problem.microbatches if j not in in_cell]
+            labels = sorted(rename[(s, Kind.I, j)][2] for j in alone)
+            by_start = sorted(alone, key=lambda j: (timetable.start[(s, Kind.W, j)], j))
+            for new_j, old_j in zip(labels, by_start):
+                rename[(s, Kind.W, old_j)] = (s, Kind.W, new_j)
+    out = _renamed(timetable, rename)
+    sk = problem.skeleton
+    if problem.placement == "dualpipe" and len(sk.chains) == 2:
+        # The model keeps the mirror image whose first chain starts no later in total.
+        first, second = sk.chains
+        total = lambda chain: sum(v for t, v in out.start.items() if t[0] in chain)  # noqa: E731
+        if total(first) > total(second):
+            swap = {**dict(zip(first, second)), **dict(zip(second, first))}
+            out = _renamed(out, {t: (swap[t[0]], t[1], t[2]) for t in out.start})
+    return out
+
+
+def _renamed(timetable: Timetable, rename: dict[Task, Task]) -> Timetable:
     return Timetable(
         start={rename[t]: v for t, v in timetable.start.items()},
         end={rename[t]: v for t, v in timetable.end.items()},
