@@ -32,7 +32,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                           "or match:NAME for a baseline's peak (e.g. match:dualpipe)")
     mip.add_argument("--time-limit", type=positive_float, default=60.0, help="solver seconds (default 60)")
     mip.add_argument("--placement", choices=("dualpipe", "v", "loop", "auto"), default="auto",
-                     help="stage-to-rank map for the MIP (default auto: try each, keep the best)")
+                     help="stage-to-rank map for the MIP (default auto: try each, keep the best; "
+                          "its status is OPTIMAL only when no placement can do better)")
     mip.add_argument("--solver", choices=("cpsat", "highs"), default="cpsat")
     mip.add_argument("--seed", type=int, default=0)
     mip.add_argument("--workers", type=positive_int, default=2)

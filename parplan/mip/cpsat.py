@@ -59,6 +59,10 @@ class CpSatOptions:
     workers: int = 2
     objective: Objective = "makespan"
     symmetry_breaking: bool = True
+    # With symmetry_breaking: also order the W's run alone and keep one mirror image of
+    # DualPipe's placement. LNS turns these off: a window cannot relabel or mirror the
+    # tasks outside it, so they would forbid moves that are legal up to names.
+    whole_model_symmetry: bool = True
     cells: bool | None = None  # None: allow F&B cells exactly when they are shorter (overlap_ratio < 1)
     max_cell_pairs: int = 6000  # beyond this many candidate (F, I) pairs keep the ones nearest in the warm start
     link_contention: bool = False
@@ -220,7 +224,7 @@ def build_model(
                     a, b = (s, kind, j), (s, kind, j + 1)
                     if kind is not Kind.W or not (cells_of[a] or cells_of[b]):
                         model.Add(v.end[a] <= v.start[b])
-                    else:
+                    elif options.whole_model_symmetry:
                         # A W inside a B cell runs with its I; the W's run alone keep
                         # micro-batch order among themselves (relabelling them keeps an
                         # optimum). Stated for the next few only: the model stays linear in M.
@@ -228,8 +232,8 @@ def build_model(
                             b = (s, kind, k)
                             model.Add(v.end[a] <= v.start[b]).OnlyEnforceIf(
                                 [x for x in (v.alone[a], v.alone[b]) if x is not True])
-
-        _break_mirror(model, problem, v)
+        if options.whole_model_symmetry:
+            _break_mirror(model, problem, v)
 
     # ---- objective --------------------------------------------------------------------------
     if not use_cells:

@@ -24,6 +24,7 @@ gets worse, so the result is never worse than the warm start.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -61,7 +62,7 @@ def improve(
     """Windowed re-optimisation of `incumbent` until `deadline` (a `time.perf_counter()` value)."""
     started = time.perf_counter()
     # ---- data: one model, horizon = the incumbent's makespan --------------------------------
-    model, v, _ = build_model(problem, incumbent, options)
+    model, v, _ = build_model(problem, incumbent, dataclasses.replace(options, whole_model_symmetry=False))
     tasks = problem.tasks()
     best = incumbent
     best_value = first_value = _value(problem, best, options)
