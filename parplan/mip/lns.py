@@ -38,6 +38,8 @@ from parplan.schedule.ir import Kind
 
 __all__ = ["LnsOutcome", "improve"]
 
+_OVERRUN_PER_TASK = 1e-3  # seconds a sub-solve may run past its limit, per task, until one is measured
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LnsOutcome:
@@ -70,9 +72,14 @@ def improve(
     target = min(target, len(tasks))
     offset = {"tail": 0, "head": 0}
     side = "tail"
+    # Longest time a step took to clone and pin the model, and longest overrun of a sub-solve
+    # past its limit (on ~3,000-task models CP-SAT can sit in one propagation for seconds,
+    # measured up to ~1.1 ms per task): both are kept back from the time a step may use, so
+    # the call ends by its deadline.
+    setup, overrun = 0.0, _OVERRUN_PER_TASK * len(tasks)
     while True:
-        left = deadline - time.perf_counter()
-        if left < 0.3:
+        step_started = time.perf_counter()
+        if deadline - step_started < 0.3 + setup + overrun:
             break
         steps += 1
         # ---- window: `target` tasks by start, `offset` tasks in from one end ------------------
@@ -99,13 +106,19 @@ def improve(
                 sub.Add(var(alone) == int(not any(_touches(c, t) for c in hinted)))
         sub.Minimize(var(v.objective))
         _hint(sub, problem, best, v, var, options)
-        # ---- solve -------------------------------------------------------------------------------
+        # ---- solve: with the time left once the window is set up ------------------------------------
+        setup = max(setup, time.perf_counter() - step_started)
+        left = deadline - time.perf_counter() - 0.2 - overrun
+        if left < 0.05:
+            break
         solver = cp_model.CpSolver()
         params = solver.parameters
-        params.max_time_in_seconds = max(0.05, min(step_limit, left - 0.2))
+        params.max_time_in_seconds = min(step_limit, left)
         params.num_workers = options.workers
         params.random_seed = options.seed + steps
+        solve_started = time.perf_counter()
         code = solver.Solve(sub)
+        overrun = max(overrun, time.perf_counter() - solve_started - params.max_time_in_seconds)
         found = code in (cp_model.OPTIMAL, cp_model.FEASIBLE)
         better = False
         if found:
