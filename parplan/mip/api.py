@@ -40,7 +40,7 @@ WARM_STARTS: dict[str, tuple[str, ...]] = {
 # Seconds kept back from the search for turning its timetable into a validated, simulated
 # schedule (twice: candidate and result), so that the whole call ends by its deadline.
 _RESERVE_SECONDS = 0.3
-_RESERVE_PER_TASK = 3e-4
+_RESERVE_PER_TASK = 6e-4
 # Up to this many tasks the whole model gets the whole search time; above it the full
 # model runs first (it proves small instances and gives the bound), then windowed LNS
 # (lns.py) improves its best for the rest: a 1,500-task model finds little on its own.
