@@ -159,7 +159,7 @@ def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objecti
     alive.sort(key=lambda p: _objective(p.warm.simulation, objective))
     results: list[MipResult] = []
     first_round = 0.4 * max(0.0, deadline - time.perf_counter())
-    for k, p in enumerate(alive):
+    for p in alive:
         share = first_round / len(alive) if len(alive) > 1 else deadline - time.perf_counter()
         stop = min(deadline, time.perf_counter() + share)
         results.append(_search(p, deadline=stop, started=time.perf_counter(), **search))
@@ -181,10 +181,10 @@ def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objecti
     notes.append(f"placement auto tried {tried}; kept {best.placement}")
     # Over all placements the bound is the weakest one's (pruned placements' bounds are at
     # least the best warm start, so never lower); "optimal" needs every placement covered.
-    overall = min((r.bound if r.bound is not None else 0.0) for r in results)
+    weakest = min(results, key=lambda r: r.bound if r.bound is not None else 0.0)
+    overall = weakest.bound if weakest.bound is not None else 0.0
     status = best.status
     if status == "OPTIMAL" and overall < best.objective - 1e-9:
-        weakest = min(results, key=lambda r: r.bound if r.bound is not None else 0.0)
         status = "FEASIBLE"
         notes.append(f"optimal for placement {best.placement}, but placement {weakest.placement}'s bound "
                      f"{overall:g} leaves room below {best.objective:g}")
@@ -314,17 +314,21 @@ def _result(problem: Problem, schedule: Schedule, status: str, bound: float | No
     value = _objective(sim, objective)
     if bound is not None and problem.exact_times:
         bound = min(bound, value)  # the bound is on the integer model; exact costs agree
-    gap = None if bound is None else (0.0 if value <= 0 else max(0.0, (value - bound) / value))
+    gap = _gap(value, bound)
     return MipResult(
         schedule=schedule, simulation=sim, status=status, objective=value, bound=bound, gap=gap,
         solve_seconds=seconds, warm_start=warm_name, placement=problem.placement, notes=tuple(notes),
     )
 
 
+def _gap(value: float, bound: float | None) -> float | None:
+    return None if bound is None else (0.0 if value <= 0 else max(0.0, (value - bound) / value))
+
+
 def _with_notes(result: MipResult, note: str, *, solve_seconds: float, warm_start: str | None = None,
                 bound: float | None = None, status: str | None = None) -> MipResult:
     bound = result.bound if bound is None else min(bound, result.objective)
-    gap = result.gap if bound is None or result.objective <= 0 else max(0.0, (result.objective - bound) / result.objective)
+    gap = _gap(result.objective, bound)
     return MipResult(
         schedule=result.schedule, simulation=result.simulation, status=status or result.status,
         objective=result.objective,

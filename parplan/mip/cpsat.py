@@ -229,9 +229,9 @@ def build_model(
                         # micro-batch order among themselves (relabelling them keeps an
                         # optimum). Stated for the next few only: the model stays linear in M.
                         for k in problem.microbatches[j + 1:j + 1 + _ALONE_W_WINDOW]:
-                            b = (s, kind, k)
-                            model.Add(v.end[a] <= v.start[b]).OnlyEnforceIf(
-                                [x for x in (v.alone[a], v.alone[b]) if x is not True])
+                            later = (s, kind, k)
+                            model.Add(v.end[a] <= v.start[later]).OnlyEnforceIf(
+                                [x for x in (v.alone[a], v.alone[later]) if x is not True])
         if options.whole_model_symmetry:
             _break_mirror(model, problem, v)
 
@@ -286,17 +286,16 @@ def build_model(
 
 
 def _break_mirror(model: cp_model.CpModel, problem: Problem, v: _Vars) -> None:
-    """DualPipe's placement is its own mirror image: rank r ↔ N−1−r swaps the two chains
-    stage for stage (same model-stage costs, transfers and activations, one cap for all
-    ranks). The mirror of a schedule is a schedule with the same makespan, so one of the
-    two has the first chain start no later in total than the second: require that one."""
-    sk = problem.skeleton
-    if problem.placement != "dualpipe" or len(sk.chains) != 2:
+    """Of a schedule and its mirror image (`Problem.mirror_chains`, same makespan) one has
+    its first chain start no later in total than the second: require that one."""
+    chains = problem.mirror_chains()
+    if chains is None:
         return
-    first, second = sk.chains
-    assert [sk.model_stage[s] for s in first] == [sk.model_stage[s] for s in second]
-    model.Add(sum(v.start[t] for t in problem.tasks() if t[0] in first)
-              <= sum(v.start[t] for t in problem.tasks() if t[0] in second))
+    first = set(chains[0])
+    starts = {True: [], False: []}
+    for t in problem.tasks():
+        starts[t[0] in first].append(v.start[t])
+    model.Add(sum(starts[True]) <= sum(starts[False]))
 
 
 def problem_bounds(problem: Problem, *, cells: bool) -> tuple[dict[Task, int], dict[Task, int]]:

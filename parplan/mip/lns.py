@@ -81,7 +81,6 @@ def improve(
         step_started = time.perf_counter()
         if deadline - step_started < 0.3 + setup + overrun:
             break
-        steps += 1
         # ---- window: `target` tasks by start, `offset` tasks in from one end ------------------
         order = sorted(tasks, key=lambda t: (best.start[t], best.end[t]))
         if side == "tail":
@@ -111,6 +110,7 @@ def improve(
         left = deadline - time.perf_counter() - 0.2 - overrun
         if left < 0.05:
             break
+        steps += 1
         solver = cp_model.CpSolver()
         params = solver.parameters
         params.max_time_in_seconds = min(step_limit, left)

@@ -119,6 +119,17 @@ class Problem:
     def rank(self, stage: int) -> int:
         return self.skeleton.stage_to_rank[stage]
 
+    def mirror_chains(self) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """DualPipe's two chains, stage k of one the mirror image of stage k of the other
+        (rank r ↔ N−1−r, same model-stage costs, transfers and activations, one cap for all
+        ranks), so every schedule's mirror image has the same makespan. None elsewhere."""
+        sk = self.skeleton
+        if self.placement != "dualpipe" or len(sk.chains) != 2:
+            return None
+        first, second = sk.chains
+        assert [sk.model_stage[s] for s in first] == [sk.model_stage[s] for s in second]
+        return first, second
+
     def tasks(self) -> list[Task]:
         return list(self.task_list)
 

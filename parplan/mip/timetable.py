@@ -157,12 +157,12 @@ def canonical(problem: Problem, timetable: Timetable, *, fifo_weights: bool) -> 
             for new_j, old_j in zip(labels, by_start):
                 rename[(s, Kind.W, old_j)] = (s, Kind.W, new_j)
     out = _renamed(timetable, rename)
-    sk = problem.skeleton
-    if problem.placement == "dualpipe" and len(sk.chains) == 2:
+    chains = problem.mirror_chains()
+    if chains is not None:
         # The model keeps the mirror image whose first chain starts no later in total.
-        first, second = sk.chains
-        total = lambda chain: sum(v for t, v in out.start.items() if t[0] in chain)  # noqa: E731
-        if total(first) > total(second):
+        first, second = chains
+        in_first = sum(v for t, v in out.start.items() if t[0] in first)
+        if 2 * in_first > sum(out.start.values()):
             swap = {**dict(zip(first, second)), **dict(zip(second, first))}
             out = _renamed(out, {t: (swap[t[0]], t[1], t[2]) for t in out.start})
     return out
