@@ -15,6 +15,7 @@ time of the whole `solve_schedule` call (model building and re-timing included).
 
     python benchmarks/dualpipe_grid.py                       # full grid, 60 s per instance
     python benchmarks/dualpipe_grid.py --pp 8 --costs unit   # one slice
+    python benchmarks/dualpipe_grid.py --costs c0.2fb0.8 --cells any   # (F;I) cells allowed too
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def baselines(num_ranks: int, num_microbatches: int, kind: str) -> dict[str, obj
     return out
 
 
-def run_instance(num_ranks: int, num_microbatches: int, kind: str, *, time_limit: float, placement: str) -> dict:
+def run_instance(num_ranks: int, num_microbatches: int, kind: str, *, time_limit: float, placement: str,
+                 cells: str = "fb") -> dict:
     base = baselines(num_ranks, num_microbatches, kind)
     cap = max(base["dualpipe"].peak_activation_per_rank)
     fits = {n: r for n, r in base.items() if max(r.peak_activation_per_rank) <= cap + 1e-9}
@@ -64,6 +66,7 @@ def run_instance(num_ranks: int, num_microbatches: int, kind: str, *, time_limit
     result = solve_schedule(
         num_ranks=num_ranks, num_microbatches=num_microbatches, placement=placement,
         rank_costs=lambda s: costs_for(kind, num_ranks, s), memory_cap=cap, time_limit=time_limit, workers=2,
+        cells=cells,
     )
     wall = time.perf_counter() - started
     dp = base["dualpipe"].max_bubble
@@ -103,12 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--costs", nargs="*", default=list(COSTS), choices=list(COSTS))
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--placement", default="auto", choices=["auto", "dualpipe", "v", "loop", "chain"])
+    parser.add_argument("--cells", default="fb", choices=["fb", "any"],
+                        help="F&B cells the MIP may form: fb as DualPipe (default), any also (F;I)")
     args = parser.parse_args(argv)
     print(HEADER, flush=True)
     for pp in args.pp:
         for mult in args.mult:
             for kind in args.costs:
-                r = run_instance(pp, mult * pp, kind, time_limit=args.time_limit, placement=args.placement)
+                r = run_instance(pp, mult * pp, kind, time_limit=args.time_limit, placement=args.placement,
+                                 cells=args.cells)
                 print(row(r), flush=True)
     return 0
 

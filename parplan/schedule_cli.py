@@ -34,6 +34,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     mip.add_argument("--placement", choices=("dualpipe", "v", "loop", "auto"), default="auto",
                      help="stage-to-rank map for the MIP (default auto: try each, keep the best; "
                           "its status is OPTIMAL only when no placement can do better)")
+    mip.add_argument("--cells", choices=("fb", "any"), default="fb",
+                     help="F&B cells the MIP may form when FB < F+B: fb pairs an F with a full backward, as "
+                          "DualPipe does (default); any may also pair it with an I, its W then running apart")
     mip.add_argument("--solver", choices=("cpsat", "highs"), default="cpsat")
     mip.add_argument("--seed", type=int, default=0)
     mip.add_argument("--workers", type=positive_int, default=2)
@@ -78,7 +81,7 @@ def run_demo(args) -> int:
 
 def _mip_options(args) -> dict:
     options = {"placement": args.placement, "time_limit": args.time_limit, "seed": args.seed,
-               "workers": args.workers, "solver": args.solver, "dump_model": args.dump_model}
+               "workers": args.workers, "solver": args.solver, "dump_model": args.dump_model, "cells": args.cells}
     if sys.stderr.isatty():
         options["progress"] = _print_progress
     return options

@@ -112,19 +112,44 @@ def test_f_and_b_cells_when_they_are_shorter():
     assert any(a.kind is Kind.OVERLAP_F_B for o in result.schedule.orders for a in o)
 
 
+def test_f_and_i_cells_on_request():
+    """cells='any' may also overlap an F with an I alone, the W running apart. Here both
+    optima are proven and the wider model's is strictly shorter, through (F;I) cells."""
+    costs = uneven(2, ratio=0.7)
+    cap = dualpipe_cap(2, 4, costs)
+    kw = dict(num_ranks=2, num_microbatches=4, costs=costs, placement="dualpipe", memory_cap=cap, time_limit=20)
+    fb, anyk = solve_schedule(**kw), solve_schedule(**kw, cells="any")
+    for result in (fb, anyk):
+        check(result, costs, cap)
+        assert result.status == "OPTIMAL"
+    f_i = lambda r: [a for o in r.schedule.orders for a in o  # noqa: E731
+                     if a.sub_actions and sorted(x.kind.value for x in a.sub_actions) == ["F", "I"]]
+    assert anyk.objective < fb.objective - 1e-9
+    assert f_i(anyk) and not f_i(fb)
+    with pytest.raises(ParplanError, match="--cells 'fi' is unknown"):
+        solve_schedule(**kw, cells="fi")
+
+
 # ---- symmetry breaking keeps an optimum ---------------------------------------------------------
-@pytest.mark.parametrize("placement,num_ranks,num_mb,cap,ratio", [
-    ("dualpipe", 2, 4, 3.0, 1.0), ("v", 2, 3, 4.0, 1.0), ("loop", 2, 3, None, 1.0),
+FB, ANY = (True,), (False, True)  # cell kinds: full-B cells only; (F;I) cells as well
+
+
+@pytest.mark.parametrize("placement,num_ranks,num_mb,cap,ratio,kinds", [
+    ("dualpipe", 2, 4, 3.0, 1.0, FB), ("v", 2, 3, 4.0, 1.0, FB), ("loop", 2, 3, None, 1.0, FB),
     # With F&B cells: W's run alone keep their order, same-chain cells need j < i.
-    ("dualpipe", 2, 4, 3.0, 0.7), ("dualpipe", 2, 4, 2.0, 0.8), ("v", 2, 2, 3.0, 0.7), ("loop", 2, 2, None, 0.6),
+    ("dualpipe", 2, 4, 3.0, 0.7, FB), ("dualpipe", 2, 4, 2.0, 0.8, FB), ("v", 2, 2, 3.0, 0.7, FB),
+    ("loop", 2, 2, None, 0.6, FB),
+    # (F;I) cells too: their W runs alone, so the alone-W order covers it.
+    ("dualpipe", 2, 4, 3.0, 0.7, ANY), ("v", 2, 2, 3.0, 0.7, ANY),
 ])
-def test_fifo_symmetry_breaking_matches_the_unbroken_model(placement, num_ranks, num_mb, cap, ratio):
+def test_fifo_symmetry_breaking_matches_the_unbroken_model(placement, num_ranks, num_mb, cap, ratio, kinds):
     stages = num_ranks if placement == "dualpipe" else 2 * num_ranks
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb,
                             costs=uneven(stages, ratio=ratio), memory_cap=cap)
     values = []
     for symmetry in (True, False):
-        out = solve_cpsat(problem, hint=None, options=CpSatOptions(time_limit=30, symmetry_breaking=symmetry))
+        out = solve_cpsat(problem, hint=None, options=CpSatOptions(time_limit=30, symmetry_breaking=symmetry,
+                                                                   cell_kinds=kinds))
         assert out.status == "OPTIMAL"
         values.append(out.objective)
     assert values[0] == values[1]

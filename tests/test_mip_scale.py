@@ -125,16 +125,19 @@ def test_lns_never_returns_worse_and_its_timetable_is_a_valid_schedule():
 
 
 # ---- the cell-aware lower bound -----------------------------------------------------------------------------
-@pytest.mark.parametrize("placement,num_ranks,num_mb", [("dualpipe", 2, 4), ("v", 2, 2), ("chain", 2, 3)])
-def test_cell_bound_is_at_most_the_optimum_with_cells(placement, num_ranks, num_mb):
+@pytest.mark.parametrize("placement,num_ranks,num_mb,kinds", [
+    ("dualpipe", 2, 4, (True,)), ("v", 2, 2, (True,)), ("chain", 2, 3, (True,)),
+    ("dualpipe", 2, 4, (False, True)), ("v", 2, 2, (False, True)),  # (F;I) cells as well
+])
+def test_cell_bound_is_at_most_the_optimum_with_cells(placement, num_ranks, num_mb, kinds):
     """The unbroken model (no FIFO, no bound on the makespan) solved to optimality."""
     stages = num_ranks if placement in ("dualpipe", "chain") else 2 * num_ranks
     costs = uneven(stages, ratio=0.7)
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs)
     out = solve_cpsat(problem, hint=None, options=CpSatOptions(time_limit=60, symmetry_breaking=False,
-                                                               cell_bound=False))
+                                                               cell_bound=False, cell_kinds=kinds))
     assert out.status == "OPTIMAL"
-    assert 0 < cell_lower_bound(problem) <= out.objective
+    assert 0 < cell_lower_bound(problem, kinds) <= out.objective
     if max(len(problem.tasks_of_rank(r)) for r in range(num_ranks)) <= 6:
         brute, _ = brute_force(problem)  # no cells: an upper bound on the optimum with cells
         assert out.objective <= round(brute * problem.time_scale)

@@ -37,6 +37,10 @@ WARM_STARTS: dict[str, tuple[str, ...]] = {
     "chain": ("1f1b", "zb-h1", "zb-h2", "gpipe"),
 }
 
+# `cells=`: which F&B cells the model may form (CpSatOptions.cell_kinds; True = full B).
+# DualPipe's cells run a full B; an (F;I) cell leaves the W free to fill a bubble later.
+CELL_KINDS: dict[str, tuple[bool, ...]] = {"fb": (True,), "any": (False, True)}
+
 # Seconds kept back from the search for turning its timetable into a validated, simulated
 # schedule (twice: candidate and result), so that the whole call ends by its deadline.
 _RESERVE_SECONDS = 0.3
@@ -77,6 +81,7 @@ class _Prepared:
     warm: _Warm
     hint: Timetable
     use_cells: bool
+    cell_kinds: tuple[bool, ...]  # which F&B cells the model may form (CpSatOptions.cell_kinds)
     lower: int  # integer-time lower bound on the makespan known before any search
     notes: tuple[str, ...]
 
@@ -99,6 +104,7 @@ def solve_schedule(
     dump_model: str | None = None,
     link_contention: bool = False,
     lns: bool = True,
+    cells: Literal["fb", "any"] = "fb",
 ) -> MipResult:
     """Order and time every task of a pipeline on `num_ranks` ranks, within `time_limit`
     seconds of wall time in all (model building and re-timing included).
@@ -109,11 +115,13 @@ def solve_schedule(
     whose lower bound cannot beat the best warm start, gives the rest a short search each
     and the best one the remaining time. `lns=False` keeps the search to the full model.
     `dump_model` writes the solver's model (CP-SAT: .pb/.pbtxt; HiGHS: .lp/.mps).
+    `cells` (when the costs make F&B cells shorter): 'fb' pairs an F with a full backward,
+    as DualPipe does; 'any' may also pair it with an I alone, the W then running apart.
     """
     started = time.perf_counter()
     deadline = started + time_limit if isinstance(time_limit, (int, float)) else started
     _check_options(placement=placement, time_limit=time_limit, workers=workers, solver=solver,
-                   objective=objective, costs=costs, rank_costs=rank_costs)
+                   objective=objective, costs=costs, rank_costs=rank_costs, cells=cells)
     if placement != "auto":
         chosen = (placement,)
     else:
@@ -130,7 +138,8 @@ def solve_schedule(
     prepared = [
         _prepare(placement=name, num_ranks=num_ranks, num_microbatches=num_microbatches,
                  costs=rank_costs(num_model_stages(name, num_ranks)) if rank_costs is not None else costs,
-                 memory_cap=memory_cap, param_cap=param_cap, objective=objective, link_contention=link_contention)
+                 memory_cap=memory_cap, param_cap=param_cap, objective=objective, link_contention=link_contention,
+                 cell_kinds=CELL_KINDS[cells])
         for name in chosen
     ]
     if len(prepared) == 1:
@@ -196,7 +205,7 @@ def _max_bound(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-def _check_options(*, placement, time_limit, workers, solver, objective, costs, rank_costs) -> None:
+def _check_options(*, placement, time_limit, workers, solver, objective, costs, rank_costs, cells) -> None:
     if placement not in (*PLACEMENTS, "auto"):
         raise ParplanError(f"--placement {placement!r} is unknown; choose one of {', '.join(PLACEMENTS)}, auto")
     if not (isinstance(time_limit, (int, float)) and time_limit > 0):
@@ -207,12 +216,16 @@ def _check_options(*, placement, time_limit, workers, solver, objective, costs, 
         raise ParplanError(f"--solver {solver!r} is unknown; choose cpsat or highs")
     if objective not in ("makespan", "throughput"):
         raise ParplanError(f"objective {objective!r} is unknown; choose makespan or throughput")
+    if cells not in CELL_KINDS:
+        raise ParplanError(f"--cells {cells!r} is unknown; choose fb (F with a full B, as DualPipe) or any "
+                           f"(also F with an I alone)")
     if costs is None and rank_costs is None:
         raise ParplanError("solve_schedule needs costs (per model stage) or rank_costs(num_stages)")
 
 
 def _prepare(*, placement: str, num_ranks: int, num_microbatches: int, costs: PipelineCosts,
-             memory_cap: float | None, param_cap: float | None, objective: str, link_contention: bool) -> _Prepared:
+             memory_cap: float | None, param_cap: float | None, objective: str, link_contention: bool,
+             cell_kinds: tuple[bool, ...] = (True,)) -> _Prepared:
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_microbatches,
                             costs=costs, memory_cap=memory_cap)
     check_param_cap(problem, param_cap)
@@ -223,11 +236,12 @@ def _prepare(*, placement: str, num_ranks: int, num_microbatches: int, costs: Pi
     lower = 0
     if objective == "makespan":
         if use_cells:
-            lower = cell_lower_bound(problem)
+            lower = cell_lower_bound(problem, cell_kinds)
         else:
             head, tail = problem_bounds(problem, cells=False)
             lower = rank_lower_bound(problem, head, tail)
-    return _Prepared(problem=problem, warm=warm, hint=hint, use_cells=use_cells, lower=lower, notes=tuple(notes))
+    return _Prepared(problem=problem, warm=warm, hint=hint, use_cells=use_cells, lower=lower, notes=tuple(notes),
+                     cell_kinds=cell_kinds)
 
 
 def _search(prep: _Prepared, *, deadline: float, started: float, seed: int, workers: int, solver: str,
@@ -255,7 +269,8 @@ def _search(prep: _Prepared, *, deadline: float, started: float, seed: int, work
         share = 1.0 if (num_tasks <= _FULL_MODEL_TASKS or not lns) else (
             _FULL_MODEL_SHARE[800] if num_tasks <= 800 else _FULL_MODEL_SHARE[None])
         options = CpSatOptions(time_limit=max(0.05, share * left()), seed=seed, workers=workers,
-                               objective=objective, link_contention=link_contention, dump_path=dump_model)
+                               objective=objective, link_contention=link_contention, dump_path=dump_model,
+                               cell_kinds=prep.cell_kinds)
         outcome = solve_cpsat(problem, hint=hint, options=options, progress=progress)
         best_table = outcome.timetable
         if lns and outcome.status != "OPTIMAL" and left() > 1.0:

@@ -67,8 +67,8 @@ class CpSatOptions:
     max_cell_pairs: int = 6000  # beyond this many candidate (F, I) pairs keep the ones nearest in the warm start
     link_contention: bool = False
     deterministic: bool = True
-    # Cells run a full B with their F, as DualPipe's do. (F;I) cells are modelled too but
-    # off by default: the validator's V5 check rejects them (see docs/mip.md §6).
+    # Cells run a full B with their F, as DualPipe's do; (False, True) also allows (F;I)
+    # cells, the W then running apart (`solve_schedule(cells="any")`, docs/mip.md §2).
     cell_kinds: tuple[bool, ...] = (True,)  # False: (F;I) cell, True: (F;B) cell
     dump_path: str | None = None  # write the model (.pb binary, .pbtxt text) before solving
     cell_bound: bool = True  # with cells: the makespan starts at `cell_lower_bound` (off: to test that bound)
