@@ -154,23 +154,33 @@ def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objecti
     certified by its bound costs nothing); round 2 continues the best unproven one from its
     round-1 schedule until the deadline. A placement is pruned when its lower bound is at
     least the best warm start of all placements: it could at best tie. The bound reported is
-    the lowest over placements, and OPTIMAL means no placement can do better."""
-    best_warm = min(_objective(p.warm.simulation, objective) for p in prepared)
-    alive, notes = [], []
-    for p in prepared:
+    the lowest over placements, and OPTIMAL means no placement can do better. A placement
+    whose static bound reaches the round-1 best of those searched before it is skipped too."""
+    notes: list[str] = []
+
+    def cannot_win(p: _Prepared, incumbent: float, what: str) -> bool:
+        """Its static bound is at least the incumbent: at best it would tie."""
         lower = p.lower / p.problem.time_scale
         if (p.problem.exact_times and objective == "makespan" and not search["link_contention"]
-                and lower >= best_warm - 1e-9 and _objective(p.warm.simulation, objective) > best_warm + 1e-9):
+                and lower >= incumbent - 1e-9 and _objective(p.warm.simulation, objective) > incumbent + 1e-9):
             notes.append(f"placement {p.problem.placement} skipped: its lower bound {lower:g} is no better than "
-                         f"the best warm start {best_warm:g}")
-        else:
-            alive.append(p)
-    alive.sort(key=lambda p: _objective(p.warm.simulation, objective))
+                         f"{what} {incumbent:g}")
+            return True
+        return False
+
+    best_warm = min(_objective(p.warm.simulation, objective) for p in prepared)
+    candidates = sorted((p for p in prepared if not cannot_win(p, best_warm, "the best warm start")),
+                        key=lambda p: _objective(p.warm.simulation, objective))
+    alive: list[_Prepared] = []
     results: list[MipResult] = []
     first_round = 0.4 * max(0.0, deadline - time.perf_counter())
-    for p in alive:
-        share = first_round / len(alive) if len(alive) > 1 else deadline - time.perf_counter()
+    for p in candidates:
+        # Searched in order of warm start, so a later placement may already be beaten.
+        if results and cannot_win(p, min(r.objective for r in results), "the round-1 best"):
+            continue
+        share = first_round / len(candidates) if len(candidates) > 1 else deadline - time.perf_counter()
         stop = min(deadline, time.perf_counter() + share)
+        alive.append(p)
         results.append(_search(p, deadline=stop, started=time.perf_counter(), **search))
     key = lambda r: (r.objective, r.status != "OPTIMAL", r.gap if r.gap is not None else 1.0)  # noqa: E731
     best = min(results, key=key)
@@ -188,8 +198,8 @@ def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objecti
         best = min(results, key=key)
     tried = ", ".join(f"{r.placement}: {r.objective:g} ({r.status})" for r in results)
     notes.append(f"placement auto tried {tried}; kept {best.placement}")
-    # Over all placements the bound is the weakest one's (pruned placements' bounds are at
-    # least the best warm start, so never lower); "optimal" needs every placement covered.
+    # Over all placements the bound is the weakest one's (a skipped placement's bound is at
+    # least an incumbent, so never lower); "optimal" needs every placement covered.
     weakest = min(results, key=lambda r: r.bound if r.bound is not None else 0.0)
     overall = weakest.bound if weakest.bound is not None else 0.0
     status = best.status
