@@ -242,11 +242,12 @@ def test_time_limit_without_a_solution_returns_the_warm_start(monkeypatch):
         return SolveOutcome(status="UNKNOWN", timetable=None, objective=None, bound=None, seconds=0.0)
 
     monkeypatch.setattr(mip_api, "solve_cpsat", nothing)
+    # Capped: uncapped, the greedy warm start meets the lower bound and no search runs.
     costs = PipelineCosts.uniform(4, f=1, i=1.2, w=0.8)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, time_limit=1)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, memory_cap=5, time_limit=1)
     assert result.status == "WARM_START_ONLY"
     assert any("without a solution; returning the warm start" in n for n in result.notes)
-    check(result, costs, None)
+    check(result, costs, 5)
 
 
 def test_progress_events_and_model_dumps(tmp_path):

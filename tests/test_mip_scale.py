@@ -14,8 +14,10 @@ from parplan.mip import solve_schedule
 from parplan.mip.api import WARM_STARTS
 from parplan.mip.brute import brute_force
 from parplan.mip.cpsat import CpSatOptions, cell_lower_bound, memory_cap_units, memory_demand_units, memory_unit, solve_cpsat
+from parplan.mip import api as mip_api
+from parplan.mip.greedy import greedy_timetable
 from parplan.mip.lns import improve
-from parplan.mip.problem import build_problem
+from parplan.mip.problem import build_problem, num_model_stages
 from parplan.mip.timetable import canonical, from_schedule, to_schedule
 from parplan.schedule.simulate import simulate
 from parplan.schedule.validate import ScheduleError, validate
@@ -118,6 +120,47 @@ def test_the_largest_grid_model_ends_by_its_limit():
     assert time.perf_counter() - started <= 60.0 + 1.0
     check(result, rank_costs(16 if result.placement == "dualpipe" else 32), cap)
     assert result.objective <= zb_v.makespan + 1e-9
+
+
+def cycled(num_stages: int) -> PipelineCosts:
+    """`uneven`'s eight unequal stages repeated: exact halves, any stage count."""
+    base = uneven(8)
+    pick = lambda xs: tuple(xs[k % 8] for k in range(num_stages))  # noqa: E731
+    return PipelineCosts(forward=pick(base.forward), backward_input=pick(base.backward_input),
+                         backward_weight=pick(base.backward_weight), transfer=pick(base.transfer),
+                         activation=pick(base.activation), params=pick(base.params))
+
+
+@pytest.mark.parametrize("placement,num_ranks,num_mb,factor", [
+    ("loop", 4, 8, 2.0), ("loop", 4, 16, 2.0), ("v", 4, 16, 1.5), ("dualpipe", 4, 16, 2.0),
+    ("chain", 8, 32, 3.0), ("dualpipe", 8, 32, 1.5), ("loop", 8, 16, 1.0),
+])
+def test_greedy_warm_start_fits_the_cap_and_times_as_simulated(placement, num_ranks, num_mb, factor):
+    """The memory-aware list schedule: unequal costs and transfers, caps from the smallest
+    feasible one (one micro-batch at a time) up; it must finish every task, hold under the
+    cap (the validator's V7) and time as the simulator does, and beat the serial order."""
+    problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb,
+                            costs=cycled(num_model_stages(placement, num_ranks)), memory_cap=None)
+    cap = factor * problem.smallest_feasible_cap()
+    problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb,
+                            costs=problem.model_costs, memory_cap=cap)
+    table = greedy_timetable(problem)
+    sim = validate(to_schedule(problem, table), problem.model_costs, memory_cap=cap)
+    assert problem.exact_times and sim.makespan == pytest.approx(table.makespan / problem.time_scale)
+    serial = simulate(mip_api.serial_schedule(problem), problem.model_costs)
+    assert sim.makespan < serial.makespan
+
+
+def test_greedy_replaces_serial_when_no_baseline_fits():
+    """4×8 on the loop placement under DualPipe's cap (F=I=W=1, C=0.2, FB=0.8(F+B)):
+    interleaved 1F1B holds too much, so the warm start was the serial order (94.4)."""
+    costs = PipelineCosts.uniform(8, f=1, i=1, w=1, c=0.2, fb=2.4).scaled(0.5)
+    prep = mip_api._prepare(placement="loop", num_ranks=4, num_microbatches=8, costs=costs, memory_cap=5,
+                            param_cap=None, objective="makespan", link_contention=False)
+    serial = simulate(mip_api.serial_schedule(prep.problem), costs)
+    assert prep.warm.name == "greedy"
+    assert prep.warm.simulation.makespan <= serial.makespan / 3
+    assert any("'interleaved-1f1b' exceeds the memory cap" in n for n in prep.notes)
 
 
 def test_byte_valued_memory_is_scaled_conservatively():

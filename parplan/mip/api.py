@@ -21,6 +21,7 @@ from parplan.errors import ParplanError
 from parplan.mip.cpsat import (
     CpSatOptions, ProgressEvent, cell_lower_bound, problem_bounds, rank_lower_bound, solve_cpsat,
 )
+from parplan.mip.greedy import greedy_timetable
 from parplan.mip.problem import PLACEMENTS, Problem, build_problem, check_param_cap, num_model_stages
 from parplan.mip.timetable import Timetable, canonical, from_schedule, to_schedule, without_cells
 from parplan.schedule.ir import Action, Kind, Schedule
@@ -371,8 +372,10 @@ def _renamed(schedule: Schedule, name: str) -> Schedule:
 # ---- warm starts ------------------------------------------------------------------------
 def _best_warm_start(problem: Problem, use_cells: bool, objective: str, notes: list[str]) -> _Warm:
     """The best schedule of this placement that runs under the cap: its baselines, each
-    also with its F&B cells run apart (never slower when cells gain nothing), and the
-    one-micro-batch-at-a-time serial order, which always fits the smallest feasible cap."""
+    also with its F&B cells run apart (never slower when cells gain nothing), a
+    memory-aware list schedule (`greedy.py`: what is left when the baselines exceed the
+    cap), and the one-micro-batch-at-a-time serial order, which always fits the smallest
+    feasible cap."""
     sk = problem.skeleton
     m_total = sk.microbatches_per_chain * len(sk.chains)
     candidates: list[tuple[str, Schedule]] = []
@@ -388,6 +391,7 @@ def _best_warm_start(problem: Problem, use_cells: bool, objective: str, notes: l
                 candidates.append((name, base))
         else:
             candidates.append((name, base))
+    candidates.append(("greedy", to_schedule(problem, greedy_timetable(problem))))
     candidates.append(("serial", serial_schedule(problem)))
     feasible: list[_Warm] = []
     for name, schedule in candidates:

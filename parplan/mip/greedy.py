@@ -1,0 +1,99 @@
+"""A memory-aware list schedule: a warm start for placements whose baselines exceed the cap.
+
+When every expert schedule of a placement holds more activations than the cap allows, the
+only warm start left used to be the serial order (one micro-batch at a time), several
+times too slow for the search to start from (4×8 loop placement under DualPipe's cap:
+94.4 against the best 24.2; this schedule: 28.4). It is built in the problem's integer time:
+
+  dispatch   repeatedly start, on the rank that can start something earliest, its best
+             task that is ready then (all inputs arrived, the rank free)
+  priority   at one start time: an I first (it unblocks the ranks upstream), then an F,
+             then a W; within a kind the earliest ready, then the lowest micro-batch
+  memory     admission control: a micro-batch enters its chain (its first F) only when
+             every rank on its path can hold its activations; they stay reserved until
+             each stage's W ends. Held (F start to W end, as the simulator counts) never
+             exceeds reserved, and an admitted micro-batch never waits on memory, so the
+             schedule cannot lock at any cap down to the smallest feasible one.
+
+No F&B cells: the search forms them.
+"""
+
+from __future__ import annotations
+
+from parplan.mip.problem import Problem, Task
+from parplan.mip.timetable import Timetable
+from parplan.schedule.ir import Kind
+
+__all__ = ["greedy_timetable"]
+
+_PRIORITY = {Kind.I: 0, Kind.F: 1, Kind.W: 2}
+
+
+def greedy_timetable(problem: Problem) -> Timetable:
+    cap = problem.memory_cap
+    ranks = range(problem.num_ranks)
+    # ---- data: dependencies, what each micro-batch needs on each rank ------------------------
+    succ: dict[Task, list[Task]] = {t: [] for t in problem.tasks()}
+    waiting: dict[Task, int] = {}
+    for t in problem.tasks():
+        preds = problem.predecessors(t)
+        waiting[t] = len(preds)
+        for p, _ in preds:
+            succ[p].append(t)
+    need: dict[int, list[float]] = {}  # chain head stage -> one micro-batch's activation per rank
+    for chain in problem.skeleton.chains:
+        need[chain[0]] = [0.0 for _ in ranks]
+        for s in chain:
+            need[chain[0]][problem.rank(s)] += problem.activation(s)
+    heads = {problem.rank(s) for s in need}  # ranks whose choices depend on the reservations
+
+    # ---- state ------------------------------------------------------------------------------------
+    ready: list[dict[Task, int]] = [{} for _ in ranks]  # inputs all scheduled: task -> earliest start
+    for t, n in waiting.items():
+        if n == 0:
+            ready[problem.rank(t[0])][t] = 0
+    free_at = [0 for _ in ranks]
+    reserved = [0.0 for _ in ranks]
+    start: dict[Task, int] = {}
+    end: dict[Task, int] = {}
+
+    def admits(head: int) -> bool:
+        return cap is None or all(reserved[r] + x <= cap * (1 + 1e-9) for r, x in enumerate(need[head]))
+
+    def pick(r: int) -> tuple[int, tuple, Task] | None:
+        """Rank r's earliest (start, priority, task), or None while it can run nothing."""
+        best = None
+        for t, at in ready[r].items():
+            if t[1] is Kind.F and t[0] in need and not admits(t[0]):
+                continue
+            key = (max(at, free_at[r]), (_PRIORITY[t[1]], at, t[2], t[0]), t)
+            if best is None or key[:2] < best[:2]:
+                best = key
+        return best
+
+    # ---- dispatch: always the earliest start over all ranks -------------------------------------
+    picks = [pick(r) for r in ranks]
+    for _ in range(len(waiting)):
+        # Never empty: the cap is at least one micro-batch's need on every rank (build_problem
+        # checks it), so with nothing reserved a head is admitted; an admitted one runs on.
+        (at, _, t), r = min(((p, r) for r, p in enumerate(picks) if p is not None), key=lambda pr: pr[0][:2])
+        del ready[r][t]
+        start[t], end[t] = at, at + problem.duration(t)
+        free_at[r] = end[t]
+        touched = {r}
+        if t[1] is Kind.F and t[0] in need:
+            for k, x in enumerate(need[t[0]]):
+                reserved[k] += x
+            touched |= heads
+        elif t[1] is Kind.W:
+            reserved[r] -= problem.activation(t[0])
+            touched |= heads
+        for q in succ[t]:
+            waiting[q] -= 1
+            if waiting[q] == 0:
+                rq = problem.rank(q[0])
+                ready[rq][q] = max(end[p] + d for p, d in problem.predecessors(q))
+                touched.add(rq)
+        for k in touched:
+            picks[k] = pick(k)
+    return Timetable(start=start, end=end)
