@@ -131,11 +131,12 @@ def cycled(num_stages: int) -> PipelineCosts:
                          activation=pick(base.activation), params=pick(base.params))
 
 
+@pytest.mark.parametrize("window", [False, True])
 @pytest.mark.parametrize("placement,num_ranks,num_mb,factor", [
     ("loop", 4, 8, 2.0), ("loop", 4, 16, 2.0), ("v", 4, 16, 1.5), ("dualpipe", 4, 16, 2.0),
     ("chain", 8, 32, 3.0), ("dualpipe", 8, 32, 1.5), ("loop", 8, 16, 1.0),
 ])
-def test_greedy_warm_start_fits_the_cap_and_times_as_simulated(placement, num_ranks, num_mb, factor):
+def test_greedy_warm_start_fits_the_cap_and_times_as_simulated(placement, num_ranks, num_mb, factor, window):
     """The memory-aware list schedule: unequal costs and transfers, caps from the smallest
     feasible one (one micro-batch at a time) up; it must finish every task, hold under the
     cap (the validator's V7) and time as the simulator does, and beat the serial order."""
@@ -144,7 +145,7 @@ def test_greedy_warm_start_fits_the_cap_and_times_as_simulated(placement, num_ra
     cap = factor * problem.smallest_feasible_cap()
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb,
                             costs=problem.model_costs, memory_cap=cap)
-    table = greedy_timetable(problem)
+    table = greedy_timetable(problem, window=window)
     sim = validate(to_schedule(problem, table), problem.model_costs, memory_cap=cap)
     assert problem.exact_times and sim.makespan == pytest.approx(table.makespan / problem.time_scale)
     serial = simulate(mip_api.serial_schedule(problem), problem.model_costs)
@@ -161,6 +162,19 @@ def test_greedy_replaces_serial_when_no_baseline_fits():
     assert prep.warm.name == "greedy"
     assert prep.warm.simulation.makespan <= serial.makespan / 3
     assert any("'interleaved-1f1b' exceeds the memory cap" in n for n in prep.notes)
+
+
+def test_warm_start_ties_go_to_the_lower_peak_memory():
+    """Uncapped 4×16 loop placement, unit costs: the list schedule reaches 49.5 with all 16
+    micro-batches in flight (16 stage activations on a rank) and with 1F1B's window (8.5)."""
+    costs = PipelineCosts.uniform(8, f=1, i=1, w=1).scaled(0.5)
+    prep = mip_api._prepare(placement="loop", num_ranks=4, num_microbatches=16, costs=costs, memory_cap=None,
+                            param_cap=None, objective="makespan", link_contention=False)
+    runs = {w: simulate(to_schedule(prep.problem, greedy_timetable(prep.problem, window=w)), costs)
+            for w in (False, True)}
+    assert runs[False].makespan == runs[True].makespan == prep.warm.simulation.makespan == 49.5
+    assert max(runs[True].peak_activation_per_rank) < max(runs[False].peak_activation_per_rank)
+    assert max(prep.warm.simulation.peak_activation_per_rank) == max(runs[True].peak_activation_per_rank)
 
 
 def test_byte_valued_memory_is_scaled_conservatively():

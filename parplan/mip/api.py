@@ -373,9 +373,9 @@ def _renamed(schedule: Schedule, name: str) -> Schedule:
 def _best_warm_start(problem: Problem, use_cells: bool, objective: str, notes: list[str]) -> _Warm:
     """The best schedule of this placement that runs under the cap: its baselines, each
     also with its F&B cells run apart (never slower when cells gain nothing), a
-    memory-aware list schedule (`greedy.py`: what is left when the baselines exceed the
-    cap), and the one-micro-batch-at-a-time serial order, which always fits the smallest
-    feasible cap."""
+    memory-aware list schedule with and without 1F1B's in-flight window (`greedy.py`: what
+    is left when the baselines exceed the cap), and the one-micro-batch-at-a-time serial
+    order, which always fits the smallest feasible cap. Ties go to the lower peak memory."""
     sk = problem.skeleton
     m_total = sk.microbatches_per_chain * len(sk.chains)
     candidates: list[tuple[str, Schedule]] = []
@@ -392,6 +392,7 @@ def _best_warm_start(problem: Problem, use_cells: bool, objective: str, notes: l
         else:
             candidates.append((name, base))
     candidates.append(("greedy", to_schedule(problem, greedy_timetable(problem))))
+    candidates.append(("greedy, 1F1B window", to_schedule(problem, greedy_timetable(problem, window=True))))
     candidates.append(("serial", serial_schedule(problem)))
     feasible: list[_Warm] = []
     for name, schedule in candidates:
@@ -402,7 +403,9 @@ def _best_warm_start(problem: Problem, use_cells: bool, objective: str, notes: l
             continue
         feasible.append(_Warm(name, schedule, sim))
     assert feasible, "the serial order always fits the smallest feasible cap"
-    return min(feasible, key=lambda w: (_objective(w.simulation, objective), w.name == "serial"))
+    # Equal objectives: the one holding less memory (a user keeps the headroom).
+    return min(feasible, key=lambda w: (round(_objective(w.simulation, objective), 9),
+                                        max(w.simulation.peak_activation_per_rank), w.name == "serial"))
 
 
 def serial_schedule(problem: Problem) -> Schedule:

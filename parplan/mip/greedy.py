@@ -14,6 +14,10 @@ times too slow for the search to start from (4×8 loop placement under DualPipe'
              each stage's W ends. Held (F start to W end, as the simulator counts) never
              exceeds reserved, and an admitted micro-batch never waits on memory, so the
              schedule cannot lock at any cap down to the smallest feasible one.
+  window     optionally at most as many micro-batches in a chain as it has stages (1F1B's
+             rule): the same makespan at far less memory where the cap is loose (uncapped
+             16×64 DualPipe placement, unit costs: 199 both ways, 44 activations vs 64),
+             slower elsewhere (chain placement, I ≠ W); the caller keeps the better.
 
 No F&B cells: the search forms them.
 """
@@ -29,7 +33,9 @@ __all__ = ["greedy_timetable"]
 _PRIORITY = {Kind.I: 0, Kind.F: 1, Kind.W: 2}
 
 
-def greedy_timetable(problem: Problem) -> Timetable:
+def greedy_timetable(problem: Problem, *, window: bool = False) -> Timetable:
+    """`window`: also keep at most as many micro-batches in a chain as it has stages, as
+    1F1B does; without it only the cap limits them (uncapped: all of them, as GPipe)."""
     cap = problem.memory_cap
     ranks = range(problem.num_ranks)
     # ---- data: dependencies, what each micro-batch needs on each rank ------------------------
@@ -46,6 +52,9 @@ def greedy_timetable(problem: Problem) -> Timetable:
         for s in chain:
             need[chain[0]][problem.rank(s)] += problem.activation(s)
     heads = {problem.rank(s) for s in need}  # ranks whose choices depend on the reservations
+    limit = {chain[0]: len(chain) if window else len(problem.microbatches) for chain in problem.skeleton.chains}
+    finished_by = {chain[-1]: chain[0] for chain in problem.skeleton.chains}  # last stage -> head
+    in_chain = {head: 0 for head in need}  # admitted micro-batches whose last W has not ended
 
     # ---- state ------------------------------------------------------------------------------------
     ready: list[dict[Task, int]] = [{} for _ in ranks]  # inputs all scheduled: task -> earliest start
@@ -58,6 +67,8 @@ def greedy_timetable(problem: Problem) -> Timetable:
     end: dict[Task, int] = {}
 
     def admits(head: int) -> bool:
+        if in_chain[head] >= limit[head]:
+            return False
         return cap is None or all(reserved[r] + x <= cap * (1 + 1e-9) for r, x in enumerate(need[head]))
 
     def pick(r: int) -> tuple[int, tuple, Task] | None:
@@ -82,12 +93,15 @@ def greedy_timetable(problem: Problem) -> Timetable:
         free_at[r] = end[t]
         touched = {r}
         if t[1] is Kind.F and t[0] in need:
+            in_chain[t[0]] += 1
             for k, x in enumerate(need[t[0]]):
                 reserved[k] += x
             touched |= heads
         elif t[1] is Kind.W:
             reserved[r] -= problem.activation(t[0])
             touched |= heads
+            if t[0] in finished_by:
+                in_chain[finished_by[t[0]]] -= 1
         for q in succ[t]:
             waiting[q] -= 1
             if waiting[q] == 0:
