@@ -304,7 +304,6 @@ def problem_bounds(problem: Problem, *, cells: bool) -> tuple[dict[Task, int], d
     if not cells:
         return problem.heads(), problem.tails()
     shortest = _shortest(problem)
-    succ: dict[Task, list[tuple[Task, int]]] = {t: [] for t in problem.tasks()}
     head: dict[Task, int] = {}
     order = problem.topological_tasks()
     for t in order:
@@ -313,8 +312,7 @@ def problem_bounds(problem: Problem, *, cells: bool) -> tuple[dict[Task, int], d
             head[t] = head[deps[0][0]]  # may start with its I inside a B cell
         else:
             head[t] = max([head[p] + shortest[p] + d for p, d in deps] + [0])
-        for p, d in deps:
-            succ[p].append((t, d))
+    succ = problem.successors()
     tail: dict[Task, int] = {}
     for t in reversed(order):
         nxt = [d + tail[q] for q, d in succ[t] if q[1] is not Kind.W]

@@ -24,7 +24,7 @@ No F&B cells: the search forms them.
 
 from __future__ import annotations
 
-from parplan.mip.problem import Problem, Task
+from parplan.mip.problem import Problem, Task, chain_activation
 from parplan.mip.timetable import Timetable
 from parplan.schedule.ir import Kind
 
@@ -39,22 +39,15 @@ def greedy_timetable(problem: Problem, *, window: bool = False) -> Timetable:
     cap = problem.memory_cap
     ranks = range(problem.num_ranks)
     # ---- data: dependencies, what each micro-batch needs on each rank ------------------------
-    succ: dict[Task, list[Task]] = {t: [] for t in problem.tasks()}
-    waiting: dict[Task, int] = {}
-    for t in problem.tasks():
-        preds = problem.predecessors(t)
-        waiting[t] = len(preds)
-        for p, _ in preds:
-            succ[p].append(t)
-    need: dict[int, list[float]] = {}  # chain head stage -> one micro-batch's activation per rank
-    for chain in problem.skeleton.chains:
-        need[chain[0]] = [0.0 for _ in ranks]
-        for s in chain:
-            need[chain[0]][problem.rank(s)] += problem.activation(s)
+    succ = problem.successors()
+    waiting = {t: len(problem.predecessors(t)) for t in problem.tasks()}
+    # chain head stage -> one micro-batch's activation per rank (at most the cap: build_problem
+    # rejects caps below the largest, `smallest_feasible_cap`)
+    need = {chain[0]: chain_activation(problem.skeleton, problem.costs, chain) for chain in problem.skeleton.chains}
     heads = {problem.rank(s) for s in need}  # ranks whose choices depend on the reservations
     limit = {chain[0]: len(chain) if window else len(problem.microbatches) for chain in problem.skeleton.chains}
     finished_by = {chain[-1]: chain[0] for chain in problem.skeleton.chains}  # last stage -> head
-    in_chain = {head: 0 for head in need}  # admitted micro-batches whose last W has not ended
+    in_chain = {head: 0 for head in need}  # admitted micro-batches whose last stage's W has not ended
 
     # ---- state ------------------------------------------------------------------------------------
     ready: list[dict[Task, int]] = [{} for _ in ranks]  # inputs all scheduled: task -> earliest start
@@ -102,7 +95,7 @@ def greedy_timetable(problem: Problem, *, window: bool = False) -> Timetable:
             touched |= heads
             if t[0] in finished_by:
                 in_chain[finished_by[t[0]]] -= 1
-        for q in succ[t]:
+        for q, _ in succ[t]:
             waiting[q] -= 1
             if waiting[q] == 0:
                 rq = problem.rank(q[0])

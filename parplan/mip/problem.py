@@ -178,12 +178,17 @@ class Problem:
             head[t] = max([head[p] + self.duration(p) + d for p, d in self.predecessors(t)] + [0])
         return head
 
-    def tails(self) -> dict[Task, int]:
-        """Least time from a task's start to the end of everything that depends on it."""
-        succ: dict[Task, list[tuple[Task, int]]] = {t: [] for t in self.tasks()}
-        for t in self.tasks():
+    def successors(self) -> dict[Task, list[tuple[Task, int]]]:
+        """(consumer, delay) pairs of every task: `predecessors` turned around."""
+        succ: dict[Task, list[tuple[Task, int]]] = {t: [] for t in self.task_list}
+        for t in self.task_list:
             for p, d in self.predecessors(t):
                 succ[p].append((t, d))
+        return succ
+
+    def tails(self) -> dict[Task, int]:
+        """Least time from a task's start to the end of everything that depends on it."""
+        succ = self.successors()
         tail: dict[Task, int] = {}
         for t in reversed(self.topological_tasks()):
             tail[t] = self.duration(t) + max([d + tail[q] for q, d in succ[t]] + [0])
@@ -205,15 +210,19 @@ class Problem:
         return smallest_feasible_cap(self.skeleton, self.costs)
 
 
-def smallest_feasible_cap(skeleton: Schedule, costs: PipelineCosts) -> float:
-    """Running one micro-batch at a time is always possible; it needs, per rank, the
-    activations of that rank's stages on one chain (a V or loop rank holds both of its
-    stages for the same micro-batch; a DualPipe rank's two stages are on different chains)."""
-    need = 0.0
-    for r in range(skeleton.num_ranks):
-        for chain in skeleton.chains:
-            need = max(need, sum(costs.activation[s] for s in chain if skeleton.stage_to_rank[s] == r))
+def chain_activation(skeleton: Schedule, costs: PipelineCosts, chain: tuple[int, ...]) -> list[float]:
+    """Activation one micro-batch of `chain` holds on each rank once all its F's have run
+    (a V or loop rank holds both of its stages; a DualPipe rank one per chain)."""
+    need = [0.0] * skeleton.num_ranks
+    for s in chain:
+        need[skeleton.stage_to_rank[s]] += costs.activation[s]
     return need
+
+
+def smallest_feasible_cap(skeleton: Schedule, costs: PipelineCosts) -> float:
+    """Running one micro-batch at a time is always possible; it needs, per rank, what one
+    micro-batch of a chain holds there (`chain_activation`)."""
+    return max(max(chain_activation(skeleton, costs, chain)) for chain in skeleton.chains)
 
 
 def _to_int(value: float, scale: int) -> int:
