@@ -11,9 +11,13 @@ import pytest
 from parplan.baselines import BASELINES, build_baseline
 from parplan.costs import PipelineCosts
 from parplan.mip import solve_schedule
-from parplan.mip.api import WARM_STARTS
+from parplan.mip.api import WARM_STARTS, serial_schedule
 from parplan.mip.brute import brute_force
-from parplan.mip.cpsat import CpSatOptions, cell_lower_bound, memory_cap_units, memory_demand_units, memory_unit, solve_cpsat
+from parplan.mip.bigm import solve_bigm
+from parplan.mip.cpsat import (
+    CpSatOptions, cell_lower_bound, makespan_lower_bound, memory_cap_units, memory_demand_units, memory_unit,
+    problem_bounds, rank_lower_bound, solve_cpsat,
+)
 from parplan.mip import api as mip_api
 from parplan.mip.greedy import greedy_timetable
 from parplan.mip.lns import improve
@@ -219,11 +223,84 @@ def test_cell_bound_is_at_most_the_optimum_with_cells(placement, num_ranks, num_
         assert out.objective <= round(brute * problem.time_scale)
 
 
+@pytest.mark.parametrize("placement,num_ranks,num_mb,cap", [
+    ("dualpipe", 2, 4, 1.5), ("v", 2, 2, 3.0), ("loop", 2, 2, 3.5), ("chain", 3, 4, 4.0),
+])
+def test_cell_bound_under_a_cap_is_higher_and_still_at_most_the_optimum(placement, num_ranks, num_mb, cap):
+    """The cap limits how many F's run before the first I and how many B's after the last F."""
+    stages = num_ranks if placement in ("dualpipe", "chain") else 2 * num_ranks
+    costs = (PipelineCosts.uniform(stages, f=1, i=1, w=1, c=0.2, fb=2.4) if placement == "dualpipe"
+             else uneven(stages, ratio=0.7))
+    free = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs)
+    capped = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs,
+                           memory_cap=cap)
+    out = solve_cpsat(capped, hint=None, options=CpSatOptions(time_limit=60, symmetry_breaking=False,
+                                                              cell_bound=False))
+    assert out.status == "OPTIMAL"
+    assert cell_lower_bound(free) < cell_lower_bound(capped) <= out.objective
+
+
+@pytest.mark.parametrize("placement,num_ranks,num_mb,costs_kind,cap", [
+    ("dualpipe", 2, 2, "uneven", 2.0), ("v", 2, 2, "uneven", 3.0), ("loop", 2, 2, "unit", 4.0),
+    ("chain", 3, 3, "uneven", 2.0),
+])
+def test_bound_without_cells_counts_the_idle_a_cap_forces(placement, num_ranks, num_mb, costs_kind, cap):
+    """Before a rank's first I can start it runs only F's, and the cap limits how many it
+    can start: the bound rises above the one-machine bound, and stays ≤ HiGHS's optimum
+    (the big-M model knows no bound) and brute force's."""
+    stages = num_ranks if placement in ("dualpipe", "chain") else 2 * num_ranks
+    costs = uneven(stages) if costs_kind == "uneven" else PipelineCosts.uniform(stages, f=1, i=1, w=1, c=0.2)
+    problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs,
+                            memory_cap=cap)
+    head, tail = problem_bounds(problem, cells=False)
+    out = solve_bigm(problem, hint=None, time_limit=60)
+    assert out.status == "OPTIMAL"
+    assert rank_lower_bound(problem, head, tail) < makespan_lower_bound(problem, ()) <= out.objective
+    if placement == "dualpipe":
+        brute, _ = brute_force(problem)
+        assert out.objective == round(brute * problem.time_scale)
+
+
+@pytest.mark.parametrize("placement", ["dualpipe", "v", "loop", "chain"])
+@pytest.mark.parametrize("costs_kind", ["unit", "i1.2w0.8c0.1", "c0.2fb0.8", "uneven"])
+def test_static_bound_never_exceeds_a_schedule_that_fits(placement, costs_kind):
+    """A bound above a feasible schedule is wrong. Every baseline of the placement, the list
+    schedules and the serial order, uncapped and under tight caps, on 4 ranks × 8. (The
+    late term once counted only the I's that could end late, forgetting W's deferred from
+    earlier: the chain's bound was 29 with 1F1B-like schedules at 27.)"""
+    stages = num_model_stages(placement, 4)
+    costs = {"unit": PipelineCosts.uniform(stages, f=1, i=1, w=1),
+             "i1.2w0.8c0.1": PipelineCosts.uniform(stages, f=1, i=1.2, w=0.8, c=0.1),
+             "c0.2fb0.8": PipelineCosts.uniform(stages, f=1, i=1, w=1, c=0.2, fb=2.4),
+             "uneven": uneven(stages, ratio=0.7)}[costs_kind]
+    smallest = build_problem(placement=placement, num_ranks=4, num_microbatches=8, costs=costs).smallest_feasible_cap()
+    checked = 0
+    for cap in (None, smallest, 1.5 * smallest, 2 * smallest):
+        problem = build_problem(placement=placement, num_ranks=4, num_microbatches=8, costs=costs, memory_cap=cap)
+        bound = makespan_lower_bound(problem, (True,) if problem.cells_help else ())
+        schedules = [build_baseline(n, 4, 8) for n in WARM_STARTS[placement]]
+        schedules += [to_schedule(problem, greedy_timetable(problem, window=w)) for w in (False, True)]
+        schedules.append(serial_schedule(problem))
+        for schedule in schedules:
+            try:
+                sim = validate(schedule, costs, memory_cap=cap)
+            except ScheduleError:
+                continue  # over this cap
+            assert bound <= round(sim.makespan * problem.time_scale), (cap, schedule.name)
+            checked += 1
+    assert checked >= 4 * 3  # the list schedules and the serial order fit every cap
+
+
 def test_cell_bound_tighter_than_the_plain_energy_bound_on_the_grid():
     """4×8, F=I=W=1, C=0.2, FB=0.8(F+B): 23.4 (the plain energy bound gave 21.0; best known 24.2)."""
     costs = PipelineCosts.uniform(4, f=1, i=1, w=1, c=0.2, fb=2.4)
     problem = build_problem(placement="dualpipe", num_ranks=4, num_microbatches=8, costs=costs)
     assert cell_lower_bound(problem) / problem.time_scale == pytest.approx(23.4)
+    # The loop placement under DualPipe's cap (5): 23.7 without the memory limit, below the
+    # best known 24.2; with it 24.7, so `auto` need not search that placement.
+    loop = build_problem(placement="loop", num_ranks=4, num_microbatches=8, memory_cap=5,
+                         costs=PipelineCosts.uniform(8, f=1, i=1, w=1, c=0.2, fb=2.4).scaled(0.5))
+    assert cell_lower_bound(loop) / loop.time_scale == pytest.approx(24.7)
 
 
 # ---- auto: the best baseline of every placement seeds it ------------------------------------------------------

@@ -19,7 +19,7 @@ from parplan.baselines import build_baseline
 from parplan.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.mip.cpsat import (
-    CpSatOptions, ProgressEvent, cell_lower_bound, problem_bounds, rank_lower_bound, solve_cpsat,
+    CpSatOptions, ProgressEvent, makespan_lower_bound, solve_cpsat,
 )
 from parplan.mip.greedy import greedy_timetable
 from parplan.mip.problem import PLACEMENTS, Problem, build_problem, check_param_cap, num_model_stages
@@ -246,11 +246,7 @@ def _prepare(*, placement: str, num_ranks: int, num_microbatches: int, costs: Pi
     hint = canonical(problem, from_schedule(problem, warm.schedule), fifo_weights=not use_cells)
     lower = 0
     if objective == "makespan":
-        if use_cells:
-            lower = cell_lower_bound(problem, cell_kinds)
-        else:
-            head, tail = problem_bounds(problem, cells=False)
-            lower = rank_lower_bound(problem, head, tail)
+        lower = makespan_lower_bound(problem, cell_kinds if use_cells else ())
     return _Prepared(problem=problem, warm=warm, hint=hint, use_cells=use_cells, lower=lower, notes=tuple(notes),
                      cell_kinds=cell_kinds)
 

@@ -37,7 +37,8 @@ from parplan.mip.timetable import Cell, Timetable
 from parplan.schedule.ir import Kind
 
 __all__ = ["CpSatOptions", "SolveOutcome", "ProgressEvent", "solve_cpsat", "cell_candidates", "build_model",
-           "extract_timetable", "problem_bounds", "rank_lower_bound", "cell_lower_bound"]
+           "extract_timetable", "problem_bounds", "rank_lower_bound", "cell_lower_bound",
+           "makespan_lower_bound"]
 
 Objective = Literal["makespan", "throughput"]
 
@@ -237,7 +238,7 @@ def build_model(
 
     # ---- objective --------------------------------------------------------------------------
     if not use_cells:
-        lower = rank_lower_bound(problem, head, tail)
+        lower = makespan_lower_bound(problem, ())
     else:
         lower = cell_lower_bound(problem, options.cell_kinds) if options.cell_bound else 0
     makespan = model.NewIntVar(min(lower, horizon), horizon, "makespan")
@@ -336,6 +337,15 @@ def rank_lower_bound(problem: Problem, head: dict[Task, int], tail: dict[Task, i
     return best
 
 
+def makespan_lower_bound(problem: Problem, cell_kinds: tuple[bool, ...]) -> int:
+    """The static bound: `cell_lower_bound`, and without cells (`cell_kinds=()`) also the
+    one-machine bound with unshortened heads and tails."""
+    if cell_kinds:
+        return cell_lower_bound(problem, cell_kinds)
+    head, tail = problem_bounds(problem, cells=False)
+    return max(rank_lower_bound(problem, head, tail), cell_lower_bound(problem, ()))
+
+
 def cell_lower_bound(problem: Problem, cell_kinds: tuple[bool, ...] = (True,)) -> int:
     """A makespan bound with F&B cells that knows when cells cannot form (docs/mip.md §3).
 
@@ -348,10 +358,14 @@ def cell_lower_bound(problem: Problem, cell_kinds: tuple[bool, ...] = (True,)) -
                 − ŝ · min(#F − k, #I − k') + last
 
     (F̂, B̂: longest F and I+W on the rank, ŝ: largest saving of one cell), minimised over
-    k ≤ #F with head < a_I and k' ≤ #I able to end after C_max − q_F. Heads and tails use
-    the shortest duration a task may take and FIFO order per stage (which keeps an optimum,
-    §3). The late term needs full-B cells only: with (F;I) cells a W may run alone late
-    after its I was saved, so it is dropped then.
+    k ≤ #F with head < a_I and k' ≤ #I (k' counts the micro-batches with any of I or W
+    late: a W alone may have been deferred from an early I), both also at most the number
+    of the rank's activations the cap holds at once: every F started before a_I is still
+    held at a_I, and every B with work after C_max − q_F still holds its F's activation
+    then (docs/mip.md §3). Heads and tails use the shortest duration a task may take and
+    FIFO order per stage (which keeps an optimum, §3). The late term needs full-B cells only: with (F;I) cells a W may run alone late
+    after its I was saved, so it is dropped then. `cell_kinds=()` (no cells): ŝ = 0, and the
+    bound is the one-machine bound plus the idle the cap forces at either end.
     """
     head, tail = problem_bounds(problem, cells=True)
     shortest = _shortest(problem)
@@ -379,9 +393,10 @@ def cell_lower_bound(problem: Problem, cell_kinds: tuple[bool, ...] = (True,)) -
         f_hat = max(problem.duration(t) for t in fs)
         b_hat = max(problem.duration(t) + problem.duration((t[0], Kind.W, t[2])) for t in bs)
         q_f = min(tail[t] - shortest[t] for t in fs)
-        late = cell_kinds == (True,)
-        k_max = sum(1 for t in fs if head[t] < a_i)
-        k2_max = sum(1 for t in bs if tail[t] - shortest[t] < q_f) if late else 0
+        late = cell_kinds in ((True,), ())
+        held = _most_held(problem, fs)
+        k_max = min(held, sum(1 for t in fs if head[t] < a_i))
+        k2_max = min(held, len(bs)) if late else 0
         rank_best = None
         for k in range(k_max + 1):
             pre = max(0, a_i - first - k * f_hat)
@@ -394,6 +409,18 @@ def cell_lower_bound(problem: Problem, cell_kinds: tuple[bool, ...] = (True,)) -
                 rank_best = value if rank_best is None else min(rank_best, value)
         best = max(best, rank_best)
     return best
+
+
+def _most_held(problem: Problem, forwards: list[Task]) -> int:
+    """How many of these F's activations can be held at once under the cap (smallest first)."""
+    if problem.memory_cap is None:
+        return len(forwards)
+    room, count = problem.memory_cap * (1 + 1e-9), 0
+    for need in sorted(problem.activation(t[0]) for t in forwards):
+        if need > room:
+            break
+        room, count = room - need, count + 1
+    return count
 
 
 def _shortest(problem: Problem) -> dict[Task, int]:
