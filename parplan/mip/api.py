@@ -106,6 +106,7 @@ def solve_schedule(
     link_contention: bool = False,
     lns: bool = True,
     cells: Literal["fb", "any"] = "fb",
+    minimise_memory: bool = False,
 ) -> MipResult:
     """Order and time every task of a pipeline on `num_ranks` ranks, within `time_limit`
     seconds of wall time in all (model building and re-timing included).
@@ -118,6 +119,10 @@ def solve_schedule(
     `dump_model` writes the solver's model (CP-SAT: .pb/.pbtxt; HiGHS: .lp/.mps).
     `cells` (when the costs make F&B cells shorter): 'fb' pairs an F with a full backward,
     as DualPipe does; 'any' may also pair it with an I alone, the W then running apart.
+    `minimise_memory`: when the search ends before the deadline (proven, or a warm start
+    met the bound), a second CP-SAT pass with at most a quarter of `time_limit` looks for
+    the same makespan at a lower largest per-rank activation peak (the planner's setting:
+    the makespan objective does not see memory below the cap).
     """
     started = time.perf_counter()
     deadline = started + time_limit if isinstance(time_limit, (int, float)) else started
@@ -144,8 +149,48 @@ def solve_schedule(
         for name in chosen
     ]
     if len(prepared) == 1:
-        return _search(prepared[0], deadline=deadline, started=started, **search)
-    return _auto(prepared, deadline=deadline, started=started, objective=objective, search=search)
+        result = _search(prepared[0], deadline=deadline, started=started, **search)
+    else:
+        result = _auto(prepared, deadline=deadline, started=started, objective=objective, search=search)
+    if minimise_memory and solver == "cpsat" and objective == "makespan" and not link_contention:
+        prep = next(p for p in prepared if p.problem.placement == result.placement)
+        result = _lower_peak(result, prep, deadline=deadline, budget=0.25 * time_limit, started=started,
+                             seed=seed, workers=workers)
+    return result
+
+
+def _lower_peak(result: MipResult, prep: _Prepared, *, deadline: float, budget: float, started: float,
+                seed: int, workers: int) -> MipResult:
+    """The result's makespan at the lowest largest per-rank activation peak CP-SAT finds in
+    the time left (at most `budget`). Kept only when the re-timed schedule is no longer and
+    holds strictly less; status and bound still refer to the makespan."""
+    problem = prep.problem
+    reserve = _RESERVE_SECONDS + _RESERVE_PER_TASK * len(problem.tasks())
+    seconds = min(budget, deadline - reserve - time.perf_counter())
+    before = max(result.simulation.peak_activation_per_rank)
+    if seconds < 0.5:
+        return result
+    hint = canonical(problem, from_schedule(problem, result.schedule), fifo_weights=not prep.use_cells)
+    outcome = solve_cpsat(problem, hint=hint, options=CpSatOptions(
+        time_limit=seconds, seed=seed, workers=workers, cell_kinds=prep.cell_kinds, minimise_peak=True))
+    candidate = None
+    if outcome.timetable is not None:
+        schedule = to_schedule(problem, outcome.timetable)
+        try:
+            sim = validate(schedule, problem.model_costs, memory_cap=problem.memory_cap)
+            if sim.makespan <= result.objective + 1e-9 and max(sim.peak_activation_per_rank) < before - 1e-9:
+                candidate = schedule
+        except ScheduleError:
+            pass  # only with rounded times; keep the result
+    if candidate is None:
+        return _with_notes(result, f"memory pass ({outcome.status}, {outcome.seconds:.1f} s): no lower peak than "
+                                   f"{before:g} at this makespan", solve_seconds=time.perf_counter() - started)
+    lowered = _result(problem, candidate, result.status, result.bound, result.warm_start, list(result.notes),
+                      time.perf_counter() - started, "makespan")
+    after = max(lowered.simulation.peak_activation_per_rank)
+    return _with_notes(lowered, f"memory pass ({outcome.status}, {outcome.seconds:.1f} s): largest per-rank "
+                                f"activation peak {before:g} -> {after:g} at makespan {lowered.objective:g}",
+                       solve_seconds=lowered.solve_seconds)
 
 
 def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objective: str, search: dict) -> MipResult:

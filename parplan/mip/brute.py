@@ -40,8 +40,10 @@ def _rank_orders(problem: Problem, rank: int) -> list[tuple[Action, ...]]:
     return orders
 
 
-def brute_force(problem: Problem) -> tuple[float, Schedule]:
-    """(optimal makespan, one optimal schedule) by exhaustive enumeration."""
+def brute_force(problem: Problem, *, least_memory: bool = False) -> tuple[float, Schedule]:
+    """(optimal makespan, one optimal schedule) by exhaustive enumeration; with
+    `least_memory`, of the optimal ones the one with the lowest largest per-rank activation
+    peak (a rank's peak depends on its order alone, so semi-active schedules cover it)."""
     per_rank = [_rank_orders(problem, r) for r in range(problem.num_ranks)]
     total = 1
     for orders in per_rank:
@@ -49,6 +51,7 @@ def brute_force(problem: Problem) -> tuple[float, Schedule]:
     assert total <= MAX_BRUTE_ORDERS, f"{total} order combinations: too many to enumerate"
     sk = problem.skeleton
     best: tuple[float, Schedule] | None = None
+    best_peak = 0.0
     for combo in itertools.product(*per_rank):
         schedule = Schedule(name="brute", stage_to_rank=sk.stage_to_rank, microbatches_per_chain=sk.microbatches_per_chain,
                             orders=combo, chains=sk.chains, model_stage=sk.model_stage)
@@ -56,7 +59,9 @@ def brute_force(problem: Problem) -> tuple[float, Schedule]:
             sim = validate(schedule, problem.model_costs, memory_cap=problem.memory_cap)
         except ScheduleError:
             continue
-        if best is None or sim.makespan < best[0] - 1e-9:
-            best = (sim.makespan, schedule)
+        peak = max(sim.peak_activation_per_rank)
+        if (best is None or sim.makespan < best[0] - 1e-9
+                or (least_memory and sim.makespan <= best[0] + 1e-9 and peak < best_peak - 1e-9)):
+            best, best_peak = (sim.makespan, schedule), peak
     assert best is not None, "the serial order is always among the combinations"
     return best

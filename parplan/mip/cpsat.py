@@ -73,16 +73,20 @@ class CpSatOptions:
     cell_kinds: tuple[bool, ...] = (True,)  # False: (F;I) cell, True: (F;B) cell
     dump_path: str | None = None  # write the model (.pb binary, .pbtxt text) before solving
     cell_bound: bool = True  # with cells: the makespan starts at `cell_lower_bound` (off: to test that bound)
+    # Minimise the largest per-rank activation peak instead, the makespan held within the
+    # hint's (a second pass once the makespan is settled; the objective is then in memory units).
+    minimise_peak: bool = False
 
     def __post_init__(self) -> None:
         assert self.workers >= 1 and self.time_limit > 0 and self.objective in ("makespan", "throughput")
+        assert not self.minimise_peak or self.objective == "makespan"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SolveOutcome:
     status: str  # OPTIMAL | FEASIBLE | INFEASIBLE | UNKNOWN
     timetable: Timetable | None
-    objective: int | None  # integer time units
+    objective: int | None  # integer time units (memory units with `minimise_peak`)
     bound: int | None
     seconds: float
     notes: tuple[str, ...] = ()
@@ -96,6 +100,7 @@ class _Vars:
     cell: dict[Cell, cp_model.IntVar] = field(default_factory=dict)
     in_full_cell: dict[Task, cp_model.IntVar] = field(default_factory=dict)
     objective: cp_model.IntVar | None = None
+    peak: cp_model.IntVar | None = None  # with `minimise_peak`: every rank's Cumulative capacity
 
 
 _ALONE_W_WINDOW = 4  # alone W's of a stage ordered against the next this many micro-batches
@@ -212,8 +217,9 @@ def build_model(
     for r in range(problem.num_ranks):
         model.AddNoOverlap(intervals[r])
     # (mem) activation held from F start to W end, per rank.
-    if problem.memory_cap is not None:
-        notes += _add_memory(model, problem, v, horizon, hint)
+    if problem.memory_cap is not None or options.minimise_peak:
+        assert hint is not None or not options.minimise_peak, "minimise_peak needs the schedule to improve on"
+        notes += _add_memory(model, problem, v, horizon, hint, options.minimise_peak)
     # (14) transfers on directed links, one at a time.
     if options.link_contention:
         _add_channels(model, problem, v, horizon)
@@ -257,7 +263,9 @@ def build_model(
                                          for b in problem.skeleton.stages_of_rank(r)]))
             saving = [(_cell_saving(problem, c), lit) for c, lit in v.cell.items() if problem.rank(c.forward[0]) == r]
             model.Add(makespan >= first + problem.rank_load(r) + last - sum(k * lit for k, lit in saving))
-    if options.objective == "makespan":
+    if options.minimise_peak:
+        v.objective = v.peak  # the makespan stays within the horizon, the hint's makespan
+    elif options.objective == "makespan":
         v.objective = makespan
     else:
         # The zero-bubble ILP's objective: the longest per-rank span, first start to last end.
@@ -283,6 +291,8 @@ def build_model(
         for cell, lit in v.cell.items():
             model.AddHint(lit, cell in hinted_cells)
         model.AddHint(makespan, hint.makespan)
+        if v.peak is not None:
+            model.AddHint(v.peak, _peak_units(problem, hint, memory_unit(problem)[0]))
     return model, v, notes
 
 
@@ -367,17 +377,7 @@ def cell_lower_bound(problem: Problem, cell_kinds: tuple[bool, ...] = (True,)) -
     after its I was saved, so it is dropped then. `cell_kinds=()` (no cells): ŝ = 0, and the
     bound is the one-machine bound plus the idle the cap forces at either end.
     """
-    head, tail = problem_bounds(problem, cells=True)
-    shortest = _shortest(problem)
-    for t in problem.topological_tasks():  # FIFO per stage: the j-th F/I waits for the (j−1)-th
-        s, kind, j = t
-        if kind is not Kind.W and j > 0:
-            prev = (s, kind, j - 1)
-            head[t] = max(head[t], head[prev] + shortest[prev])
-    for t in reversed(problem.topological_tasks()):
-        s, kind, j = t
-        if kind is not Kind.W and j + 1 in problem.microbatches:
-            tail[t] = max(tail[t], shortest[t] + tail[(s, kind, j + 1)])
+    head, tail, shortest = _fifo_bounds(problem, cells=True)
     best = 0
     for r in range(problem.num_ranks):
         mine = problem.tasks_of_rank(r)
@@ -423,6 +423,37 @@ def _most_held(problem: Problem, forwards: list[Task]) -> int:
     return count
 
 
+def _fifo_bounds(problem: Problem, *, cells: bool) -> tuple[dict[Task, int], dict[Task, int], dict[Task, int]]:
+    """Heads, tails and shortest durations along the dependencies and FIFO per stage (the
+    j-th F/I of a stage after the (j−1)-th: it keeps an optimum, docs/mip.md §3, and the
+    model imposes it). With cells, durations are the shortest a task may take and a W may
+    run with its I."""
+    shortest = _shortest(problem) if cells else {t: problem.duration(t) for t in problem.tasks()}
+    order = problem.topological_tasks()  # chain by chain, micro-batch by micro-batch: FIFO edges go forward
+    head: dict[Task, int] = {}
+    for t in order:
+        s, kind, j = t
+        deps = problem.predecessors(t)
+        if cells and kind is Kind.W:
+            value = head[deps[0][0]]  # may start with its I inside a B cell
+        else:
+            value = max([head[p] + shortest[p] + d for p, d in deps] + [0])
+        if kind is not Kind.W and j > 0:
+            value = max(value, head[(s, kind, j - 1)] + shortest[(s, kind, j - 1)])
+        head[t] = value
+    succ = problem.successors()
+    tail: dict[Task, int] = {}
+    for t in reversed(order):
+        s, kind, j = t
+        nxt = [d + tail[q] for q, d in succ[t] if not (cells and q[1] is Kind.W)]
+        if kind is not Kind.W and j + 1 in problem.microbatches:
+            nxt.append(tail[(s, kind, j + 1)])
+        tail[t] = shortest[t] + max(nxt + [0])
+        if cells and kind is Kind.I:
+            tail[t] = max(tail[t], tail[(s, Kind.W, j)])
+    return head, tail, shortest
+
+
 def _shortest(problem: Problem) -> dict[Task, int]:
     out = {}
     for t in problem.tasks():
@@ -449,11 +480,13 @@ def _serial_horizon(problem: Problem) -> int:
 
 
 def _add_memory(model: cp_model.CpModel, problem: Problem, v: _Vars, horizon: int,
-                hint: Timetable | None) -> list[str]:
+                hint: Timetable | None, minimise_peak: bool = False) -> list[str]:
     unit, exact = memory_unit(problem)
     cap = memory_cap_units(problem, unit, exact)
     notes = []
-    if not exact and hint is not None:
+    if problem.memory_cap is None:
+        cap = _peak_units(problem, hint, unit)  # nothing to respect but the schedule to improve on
+    elif not exact and hint is not None:
         # Rounding demands up may push a warm start that sits exactly at the cap a few units
         # over it; keep the warm start feasible (every result is validated in bytes anyway).
         peak = _peak_units(problem, hint, unit)
@@ -461,6 +494,10 @@ def _add_memory(model: cp_model.CpModel, problem: Problem, v: _Vars, horizon: in
             notes.append(f"memory cap raised by {peak - cap} units of {unit:.3g} bytes (rounding) to keep the "
                          f"warm start feasible; the result is validated against the exact cap")
             cap = peak
+    capacity = cap
+    if minimise_peak:
+        v.peak = model.NewIntVar(0, cap, "peak_activation")
+        capacity = v.peak
     for r in range(problem.num_ranks):
         held, demands = [], []
         for s in problem.skeleton.stages_of_rank(r):
@@ -473,7 +510,7 @@ def _add_memory(model: cp_model.CpModel, problem: Problem, v: _Vars, horizon: in
                 held.append(model.NewIntervalVar(v.start[f], size, v.end[w], f"activation_{s}_{j}"))
                 demands.append(demand)
         if held:
-            model.AddCumulative(held, demands, cap)
+            model.AddCumulative(held, demands, capacity)
     return notes
 
 

@@ -396,6 +396,7 @@ def _lower_mip(start: Evaluated, config: PlannerConfig, cap: float, time_limit: 
             num_ranks=placed.degrees.pp, num_microbatches=config.microbatches // placed.degrees.dp,
             costs=placed.costs, placement=placed.family.name, memory_cap=activation_cap,
             time_limit=time_limit, seed=config.seed, workers=config.workers,
+            minimise_memory=True,  # equal step times: keep the plan holding less (headroom for the user)
         )
     except (ParplanError, TypeError, ValueError) as err:
         notes.append(f"lower-level MIP skipped on {placed.family.name}: {err}")
