@@ -37,6 +37,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     mip.add_argument("--cells", choices=("fb", "any"), default="fb",
                      help="F&B cells the MIP may form when FB < F+B: fb pairs an F with a full backward, as "
                           "DualPipe does (default); any may also pair it with an I, its W then running apart")
+    mip.add_argument("--minimise-memory", action="store_true",
+                     help="when the search ends early, spend up to a quarter of the time limit on the same "
+                          "makespan at the lowest per-rank activation peak")
     mip.add_argument("--solver", choices=("cpsat", "highs"), default="cpsat")
     mip.add_argument("--seed", type=int, default=0)
     mip.add_argument("--workers", type=positive_int, default=2)
@@ -81,7 +84,8 @@ def run_demo(args) -> int:
 
 def _mip_options(args) -> dict:
     options = {"placement": args.placement, "time_limit": args.time_limit, "seed": args.seed,
-               "workers": args.workers, "solver": args.solver, "dump_model": args.dump_model, "cells": args.cells}
+               "workers": args.workers, "solver": args.solver, "dump_model": args.dump_model, "cells": args.cells,
+               "minimise_memory": args.minimise_memory}
     if sys.stderr.isatty():
         options["progress"] = _print_progress
     return options

@@ -113,3 +113,16 @@ def test_mip_model_dump(capsys, tmp_path):
     code, out, _ = run(capsys, "schedule", "mip", "-n", "2", "-m", "4", "--time-limit", "5", "--dump-model", str(dump))
     assert code == 0 and out.startswith("# mip")
     assert "NoOverlap" in dump.read_text() or "no_overlap" in dump.read_text()
+
+
+def test_minimise_memory_keeps_the_makespan_and_lowers_the_peak(capsys):
+    argv = ["schedule", "mip", "-n", "4", "-m", "8", "--cost", "F=1,I=1.2,W=0.8,C=0.1", "--placement", "dualpipe",
+            "--time-limit", "8", "--format", "json"]
+    sims = []
+    for extra in ([], ["--minimise-memory"]):
+        code, out, _ = run(capsys, *argv, *extra)
+        assert code == 0
+        sims.append(json.loads(out)["simulation"])
+    plain, lean = sims
+    assert lean["makespan"] == pytest.approx(plain["makespan"])
+    assert max(lean["peak_activations_per_rank"]) < max(plain["peak_activations_per_rank"])
