@@ -15,8 +15,8 @@ from parplan.mip.api import WARM_STARTS, serial_schedule
 from parplan.mip.brute import brute_force
 from parplan.mip.bigm import solve_bigm
 from parplan.mip.cpsat import (
-    CpSatOptions, cell_lower_bound, makespan_lower_bound, memory_cap_units, memory_demand_units, memory_unit,
-    problem_bounds, rank_lower_bound, solve_cpsat,
+    CpSatOptions, SolveOutcome, cell_lower_bound, makespan_lower_bound, memory_cap_units, memory_demand_units,
+    memory_unit, problem_bounds, rank_lower_bound, solve_cpsat,
 )
 from parplan.mip import api as mip_api
 from parplan.mip.greedy import greedy_timetable
@@ -364,3 +364,25 @@ def test_memory_pass_matches_brute_force_least_memory_optimum(placement, num_ran
                           time_limit=20, minimise_memory=True)
     assert lean.objective == pytest.approx(makespan)
     assert max(lean.simulation.peak_activation_per_rank) == pytest.approx(least)
+
+
+def test_memory_pass_list_schedules_work_without_cp_sat(monkeypatch):
+    """Where CP-SAT cannot even load the model in the time left (large planner models), the
+    list schedule under stepped-down caps still finds the makespan at less memory: chain
+    4×16, uneven costs, peak 32 → at most 12."""
+    real = mip_api.solve_cpsat
+
+    def no_memory_search(problem, *, hint, options, progress=None):
+        if options.minimise_peak:
+            return SolveOutcome(status="UNKNOWN", timetable=None, objective=None, bound=None, seconds=0.0)
+        return real(problem, hint=hint, options=options, progress=progress)
+
+    monkeypatch.setattr(mip_api, "solve_cpsat", no_memory_search)
+    costs = uneven(4)
+    plain = solve_schedule(num_ranks=4, num_microbatches=16, costs=costs, placement="chain", time_limit=5)
+    lean = solve_schedule(num_ranks=4, num_microbatches=16, costs=costs, placement="chain", time_limit=5,
+                          minimise_memory=True)
+    check(lean, costs, None)
+    assert lean.objective == pytest.approx(plain.objective)
+    assert max(plain.simulation.peak_activation_per_rank) == 32
+    assert max(lean.simulation.peak_activation_per_rank) <= 12

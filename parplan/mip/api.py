@@ -11,6 +11,7 @@ placement under the same cap (with placement='auto': of any placement).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal
@@ -46,6 +47,7 @@ CELL_KINDS: dict[str, tuple[bool, ...]] = {"fb": (True,), "any": (False, True)}
 # schedule (twice: candidate and result), so that the whole call ends by its deadline.
 _RESERVE_SECONDS = 0.3
 _RESERVE_PER_TASK = 6e-4
+_LEAN_STEPS = 8  # caps tried by the memory pass's list schedules, from the smallest feasible up
 # Up to this many tasks the whole model gets the whole search time; above it the full
 # model runs first (it proves small instances and gives the bound), then windowed LNS
 # (lns.py) improves its best for the rest: a 1,500-task model finds little on its own.
@@ -170,16 +172,19 @@ def _lower_peak(result: MipResult, prep: _Prepared, *, deadline: float, budget: 
     before = max(result.simulation.peak_activation_per_rank)
     if seconds < 0.5:
         return result
-    hint = canonical(problem, from_schedule(problem, result.schedule), fifo_weights=not prep.use_cells)
+    start_from = _leaner_list_schedule(problem, result) or result.schedule
+    hint = canonical(problem, from_schedule(problem, start_from), fifo_weights=not prep.use_cells)
+    seconds = min(budget, deadline - reserve - time.perf_counter())
     outcome = solve_cpsat(problem, hint=hint, options=CpSatOptions(
         time_limit=seconds, seed=seed, workers=workers, cell_kinds=prep.cell_kinds, minimise_peak=True))
-    candidate = None
+    candidate = start_from if start_from is not result.schedule else None
     if outcome.timetable is not None:
         schedule = to_schedule(problem, outcome.timetable)
         try:
             sim = validate(schedule, problem.model_costs, memory_cap=problem.memory_cap)
             if sim.makespan <= result.objective + 1e-9 and max(sim.peak_activation_per_rank) < before - 1e-9:
-                candidate = schedule
+                if candidate is None or max(sim.peak_activation_per_rank) < _peak(candidate, problem):
+                    candidate = schedule
         except ScheduleError:
             pass  # only with rounded times; keep the result
     if candidate is None:
@@ -255,6 +260,32 @@ def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objecti
                      f"{overall:g} leaves room below {best.objective:g}")
     return _with_notes(best, "; ".join(notes), solve_seconds=time.perf_counter() - started, bound=overall,
                        status=status)
+
+
+def _leaner_list_schedule(problem: Problem, result: MipResult) -> Schedule | None:
+    """The list schedule under caps stepped down from the result's peak to the smallest
+    feasible one: the leanest that still meets the result's makespan, or None. Milliseconds
+    each, so it also serves models too large for CP-SAT to load in the time left."""
+    peak = max(result.simulation.peak_activation_per_rank)
+    floor = problem.smallest_feasible_cap()
+    best, best_peak = None, peak
+    for k in range(_LEAN_STEPS):
+        cap = floor + (peak - floor) * k / _LEAN_STEPS
+        tighter = dataclasses.replace(problem, memory_cap=cap)
+        for window in (False, True):
+            schedule = to_schedule(problem, greedy_timetable(tighter, window=window))
+            try:
+                sim = validate(schedule, problem.model_costs, memory_cap=problem.memory_cap)
+            except ScheduleError:
+                continue
+            lean = max(sim.peak_activation_per_rank)
+            if sim.makespan <= result.objective + 1e-9 and lean < best_peak - 1e-9:
+                best, best_peak = schedule, lean
+    return best
+
+
+def _peak(schedule: Schedule, problem: Problem) -> float:
+    return max(validate(schedule, problem.model_costs).peak_activation_per_rank)
 
 
 def _max_bound(a: float | None, b: float | None) -> float | None:

@@ -373,9 +373,10 @@ def cell_lower_bound(problem: Problem, cell_kinds: tuple[bool, ...] = (True,)) -
     of the rank's activations the cap holds at once: every F started before a_I is still
     held at a_I, and every B with work after C_max − q_F still holds its F's activation
     then (docs/mip.md §3). Heads and tails use the shortest duration a task may take and
-    FIFO order per stage (which keeps an optimum, §3). The late term needs full-B cells only: with (F;I) cells a W may run alone late
-    after its I was saved, so it is dropped then. `cell_kinds=()` (no cells): ŝ = 0, and the
-    bound is the one-machine bound plus the idle the cap forces at either end.
+    FIFO order per stage (which keeps an optimum, §3). The late term needs full-B cells
+    only: with (F;I) cells a W may run alone late after its I was saved, so it is dropped
+    then. `cell_kinds=()` (no cells): ŝ = 0, and the bound is the one-machine bound plus
+    the idle the cap forces at either end.
     """
     head, tail, shortest = _fifo_bounds(problem, cells=True)
     best = 0
