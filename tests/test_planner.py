@@ -144,6 +144,23 @@ def _unit_costs(placed):  # noqa
     return [coster.unit(u, gpu) for u in placed.units.units]
 
 
+def test_kept_plan_gets_the_memory_pass_at_the_same_step_time(llama_trace, monkeypatch):
+    """The MIP's makespan objective does not see memory below the cap; the planner runs the
+    memory pass once, on the plan it keeps: same step time, less activation memory."""
+    import parplan.mip as mip
+
+    _, traced = llama_trace
+    config = PlannerConfig(microbatches=8, time_limit=10, degrees=Degrees(pp=4, dp=1, tp=1))
+    lean = plan_traced(traced, load_cluster("h100x8"), config)
+    monkeypatch.setattr(mip, "lower_memory", lambda schedule, **_: (schedule, None))
+    plain = plan_traced(traced, load_cluster("h100x8"), config)
+    assert plain.best.solver.get("schedule") == lean.best.solver.get("schedule") == "mip"
+    assert lean.best.step_time_s == pytest.approx(plain.best.step_time_s, rel=1e-12)
+    assert max(lean.best.peak_memory_bytes) < max(plain.best.peak_memory_bytes)
+    assert lean.best.fits and any("memory pass" in n for n in lean.notes)
+    validate(lean.best.schedule, lean.best.placed.costs)
+
+
 def test_too_small_memory_cap_names_the_smallest_that_fits(llama_trace):
     _, traced = llama_trace
     config = PlannerConfig(microbatches=8, time_limit=5, degrees=Degrees(pp=4, dp=1, tp=1), use_mip=False,

@@ -1,10 +1,11 @@
 """The lower-level MIP scheduler: given a stage→rank placement, order and time every task.
 
 `solve_schedule` is the entry point (CP-SAT by default, the paper's big-M model on HiGHS
-with solver='highs'); `brute.py` enumerates tiny instances as a third opinion.
+with solver='highs'); `lower_memory` keeps a schedule's makespan at a lower activation
+peak; `brute.py` enumerates tiny instances as a third opinion.
 """
 
-from parplan.mip.api import MipResult, solve_schedule
+from parplan.mip.api import MipResult, lower_memory, solve_schedule
 from parplan.mip.cpsat import ProgressEvent
 
-__all__ = ["MipResult", "ProgressEvent", "solve_schedule"]
+__all__ = ["MipResult", "ProgressEvent", "lower_memory", "solve_schedule"]

@@ -29,7 +29,7 @@ from parplan.schedule.ir import Action, Kind, Schedule
 from parplan.schedule.simulate import SimResult
 from parplan.schedule.validate import ScheduleError, validate
 
-__all__ = ["MipResult", "ProgressEvent", "solve_schedule", "serial_schedule", "WARM_STARTS"]
+__all__ = ["MipResult", "ProgressEvent", "solve_schedule", "lower_memory", "serial_schedule", "WARM_STARTS"]
 
 # Baselines that run on each placement (same stage→rank map, so they can seed the model).
 WARM_STARTS: dict[str, tuple[str, ...]] = {
@@ -163,39 +163,63 @@ def solve_schedule(
 
 def _lower_peak(result: MipResult, prep: _Prepared, *, deadline: float, budget: float, started: float,
                 seed: int, workers: int) -> MipResult:
-    """The result's makespan at the lowest largest per-rank activation peak CP-SAT finds in
-    the time left (at most `budget`). Kept only when the re-timed schedule is no longer and
-    holds strictly less; status and bound still refer to the makespan."""
-    problem = prep.problem
+    """`solve_schedule(minimise_memory=True)`: the memory pass on the result; status and
+    bound still refer to the makespan."""
+    schedule, note = _memory_pass(prep.problem, result.schedule, result.simulation, cell_kinds=prep.cell_kinds,
+                                  deadline=deadline, budget=budget, seed=seed, workers=workers)
+    if schedule is None:
+        return result if note is None else _with_notes(result, note, solve_seconds=time.perf_counter() - started)
+    lowered = _result(prep.problem, schedule, result.status, result.bound, result.warm_start, list(result.notes),
+                      time.perf_counter() - started, "makespan")
+    return _with_notes(lowered, note, solve_seconds=lowered.solve_seconds)
+
+
+def lower_memory(schedule: Schedule, *, costs: PipelineCosts, placement: str, memory_cap: float | None,
+                 time_limit: float, seed: int = 0, workers: int = 2,
+                 cells: Literal["fb", "any"] = "fb") -> tuple[Schedule, str | None]:
+    """The memory pass on any schedule of a placement: the same makespan at a lower largest
+    per-rank activation peak, within `time_limit` seconds. Returns the schedule to keep
+    (the given one when nothing lower was found) and a note (None when there was no time).
+    The planner runs it once, on the plan it keeps."""
+    deadline = time.perf_counter() + time_limit
+    problem = build_problem(placement=placement, num_ranks=schedule.num_ranks,
+                            num_microbatches=schedule.microbatches_per_chain * len(schedule.chains),
+                            costs=costs, memory_cap=memory_cap)
+    sim = validate(schedule, problem.model_costs, memory_cap=memory_cap)
+    lowered, note = _memory_pass(problem, schedule, sim, cell_kinds=CELL_KINDS[cells], deadline=deadline,
+                                 budget=time_limit, seed=seed, workers=workers)
+    return (_renamed(lowered, schedule.name) if lowered is not None else schedule), note
+
+
+def _memory_pass(problem: Problem, schedule: Schedule, sim: SimResult, *, cell_kinds: tuple[bool, ...],
+                 deadline: float, budget: float, seed: int, workers: int) -> tuple[Schedule | None, str | None]:
+    """(a schedule no longer than `sim` that holds strictly less at its largest per-rank
+    peak, or None; a note, or None when no time was left). The list schedule under caps
+    stepped down from the peak first (milliseconds each, so it also serves models CP-SAT
+    cannot load in the time left), then CP-SAT minimising the peak from the leanest."""
     reserve = _RESERVE_SECONDS + _RESERVE_PER_TASK * len(problem.tasks())
-    seconds = min(budget, deadline - reserve - time.perf_counter())
-    before = max(result.simulation.peak_activation_per_rank)
-    if seconds < 0.5:
-        return result
-    start_from = _leaner_list_schedule(problem, result) or result.schedule
-    hint = canonical(problem, from_schedule(problem, start_from), fifo_weights=not prep.use_cells)
+    if min(budget, deadline - reserve - time.perf_counter()) < 0.5:
+        return None, None
+    before, makespan = max(sim.peak_activation_per_rank), sim.makespan
+    best = _leaner_list_schedule(problem, makespan, before)
+    start_from = best[0] if best is not None else schedule
+    hint = canonical(problem, from_schedule(problem, start_from), fifo_weights=not problem.cells_help)
     seconds = min(budget, deadline - reserve - time.perf_counter())
     outcome = solve_cpsat(problem, hint=hint, options=CpSatOptions(
-        time_limit=seconds, seed=seed, workers=workers, cell_kinds=prep.cell_kinds, minimise_peak=True))
-    candidate = start_from if start_from is not result.schedule else None
+        time_limit=max(0.05, seconds), seed=seed, workers=workers, cell_kinds=cell_kinds, minimise_peak=True))
     if outcome.timetable is not None:
-        schedule = to_schedule(problem, outcome.timetable)
+        found = to_schedule(problem, outcome.timetable)
         try:
-            sim = validate(schedule, problem.model_costs, memory_cap=problem.memory_cap)
-            if sim.makespan <= result.objective + 1e-9 and max(sim.peak_activation_per_rank) < before - 1e-9:
-                if candidate is None or max(sim.peak_activation_per_rank) < _peak(candidate, problem):
-                    candidate = schedule
+            found_sim = validate(found, problem.model_costs, memory_cap=problem.memory_cap)
+            peak = max(found_sim.peak_activation_per_rank)
+            if found_sim.makespan <= makespan + 1e-9 and peak < (best[1] if best else before) - 1e-9:
+                best = (found, peak)
         except ScheduleError:
-            pass  # only with rounded times; keep the result
-    if candidate is None:
-        return _with_notes(result, f"memory pass ({outcome.status}, {outcome.seconds:.1f} s): no lower peak than "
-                                   f"{before:g} at this makespan", solve_seconds=time.perf_counter() - started)
-    lowered = _result(problem, candidate, result.status, result.bound, result.warm_start, list(result.notes),
-                      time.perf_counter() - started, "makespan")
-    after = max(lowered.simulation.peak_activation_per_rank)
-    return _with_notes(lowered, f"memory pass ({outcome.status}, {outcome.seconds:.1f} s): largest per-rank "
-                                f"activation peak {before:g} -> {after:g} at makespan {lowered.objective:g}",
-                       solve_seconds=lowered.solve_seconds)
+            pass  # only with rounded times; keep what we have
+    head = f"memory pass ({outcome.status}, {outcome.seconds:.1f} s)"
+    if best is None:
+        return None, f"{head}: no lower peak than {before:g} at this makespan"
+    return best[0], f"{head}: largest per-rank activation peak {before:g} -> {best[1]:g} at makespan {makespan:g}"
 
 
 def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objective: str, search: dict) -> MipResult:
@@ -262,13 +286,11 @@ def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objecti
                        status=status)
 
 
-def _leaner_list_schedule(problem: Problem, result: MipResult) -> Schedule | None:
-    """The list schedule under caps stepped down from the result's peak to the smallest
-    feasible one: the leanest that still meets the result's makespan, or None. Milliseconds
-    each, so it also serves models too large for CP-SAT to load in the time left."""
-    peak = max(result.simulation.peak_activation_per_rank)
+def _leaner_list_schedule(problem: Problem, makespan: float, peak: float) -> tuple[Schedule, float] | None:
+    """The list schedule under caps stepped down from `peak` to the smallest feasible one:
+    the leanest that still meets `makespan`, with its peak, or None."""
     floor = problem.smallest_feasible_cap()
-    best, best_peak = None, peak
+    best = None
     for k in range(_LEAN_STEPS):
         cap = floor + (peak - floor) * k / _LEAN_STEPS
         tighter = dataclasses.replace(problem, memory_cap=cap)
@@ -279,13 +301,9 @@ def _leaner_list_schedule(problem: Problem, result: MipResult) -> Schedule | Non
             except ScheduleError:
                 continue
             lean = max(sim.peak_activation_per_rank)
-            if sim.makespan <= result.objective + 1e-9 and lean < best_peak - 1e-9:
-                best, best_peak = schedule, lean
+            if sim.makespan <= makespan + 1e-9 and lean < (best[1] if best else peak) - 1e-9:
+                best = (schedule, lean)
     return best
-
-
-def _peak(schedule: Schedule, problem: Problem) -> float:
-    return max(validate(schedule, problem.model_costs).peak_activation_per_rank)
 
 
 def _max_bound(a: float | None, b: float | None) -> float | None:

@@ -233,6 +233,8 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
             f"candidate needs is {smallest / 2**30:.2f} GiB — raise --memory-limit to at least that, "
             f"add GPUs, or shrink the micro-batch"
         )
+    if best.solver.get("schedule") == "mip":
+        best = _leaner(best, config, cap, budget - (time.perf_counter() - start), notes)
     if skipped:
         notes.append(f"time limit: {len(skipped)} degree candidates not screened ({', '.join(skipped[:4])}"
                      f"{', …' if len(skipped) > 4 else ''}); raise --time-limit to screen them")
@@ -379,6 +381,25 @@ def _local_search(start: Evaluated, graph: UnitGraph, coster: Coster, cluster: C
     return best if moves else None
 
 
+def _leaner(best: Evaluated, config: PlannerConfig, cap: float, left: float, notes: list[str]) -> Evaluated:
+    """The kept plan's step time at less activation memory (the MIP's makespan objective
+    does not see memory below the cap), in the time left, at most a quarter of the limit.
+    Run once, on the plan kept: each MIP call doing it would take time from the next."""
+    from parplan.mip import lower_memory
+
+    placed = best.placed
+    schedule, note = lower_memory(best.schedule, costs=placed.costs, placement=placed.family.name,
+                                  memory_cap=cap - max(placed.static_bytes),
+                                  time_limit=min(left, 0.25 * config.time_limit), seed=config.seed,
+                                  workers=config.workers)
+    if note is not None:
+        notes.append(note)
+    if schedule is best.schedule:
+        return best
+    leaner = evaluate_schedule(best.label, placed, schedule, cap, best.solver)
+    return leaner if leaner.step_time_s <= best.step_time_s + 1e-12 and leaner.fits else best
+
+
 def _lower_mip(start: Evaluated, config: PlannerConfig, cap: float, time_limit: float,
                notes: list[str]) -> Evaluated | None:
     try:
@@ -396,7 +417,6 @@ def _lower_mip(start: Evaluated, config: PlannerConfig, cap: float, time_limit: 
             num_ranks=placed.degrees.pp, num_microbatches=config.microbatches // placed.degrees.dp,
             costs=placed.costs, placement=placed.family.name, memory_cap=activation_cap,
             time_limit=time_limit, seed=config.seed, workers=config.workers,
-            minimise_memory=True,  # equal step times: keep the plan holding less (headroom for the user)
         )
     except (ParplanError, TypeError, ValueError) as err:
         notes.append(f"lower-level MIP skipped on {placed.family.name}: {err}")
