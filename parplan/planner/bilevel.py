@@ -397,12 +397,15 @@ def _leaner(best: Evaluated, config: PlannerConfig, cap: float, left: float, not
                                   memory_cap=cap - max(placed.static_bytes),
                                   time_limit=min(left, 0.25 * config.time_limit), seed=config.seed,
                                   workers=config.workers)
-    if note is not None:
-        notes.append(note)
-    if schedule is best.schedule:
-        return best
-    leaner = evaluate_schedule(best.label, placed, schedule, cap, best.solver)
-    return leaner if leaner.step_time_s <= best.step_time_s + 1e-12 and leaner.fits else best
+    leaner = best if schedule is best.schedule else evaluate_schedule(best.label, placed, schedule, cap, best.solver)
+    if leaner.step_time_s > best.step_time_s + 1e-12 or not leaner.fits:
+        leaner = best
+    if note is not None:  # the solver's note counts bytes; say it per device in GiB
+        status = note.split(":")[0]
+        before, after = max(best.peak_memory_bytes) / 2**30, max(leaner.peak_memory_bytes) / 2**30
+        notes.append(f"{status}: peak memory per device {before:.1f} -> {after:.1f} GiB at the same step time"
+                     if leaner is not best else f"{status}: no lower peak memory at this step time")
+    return leaner
 
 
 def _lower_mip(start: Evaluated, config: PlannerConfig, cap: float, time_limit: float,
