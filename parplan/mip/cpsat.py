@@ -314,22 +314,7 @@ def problem_bounds(problem: Problem, *, cells: bool) -> tuple[dict[Task, int], d
     may start with its I (a full B cell), so the bounds use those shortest durations."""
     if not cells:
         return problem.heads(), problem.tails()
-    shortest = _shortest(problem)
-    head: dict[Task, int] = {}
-    order = problem.topological_tasks()
-    for t in order:
-        deps = problem.predecessors(t)
-        if t[1] is Kind.W:
-            head[t] = head[deps[0][0]]  # may start with its I inside a B cell
-        else:
-            head[t] = max([head[p] + shortest[p] + d for p, d in deps] + [0])
-    succ = problem.successors()
-    tail: dict[Task, int] = {}
-    for t in reversed(order):
-        nxt = [d + tail[q] for q, d in succ[t] if q[1] is not Kind.W]
-        tail[t] = shortest[t] + max(nxt + [0])
-        if t[1] is Kind.I:
-            tail[t] = max(tail[t], tail[(t[0], Kind.W, t[2])])
+    head, tail, _ = _longest_paths(problem, cells=True, fifo=False)
     return head, tail
 
 
@@ -378,7 +363,7 @@ def cell_lower_bound(problem: Problem, cell_kinds: tuple[bool, ...] = (True,)) -
     then. `cell_kinds=()` (no cells): ŝ = 0, and the bound is the one-machine bound plus
     the idle the cap forces at either end.
     """
-    head, tail, shortest = _fifo_bounds(problem, cells=True)
+    head, tail, shortest = _longest_paths(problem, cells=True, fifo=True)
     best = 0
     for r in range(problem.num_ranks):
         mine = problem.tasks_of_rank(r)
@@ -424,11 +409,12 @@ def _most_held(problem: Problem, forwards: list[Task]) -> int:
     return count
 
 
-def _fifo_bounds(problem: Problem, *, cells: bool) -> tuple[dict[Task, int], dict[Task, int], dict[Task, int]]:
-    """Heads, tails and shortest durations along the dependencies and FIFO per stage (the
-    j-th F/I of a stage after the (j−1)-th: it keeps an optimum, docs/mip.md §3, and the
-    model imposes it). With cells, durations are the shortest a task may take and a W may
-    run with its I."""
+def _longest_paths(problem: Problem, *, cells: bool, fifo: bool
+                   ) -> tuple[dict[Task, int], dict[Task, int], dict[Task, int]]:
+    """Heads, tails and shortest durations along the dependencies and, with `fifo`, FIFO
+    per stage (the j-th F/I of a stage after the (j−1)-th: it keeps an optimum, docs/mip.md
+    §3, and the model imposes it). With cells, durations are the shortest a task may take
+    and a W may run with its I."""
     shortest = _shortest(problem) if cells else {t: problem.duration(t) for t in problem.tasks()}
     order = problem.topological_tasks()  # chain by chain, micro-batch by micro-batch: FIFO edges go forward
     head: dict[Task, int] = {}
@@ -439,7 +425,7 @@ def _fifo_bounds(problem: Problem, *, cells: bool) -> tuple[dict[Task, int], dic
             value = head[deps[0][0]]  # may start with its I inside a B cell
         else:
             value = max([head[p] + shortest[p] + d for p, d in deps] + [0])
-        if kind is not Kind.W and j > 0:
+        if fifo and kind is not Kind.W and j > 0:
             value = max(value, head[(s, kind, j - 1)] + shortest[(s, kind, j - 1)])
         head[t] = value
     succ = problem.successors()
@@ -447,7 +433,7 @@ def _fifo_bounds(problem: Problem, *, cells: bool) -> tuple[dict[Task, int], dic
     for t in reversed(order):
         s, kind, j = t
         nxt = [d + tail[q] for q, d in succ[t] if not (cells and q[1] is Kind.W)]
-        if kind is not Kind.W and j + 1 in problem.microbatches:
+        if fifo and kind is not Kind.W and j + 1 in problem.microbatches:
             nxt.append(tail[(s, kind, j + 1)])
         tail[t] = shortest[t] + max(nxt + [0])
         if cells and kind is Kind.I:
