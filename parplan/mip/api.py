@@ -11,7 +11,6 @@ placement under the same cap (with placement='auto': of any placement).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal
@@ -23,6 +22,7 @@ from parplan.mip.cpsat import (
     CpSatOptions, ProgressEvent, makespan_lower_bound, solve_cpsat,
 )
 from parplan.mip.greedy import greedy_timetable
+from parplan.mip.lean import leaner_list_schedule, pull_frees_forward
 from parplan.mip.problem import PLACEMENTS, Problem, build_problem, check_param_cap, num_model_stages
 from parplan.mip.timetable import Timetable, canonical, from_schedule, to_schedule, without_cells
 from parplan.schedule.ir import Action, Kind, Schedule
@@ -47,7 +47,6 @@ CELL_KINDS: dict[str, tuple[bool, ...]] = {"fb": (True,), "any": (False, True)}
 # schedule (twice: candidate and result), so that the whole call ends by its deadline.
 _RESERVE_SECONDS = 0.3
 _RESERVE_PER_TASK = 6e-4
-_LEAN_STEPS = 8  # caps tried by the memory pass's list schedules, from the smallest feasible up
 # Up to this many tasks the whole model gets the whole search time; above it the full
 # model runs first (it proves small instances and gives the bound), then windowed LNS
 # (lns.py) improves its best for the rest: a 1,500-task model finds little on its own.
@@ -195,27 +194,35 @@ def _memory_pass(problem: Problem, schedule: Schedule, sim: SimResult, *, cell_k
                  deadline: float, budget: float, seed: int, workers: int) -> tuple[Schedule | None, str | None]:
     """(a schedule no longer than `sim` that holds strictly less at its largest per-rank
     peak, or None; a note, or None when no time was left). The list schedule under caps
-    stepped down from the peak first (milliseconds each, so it also serves models CP-SAT
-    cannot load in the time left), then CP-SAT minimising the peak from the leanest."""
+    stepped down from the peak and W's pulled forward (`lean.py`: no solver, so they also
+    serve models CP-SAT cannot load in the time left), then CP-SAT minimising the peak."""
     reserve = _RESERVE_SECONDS + _RESERVE_PER_TASK * len(problem.tasks())
     if min(budget, deadline - reserve - time.perf_counter()) < 0.5:
         return None, None
     before, makespan = max(sim.peak_activation_per_rank), sim.makespan
-    best = _leaner_list_schedule(problem, makespan, before)
+    end = min(deadline - reserve, time.perf_counter() + budget)
+    best = leaner_list_schedule(problem, makespan, before)
     start_from = best[0] if best is not None else schedule
+    # W's pulled forward: a local optimum in milliseconds on small models, seconds on the
+    # planner's largest, where CP-SAT barely moves the peak. CP-SAT starts from the list
+    # schedule all the same: hinted with the pulled schedule it proved less in a test.
+    pulled = pull_frees_forward(start_from, problem.model_costs, makespan=makespan,
+                                deadline=time.perf_counter() + (end - time.perf_counter()) / 3)
     hint = canonical(problem, from_schedule(problem, start_from), fifo_weights=not problem.cells_help)
-    seconds = min(budget, deadline - reserve - time.perf_counter())
     outcome = solve_cpsat(problem, hint=hint, options=CpSatOptions(
-        time_limit=max(0.05, seconds), seed=seed, workers=workers, cell_kinds=cell_kinds, minimise_peak=True))
+        time_limit=max(0.05, end - time.perf_counter()), seed=seed, workers=workers, cell_kinds=cell_kinds,
+        minimise_peak=True))
+    candidates = [pulled[0]] if pulled is not None else []
     if outcome.timetable is not None:
-        found = to_schedule(problem, outcome.timetable)
+        candidates.append(to_schedule(problem, outcome.timetable))
+    for found in candidates:
         try:
             found_sim = validate(found, problem.model_costs, memory_cap=problem.memory_cap)
-            peak = max(found_sim.peak_activation_per_rank)
-            if found_sim.makespan <= makespan + 1e-9 and peak < (best[1] if best else before) - 1e-9:
-                best = (found, peak)
         except ScheduleError:
-            pass  # only with rounded times; keep what we have
+            continue  # only with rounded times; keep what we have
+        peak = max(found_sim.peak_activation_per_rank)
+        if found_sim.makespan <= makespan + 1e-9 and peak < (best[1] if best else before) - 1e-9:
+            best = (found, peak)
     head = f"memory pass ({outcome.status}, {outcome.seconds:.1f} s)"
     if best is None:
         return None, f"{head}: no lower peak than {before:g} at this makespan"
@@ -284,26 +291,6 @@ def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objecti
                      f"{overall:g} leaves room below {best.objective:g}")
     return _with_notes(best, "; ".join(notes), solve_seconds=time.perf_counter() - started, bound=overall,
                        status=status)
-
-
-def _leaner_list_schedule(problem: Problem, makespan: float, peak: float) -> tuple[Schedule, float] | None:
-    """The list schedule under caps stepped down from `peak` to the smallest feasible one:
-    the leanest that still meets `makespan`, with its peak, or None."""
-    floor = problem.smallest_feasible_cap()
-    best = None
-    for k in range(_LEAN_STEPS):
-        cap = floor + (peak - floor) * k / _LEAN_STEPS
-        tighter = dataclasses.replace(problem, memory_cap=cap)
-        for window in (False, True):
-            schedule = to_schedule(problem, greedy_timetable(tighter, window=window))
-            try:
-                sim = validate(schedule, problem.model_costs, memory_cap=problem.memory_cap)
-            except ScheduleError:
-                continue
-            lean = max(sim.peak_activation_per_rank)
-            if sim.makespan <= makespan + 1e-9 and lean < (best[1] if best else peak) - 1e-9:
-                best = (schedule, lean)
-    return best
 
 
 def _max_bound(a: float | None, b: float | None) -> float | None:

@@ -1,0 +1,90 @@
+"""The memory pass's solver-free reordering (`parplan/mip/lean.py`): same makespan, less held."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+
+from parplan.baselines import build_baseline
+from parplan.costs import PipelineCosts
+from parplan.mip.lean import pull_frees_forward
+from parplan.schedule.ir import Action, Kind, Schedule
+from parplan.schedule.simulate import simulate
+from parplan.schedule.validate import validate
+from test_mip import uneven
+
+
+def deferred_weights(num_ranks: int, num_microbatches: int) -> Schedule:
+    """1F1B with every B split into I and all W's at the end of each rank: as fast as the
+    split 1F1B, but every activation stays held until the W's run."""
+    base = build_baseline("1f1b", num_ranks, num_microbatches)
+    orders = []
+    for order in base.orders:
+        i_part = [Action(a.stage, Kind.I, a.microbatch) if a.kind is Kind.B else a for a in order]
+        w_part = [Action(a.stage, Kind.W, a.microbatch) for a in order if a.kind is Kind.B]
+        orders.append(tuple(i_part + w_part))
+    return Schedule(name="1f1b-deferred-w", stage_to_rank=base.stage_to_rank,
+                    microbatches_per_chain=base.microbatches_per_chain, orders=tuple(orders))
+
+
+def assert_same_work_in_order(before: Schedule, after: Schedule) -> None:
+    for old, new in zip(before.orders, after.orders):
+        assert Counter(map(str, old)) == Counter(map(str, new))  # a reordering: nothing added or lost
+        position = {str(a): k for k, a in enumerate(new)}
+        for a in new:
+            if a.kind is Kind.W:
+                assert position[f"{a.stage}I{a.microbatch}"] < position[str(a)]  # W after its own I
+
+
+@pytest.mark.parametrize("name,costs", [
+    ("zb-h2", uneven(4)),  # split backward: W's move (measured 14 -> 12)
+    ("gpipe", uneven(4)),  # full backward: B's move (16 -> 14)
+    ("1f1b-deferred-w", PipelineCosts.uniform(4, f=1, i=1.2, w=0.8, c=0.1)),  # 8 -> 6
+])
+def test_pulling_frees_forward_lowers_the_peak_at_the_same_makespan(name, costs):
+    schedule = deferred_weights(4, 8) if name == "1f1b-deferred-w" else build_baseline(name, 4, 8)
+    before = validate(schedule, costs)
+    found = pull_frees_forward(schedule, costs, makespan=before.makespan, deadline=time.perf_counter() + 20)
+    assert found is not None
+    lean, sim = found
+    after = validate(lean, costs)
+    assert after.makespan <= before.makespan + 1e-9
+    assert sim.peak_activation_per_rank == after.peak_activation_per_rank
+    assert max(after.peak_activation_per_rank) < max(before.peak_activation_per_rank) - 1e-9
+    assert_same_work_in_order(schedule, lean)
+
+
+def test_pulling_stops_at_a_local_optimum():
+    """1F1B runs each B as soon as it can: pulling one earlier only delays it. None."""
+    costs = uneven(4)
+    schedule = build_baseline("1f1b", 4, 8)
+    assert pull_frees_forward(schedule, costs, makespan=simulate(schedule, costs).makespan,
+                              deadline=time.perf_counter() + 20) is None
+
+
+def test_pulling_keeps_cells_and_the_makespan_it_is_given():
+    """DualPipe with F&B cells: compound actions stay where they are, and whatever it
+    returns is no longer than the makespan asked for, also one below the schedule's own."""
+    costs = PipelineCosts.uniform(4, f=1, i=1, w=1, c=0.2, fb=2.4)
+    schedule = build_baseline("dualpipe", 4, 8)
+    before = simulate(schedule, costs)
+    found = pull_frees_forward(schedule, costs, makespan=before.makespan, deadline=time.perf_counter() + 20)
+    if found is not None:
+        after = validate(found[0], costs)
+        assert after.makespan <= before.makespan + 1e-9
+        assert max(after.peak_activation_per_rank) < max(before.peak_activation_per_rank)
+        assert_same_work_in_order(schedule, found[0])
+        compound = lambda s: [[str(a) for a in o if a.kind is Kind.OVERLAP_F_B] for o in s.orders]  # noqa: E731
+        assert compound(found[0]) == compound(schedule)
+    shorter = pull_frees_forward(schedule, costs, makespan=before.makespan - 0.5, deadline=time.perf_counter() + 20)
+    assert shorter is None or validate(shorter[0], costs).makespan <= before.makespan - 0.5 + 1e-9
+
+
+def test_pulling_stops_at_its_deadline():
+    costs = uneven(4)
+    schedule = deferred_weights(4, 32)
+    started = time.perf_counter()
+    pull_frees_forward(schedule, costs, makespan=simulate(schedule, costs).makespan, deadline=started + 0.2)
+    assert time.perf_counter() - started < 0.2 + 0.5
