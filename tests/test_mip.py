@@ -290,8 +290,10 @@ def test_auto_is_optimal_only_when_no_placement_can_do_better(monkeypatch, other
         return dataclasses.replace(result, status="FEASIBLE", objective=result.objective + 100, bound=bound)
 
     monkeypatch.setattr(mip_api, "_search", search)
+    # No cap: under one the static bounds of v and loop (24.5, 24.7) exceed what dualpipe's
+    # round 1 often reaches (24.2), and whether they are searched at all became timing.
     result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs, placement="auto",
-                            memory_cap=5, time_limit=6)
+                            time_limit=6)
     assert result.placement == "dualpipe" and result.status == status
     assert result.bound == (0.0 if other_bound == 0.0 else result.objective)
 
