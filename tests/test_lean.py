@@ -88,3 +88,19 @@ def test_pulling_stops_at_its_deadline():
     started = time.perf_counter()
     pull_frees_forward(schedule, costs, makespan=simulate(schedule, costs).makespan, deadline=started + 0.2)
     assert time.perf_counter() - started < 0.2 + 0.5
+
+
+def test_lower_memory_on_a_baseline_says_when_the_result_is_also_shorter():
+    """The public entry (`parplan.mip.lower_memory`) on GPipe with unequal costs: less held,
+    never longer; a shorter makespan is reported, not hidden behind "at makespan 48"."""
+    from parplan.mip import lower_memory
+
+    costs = uneven(4)
+    schedule = build_baseline("gpipe", 4, 8)
+    before = simulate(schedule, costs)
+    lean, note = lower_memory(schedule, costs=costs, placement="chain", memory_cap=None, time_limit=5)
+    after = validate(lean, costs)
+    assert max(after.peak_activation_per_rank) < max(before.peak_activation_per_rank)
+    assert after.makespan <= before.makespan + 1e-9
+    assert ("shorter too" in note) == (after.makespan < before.makespan - 1e-9)
+    assert f"{after.makespan:g}" in note

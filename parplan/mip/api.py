@@ -26,7 +26,7 @@ from parplan.mip.lean import leaner_list_schedule, pull_frees_forward
 from parplan.mip.problem import PLACEMENTS, Problem, build_problem, check_param_cap, num_model_stages
 from parplan.mip.timetable import Timetable, canonical, from_schedule, to_schedule, without_cells
 from parplan.schedule.ir import Action, Kind, Schedule
-from parplan.schedule.simulate import SimResult
+from parplan.schedule.simulate import SimResult, simulate
 from parplan.schedule.validate import ScheduleError, validate
 
 __all__ = ["MipResult", "ProgressEvent", "solve_schedule", "lower_memory", "serial_schedule", "WARM_STARTS"]
@@ -226,7 +226,9 @@ def _memory_pass(problem: Problem, schedule: Schedule, sim: SimResult, *, cell_k
     head = f"memory pass ({outcome.status}, {outcome.seconds:.1f} s)"
     if best is None:
         return None, f"{head}: no lower peak than {before:g} at this makespan"
-    return best[0], f"{head}: largest per-rank activation peak {before:g} -> {best[1]:g} at makespan {makespan:g}"
+    after = simulate(best[0], problem.model_costs).makespan
+    at = f"makespan {makespan:g}" if after >= makespan - 1e-9 else f"makespan {makespan:g} -> {after:g} (shorter too)"
+    return best[0], f"{head}: largest per-rank activation peak {before:g} -> {best[1]:g} at {at}"
 
 
 def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objective: str, search: dict) -> MipResult:
