@@ -312,9 +312,7 @@ def _break_mirror(model: cp_model.CpModel, problem: Problem, v: _Vars) -> None:
 def problem_bounds(problem: Problem, *, cells: bool) -> tuple[dict[Task, int], dict[Task, int]]:
     """Heads and tails; with cells a task may finish early (inside a short cell) and a W
     may start with its I (a full B cell), so the bounds use those shortest durations."""
-    if not cells:
-        return problem.heads(), problem.tails()
-    head, tail, _ = _longest_paths(problem, cells=True, fifo=False)
+    head, tail, _ = _longest_paths(problem, cells=cells, fifo=False)
     return head, tail
 
 

@@ -170,14 +170,7 @@ class Problem:
     def activation(self, stage: int) -> float:
         return self.costs.activation[stage]
 
-    # ---- lower bounds and horizons -----------------------------------------------------
-    def heads(self) -> dict[Task, int]:
-        """Earliest start of every task from the dependency chains alone."""
-        head: dict[Task, int] = {}
-        for t in self.topological_tasks():
-            head[t] = max([head[p] + self.duration(p) + d for p, d in self.predecessors(t)] + [0])
-        return head
-
+    # ---- dependency graph (heads and tails: cpsat._longest_paths) ------------------------
     def successors(self) -> dict[Task, list[tuple[Task, int]]]:
         """(consumer, delay) pairs of every task: `predecessors` turned around."""
         succ: dict[Task, list[tuple[Task, int]]] = {t: [] for t in self.task_list}
@@ -185,14 +178,6 @@ class Problem:
             for p, d in self.predecessors(t):
                 succ[p].append((t, d))
         return succ
-
-    def tails(self) -> dict[Task, int]:
-        """Least time from a task's start to the end of everything that depends on it."""
-        succ = self.successors()
-        tail: dict[Task, int] = {}
-        for t in reversed(self.topological_tasks()):
-            tail[t] = self.duration(t) + max([d + tail[q] for q, d in succ[t]] + [0])
-        return tail
 
     def topological_tasks(self) -> list[Task]:
         order: list[Task] = []
