@@ -38,8 +38,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                      help="F&B cells the MIP may form when FB < F+B: fb pairs an F with a full backward, as "
                           "DualPipe does (default); any may also pair it with an I, its W then running apart")
     mip.add_argument("--minimise-memory", action="store_true",
-                     help="when the search ends early, spend up to a quarter of the time limit on the same "
-                          "makespan at the lowest per-rank activation peak")
+                     help="keep a quarter of the time limit for finding the same makespan at a lower "
+                          "per-rank activation peak (the search gets the rest)")
     mip.add_argument("--solver", choices=("cpsat", "highs"), default="cpsat")
     mip.add_argument("--seed", type=int, default=0)
     mip.add_argument("--workers", type=positive_int, default=2)

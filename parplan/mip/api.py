@@ -120,10 +120,10 @@ def solve_schedule(
     `dump_model` writes the solver's model (CP-SAT: .pb/.pbtxt; HiGHS: .lp/.mps).
     `cells` (when the costs make F&B cells shorter): 'fb' pairs an F with a full backward,
     as DualPipe does; 'any' may also pair it with an I alone, the W then running apart.
-    `minimise_memory`: when the search ends before the deadline (proven, or a warm start
-    met the bound), a second CP-SAT pass with at most a quarter of `time_limit` looks for
-    the same makespan at a lower largest per-rank activation peak (the planner's setting:
-    the makespan objective does not see memory below the cap).
+    `minimise_memory`: the search keeps a quarter of `time_limit` back, and the memory
+    pass uses it (with whatever the search left over, up to a quarter in all) to find the
+    same makespan at a lower largest per-rank activation peak (the makespan objective does
+    not see memory below the cap; the planner runs the pass on the plan it keeps).
     """
     started = time.perf_counter()
     deadline = started + time_limit if isinstance(time_limit, (int, float)) else started
@@ -149,14 +149,20 @@ def solve_schedule(
                  cell_kinds=CELL_KINDS[cells])
         for name in chosen
     ]
+    lean = minimise_memory and solver == "cpsat" and objective == "makespan" and not link_contention
+    # Asked for, the memory pass keeps a quarter of the time even when the search could use it all.
+    search_deadline = deadline - 0.25 * time_limit if lean else deadline
     if len(prepared) == 1:
-        result = _search(prepared[0], deadline=deadline, started=started, **search)
+        result = _search(prepared[0], deadline=search_deadline, started=started, **search)
     else:
-        result = _auto(prepared, deadline=deadline, started=started, objective=objective, search=search)
-    if minimise_memory and solver == "cpsat" and objective == "makespan" and not link_contention:
+        result = _auto(prepared, deadline=search_deadline, started=started, objective=objective, search=search)
+    if lean:
         prep = next(p for p in prepared if p.problem.placement == result.placement)
         result = _lower_peak(result, prep, deadline=deadline, budget=0.25 * time_limit, started=started,
                              seed=seed, workers=workers)
+    elif minimise_memory:
+        result = _with_notes(result, "memory pass skipped: it needs the CP-SAT solver, the makespan objective "
+                                     "and no link contention", solve_seconds=result.solve_seconds)
     return result
 
 
@@ -167,7 +173,8 @@ def _lower_peak(result: MipResult, prep: _Prepared, *, deadline: float, budget: 
     schedule, note = _memory_pass(prep.problem, result.schedule, result.simulation, cell_kinds=prep.cell_kinds,
                                   deadline=deadline, budget=budget, seed=seed, workers=workers)
     if schedule is None:
-        return result if note is None else _with_notes(result, note, solve_seconds=time.perf_counter() - started)
+        note = note or "memory pass skipped: under 0.5 s left; raise the time limit"
+        return _with_notes(result, note, solve_seconds=time.perf_counter() - started)
     lowered = _result(prep.problem, schedule, result.status, result.bound, result.warm_start, list(result.notes),
                       time.perf_counter() - started, "makespan")
     return _with_notes(lowered, note, solve_seconds=lowered.solve_seconds)
