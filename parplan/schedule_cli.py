@@ -125,6 +125,9 @@ def run_schedule(args) -> int:
         text = json.dumps(data, indent=1) + "\n"
     else:
         text = schedule.to_text()
+    if args.format != "json":  # JSON carries the report; CSV and text stay clean for loaders
+        for line in solver_report(row):
+            print(line, file=sys.stderr)
     if args.output:
         write_outputs({args.output: text})
     else:
@@ -173,16 +176,22 @@ def format_table(rows: list[ComparisonRow]) -> str:
         body.append(cells)
     out = format_columns(header, body)
     for row in rows:
-        if row.solver:
-            s = row.solver
-            gap = "n/a" if s.get("gap") is None else f"{s['gap']:.2%}"
-            out.append(f"{row.schedule.name}: status {s.get('status')}, objective {s.get('objective'):.4g}, "
-                       f"bound {s.get('bound'):.4g}, gap {gap}, {s.get('solve_seconds'):.1f}s, "
-                       f"placement {s.get('placement')}, warm start {s.get('warm_start')}")
-            out += [f"  note: {n}" for n in s.get("notes", [])]
+        out += solver_report(row)
     out.append("units: time and memory per the cost spec; activations and params in one rank-share "
                "(a 1F1B stage) per micro-batch")
     return "\n".join(out) + "\n"
+
+
+def solver_report(row: ComparisonRow) -> list[str]:
+    """The MIP's status line and notes (empty for a baseline)."""
+    if not row.solver:
+        return []
+    s = row.solver
+    gap = "n/a" if s.get("gap") is None else f"{s['gap']:.2%}"
+    lines = [f"{row.schedule.name}: status {s.get('status')}, objective {s.get('objective'):.4g}, "
+             f"bound {s.get('bound'):.4g}, gap {gap}, {s.get('solve_seconds'):.1f}s, "
+             f"placement {s.get('placement')}, warm start {s.get('warm_start')}"]
+    return lines + [f"  note: {n}" for n in s.get("notes", [])]
 
 
 # Re-exported for the Python API of later passes.

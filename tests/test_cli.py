@@ -126,3 +126,16 @@ def test_minimise_memory_keeps_the_makespan_and_lowers_the_peak(capsys):
     plain, lean = sims
     assert lean["makespan"] == pytest.approx(plain["makespan"])
     assert max(lean["peak_activations_per_rank"]) < max(plain["peak_activations_per_rank"])
+
+
+def test_schedule_mip_reports_its_status_on_stderr_and_keeps_csv_clean(capsys):
+    """Text and CSV outputs are loaded by other tools: the solver's status, bound and notes
+    go to stderr (JSON carries them inside)."""
+    code, out, err = run(capsys, "schedule", "mip", "-n", "4", "-m", "8", "--cost", "F=1,I=1.2,W=0.8,C=0.1",
+                         "--placement", "v", "--time-limit", "10", "--format", "csv")
+    assert code == 0
+    schedule = Schedule.from_csv(out, name="mip")
+    assert schedule.num_ranks == 4 and schedule.stage_to_rank == (0, 1, 2, 3, 3, 2, 1, 0)
+    assert "mip: status OPTIMAL, objective 25.8" in err and "placement v" in err
+    code, out, err = run(capsys, "schedule", "1f1b", "-n", "4", "-m", "8", "--format", "csv")
+    assert code == 0 and err == ""
