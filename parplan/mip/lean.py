@@ -9,8 +9,8 @@ size; `api._memory_pass` runs them before CP-SAT minimises the peak exactly:
 * `pull_frees_forward`: a local search on the schedule itself. A rank's activation level
   rises at each F's start and falls at each W's end (a B's when the backward is not
   split), in the order the rank runs them, so its peak depends on its order only. On the
-  ranks with the highest peaks, a later W is moved to just before the F where the rank
-  first reaches its peak; the move is kept when the simulated makespan does not grow and
+  ranks with the highest peaks, a later W (or such a B; F&B cells stay whole) is moved
+  to just before the F where the rank first reaches its peak; the move is kept when the simulated makespan does not grow and
   (largest peak, sum of peaks) falls. It stops at a local optimum or the deadline.
 """
 
