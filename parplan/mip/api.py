@@ -26,7 +26,7 @@ from parplan.mip.lean import leaner_list_schedule, pull_frees_forward
 from parplan.mip.problem import PLACEMENTS, Problem, build_problem, check_param_cap, num_model_stages
 from parplan.mip.timetable import Timetable, canonical, from_schedule, to_schedule, without_cells
 from parplan.schedule.ir import Action, Kind, Schedule
-from parplan.schedule.simulate import SimResult, simulate
+from parplan.schedule.simulate import SimResult
 from parplan.schedule.validate import ScheduleError, validate
 
 __all__ = ["MipResult", "ProgressEvent", "solve_schedule", "lower_memory", "serial_schedule", "WARM_STARTS"]
@@ -222,20 +222,21 @@ def _memory_pass(problem: Problem, schedule: Schedule, sim: SimResult, *, cell_k
     candidates = [pulled[0]] if pulled is not None else []
     if outcome.timetable is not None:
         candidates.append(to_schedule(problem, outcome.timetable))
+    least = max(best[1].peak_activation_per_rank) if best else before
     for found in candidates:
         try:
             found_sim = validate(found, problem.model_costs, memory_cap=problem.memory_cap)
         except ScheduleError:
             continue  # only with rounded times; keep what we have
         peak = max(found_sim.peak_activation_per_rank)
-        if found_sim.makespan <= makespan + 1e-9 and peak < (best[1] if best else before) - 1e-9:
-            best = (found, peak)
+        if found_sim.makespan <= makespan + 1e-9 and peak < least - 1e-9:
+            best, least = (found, found_sim), peak
     head = f"memory pass ({outcome.status}, {outcome.seconds:.1f} s)"
     if best is None:
         return None, f"{head}: no lower peak than {before:g} at this makespan"
-    after = simulate(best[0], problem.model_costs).makespan
+    after = best[1].makespan
     at = f"makespan {makespan:g}" if after >= makespan - 1e-9 else f"makespan {makespan:g} -> {after:g} (shorter too)"
-    return best[0], f"{head}: largest per-rank activation peak {before:g} -> {best[1]:g} at {at}"
+    return best[0], f"{head}: largest per-rank activation peak {before:g} -> {least:g} at {at}"
 
 
 def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objective: str, search: dict) -> MipResult:

@@ -10,8 +10,9 @@ size; `api._memory_pass` runs them before CP-SAT minimises the peak exactly:
   rises at each F's start and falls at each W's end (a B's when the backward is not
   split), in the order the rank runs them, so its peak depends on its order only. On the
   ranks with the highest peaks, a later W (or such a B; F&B cells stay whole) is moved
-  to just before the F where the rank first reaches its peak; the move is kept when the simulated makespan does not grow and
-  (largest peak, sum of peaks) falls. It stops at a local optimum or the deadline.
+  to just before the F where the rank first reaches its peak; the move is kept when the
+  simulated makespan does not grow and (largest peak, sum of peaks) falls. It stops at a
+  local optimum or the deadline.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from parplan.schedule.validate import ScheduleError, validate
 _LEAN_STEPS = 8  # caps tried by the list schedules, from the smallest feasible up
 
 
-def leaner_list_schedule(problem: Problem, makespan: float, peak: float) -> tuple[Schedule, float] | None:
+def leaner_list_schedule(problem: Problem, makespan: float, peak: float) -> tuple[Schedule, SimResult] | None:
     """The list schedule under caps stepped down from `peak` to the smallest feasible one:
-    the leanest that still meets `makespan`, with its peak, or None."""
+    the leanest that still meets `makespan`, with its simulation, or None."""
     floor = problem.smallest_feasible_cap()
-    best = None
+    best, least = None, peak
     for k in range(_LEAN_STEPS):
         cap = floor + (peak - floor) * k / _LEAN_STEPS
         tighter = dataclasses.replace(problem, memory_cap=cap)
@@ -46,8 +47,8 @@ def leaner_list_schedule(problem: Problem, makespan: float, peak: float) -> tupl
             except ScheduleError:
                 continue
             lean = max(sim.peak_activation_per_rank)
-            if sim.makespan <= makespan + 1e-9 and lean < (best[1] if best else peak) - 1e-9:
-                best = (schedule, lean)
+            if sim.makespan <= makespan + 1e-9 and lean < least - 1e-9:
+                best, least = (schedule, sim), lean
     return best
 
 
