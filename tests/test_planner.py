@@ -152,7 +152,9 @@ def test_kept_plan_gets_the_memory_pass_at_the_same_step_time(llama_trace, monke
     _, traced = llama_trace
     config = PlannerConfig(microbatches=8, time_limit=10, degrees=Degrees(pp=4, dp=1, tp=1))
     lean = plan_traced(traced, load_cluster("h100x8"), config)
-    monkeypatch.setattr(mip, "lower_memory", lambda schedule, **_: (schedule, None))
+    monkeypatch.setattr(mip, "lower_memory", lambda schedule, **_: mip.MemoryPass(
+        schedule=schedule, lowered=False, ran=False, solver_status=None, solver_seconds=0.0, peak_before=0.0,
+        peak_after=0.0, makespan_before=0.0, makespan_after=0.0))
     plain = plan_traced(traced, load_cluster("h100x8"), config)
     assert plain.best.solver.get("schedule") == lean.best.solver.get("schedule") == "mip"
     assert lean.best.step_time_s == pytest.approx(plain.best.step_time_s, rel=1e-12)

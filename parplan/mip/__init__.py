@@ -2,10 +2,10 @@
 
 `solve_schedule` is the entry point (CP-SAT by default, the paper's big-M model on HiGHS
 with solver='highs'); `lower_memory` keeps a schedule's makespan at a lower activation
-peak; `brute.py` enumerates tiny instances as a third opinion.
+peak (a `MemoryPass`); `brute.py` enumerates tiny instances as a third opinion.
 """
 
-from parplan.mip.api import MipResult, lower_memory, solve_schedule
+from parplan.mip.api import MemoryPass, MipResult, lower_memory, solve_schedule
 from parplan.mip.cpsat import ProgressEvent
 
-__all__ = ["MipResult", "ProgressEvent", "lower_memory", "solve_schedule"]
+__all__ = ["MemoryPass", "MipResult", "ProgressEvent", "lower_memory", "solve_schedule"]

@@ -12,7 +12,7 @@ placement under the same cap (with placement='auto': of any placement).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 from parplan.baselines import build_baseline
@@ -29,7 +29,8 @@ from parplan.schedule.ir import Action, Kind, Schedule
 from parplan.schedule.simulate import SimResult
 from parplan.schedule.validate import ScheduleError, validate
 
-__all__ = ["MipResult", "ProgressEvent", "solve_schedule", "lower_memory", "serial_schedule", "WARM_STARTS"]
+__all__ = ["MemoryPass", "MipResult", "ProgressEvent", "solve_schedule", "lower_memory", "serial_schedule",
+           "WARM_STARTS"]
 
 # Baselines that run on each placement (same stage→rank map, so they can seed the model).
 WARM_STARTS: dict[str, tuple[str, ...]] = {
@@ -52,6 +53,38 @@ _RESERVE_PER_TASK = 6e-4
 # (lns.py) improves its best for the rest: a 1,500-task model finds little on its own.
 _FULL_MODEL_TASKS = 200
 _FULL_MODEL_SHARE = {800: 0.6, None: 0.3}  # share of the search time by task count
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MemoryPass:
+    """What the memory pass did (`lower_memory`; `solve_schedule(minimise_memory=True)`
+    puts its `note` in the result's notes). Peaks are the largest per-rank activation, in
+    the cost model's units (bytes from the planner)."""
+
+    schedule: Schedule  # the schedule to keep: the given one unless `lowered`
+    lowered: bool  # a schedule no longer and holding strictly less was found
+    ran: bool  # False: under 0.5 s was left, nothing was tried
+    solver_status: str | None  # the CP-SAT max-peak model's status (None when not run)
+    solver_seconds: float
+    peak_before: float
+    peak_after: float
+    makespan_before: float
+    makespan_after: float
+
+    @property
+    def head(self) -> str:
+        return f"memory pass ({self.solver_status}, {self.solver_seconds:.1f} s)" if self.ran else "memory pass"
+
+    @property
+    def note(self) -> str:
+        if not self.ran:
+            return "memory pass skipped: under 0.5 s left; raise the time limit"
+        if not self.lowered:
+            return f"{self.head}: no lower peak than {self.peak_before:g} at this makespan"
+        at = f"makespan {self.makespan_before:g}"
+        if self.makespan_after < self.makespan_before - 1e-9:
+            at += f" -> {self.makespan_after:g} (shorter too)"
+        return f"{self.head}: largest per-rank activation peak {self.peak_before:g} -> {self.peak_after:g} at {at}"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -170,43 +203,44 @@ def _lower_peak(result: MipResult, prep: _Prepared, *, deadline: float, budget: 
                 seed: int, workers: int) -> MipResult:
     """`solve_schedule(minimise_memory=True)`: the memory pass on the result; status and
     bound still refer to the makespan."""
-    schedule, note = _memory_pass(prep.problem, result.schedule, result.simulation, cell_kinds=prep.cell_kinds,
-                                  deadline=deadline, budget=budget, seed=seed, workers=workers)
-    if schedule is None:
-        note = note or "memory pass skipped: under 0.5 s left; raise the time limit"
-        return _with_notes(result, note, solve_seconds=time.perf_counter() - started)
-    lowered = _result(prep.problem, schedule, result.status, result.bound, result.warm_start, list(result.notes),
-                      time.perf_counter() - started, "makespan")
-    return _with_notes(lowered, note, solve_seconds=lowered.solve_seconds)
+    lean = _memory_pass(prep.problem, result.schedule, result.simulation, cell_kinds=prep.cell_kinds,
+                        deadline=deadline, budget=budget, seed=seed, workers=workers)
+    if not lean.lowered:
+        return _with_notes(result, lean.note, solve_seconds=time.perf_counter() - started)
+    lowered = _result(prep.problem, lean.schedule, result.status, result.bound, result.warm_start,
+                      list(result.notes), time.perf_counter() - started, "makespan")
+    return _with_notes(lowered, lean.note, solve_seconds=lowered.solve_seconds)
 
 
 def lower_memory(schedule: Schedule, *, costs: PipelineCosts, placement: str, memory_cap: float | None,
                  time_limit: float, seed: int = 0, workers: int = 2,
-                 cells: Literal["fb", "any"] = "fb") -> tuple[Schedule, str | None]:
+                 cells: Literal["fb", "any"] = "fb") -> MemoryPass:
     """The memory pass on any schedule of a placement: the same makespan at a lower largest
-    per-rank activation peak, within `time_limit` seconds. Returns the schedule to keep
-    (the given one when nothing lower was found) and a note (None when there was no time).
-    The planner runs it once, on the plan it keeps."""
+    per-rank activation peak, within `time_limit` seconds. `MemoryPass.schedule` is the one
+    to keep (the given one, under its own name, when nothing lower was found). The planner
+    runs it once, on the plan it keeps."""
     deadline = time.perf_counter() + time_limit
     problem = build_problem(placement=placement, num_ranks=schedule.num_ranks,
                             num_microbatches=schedule.microbatches_per_chain * len(schedule.chains),
                             costs=costs, memory_cap=memory_cap)
     sim = validate(schedule, problem.model_costs, memory_cap=memory_cap)
-    lowered, note = _memory_pass(problem, schedule, sim, cell_kinds=CELL_KINDS[cells], deadline=deadline,
-                                 budget=time_limit, seed=seed, workers=workers)
-    return (_renamed(lowered, schedule.name) if lowered is not None else schedule), note
+    lean = _memory_pass(problem, schedule, sim, cell_kinds=CELL_KINDS[cells], deadline=deadline,
+                        budget=time_limit, seed=seed, workers=workers)
+    return replace(lean, schedule=_renamed(lean.schedule, schedule.name)) if lean.lowered else lean
 
 
 def _memory_pass(problem: Problem, schedule: Schedule, sim: SimResult, *, cell_kinds: tuple[bool, ...],
-                 deadline: float, budget: float, seed: int, workers: int) -> tuple[Schedule | None, str | None]:
-    """(a schedule no longer than `sim` that holds strictly less at its largest per-rank
-    peak, or None; a note, or None when no time was left). The list schedule under caps
-    stepped down from the peak and W's pulled forward (`lean.py`: no solver, so they also
-    serve models CP-SAT cannot load in the time left), then CP-SAT minimising the peak."""
+                 deadline: float, budget: float, seed: int, workers: int) -> MemoryPass:
+    """A schedule no longer than `sim` that holds strictly less at its largest per-rank
+    peak, if one is found. The list schedule under caps stepped down from the peak and W's
+    pulled forward (`lean.py`: no solver, so they also serve models CP-SAT cannot load in
+    the time left), then CP-SAT minimising the peak."""
+    before, makespan = max(sim.peak_activation_per_rank), sim.makespan
+    unchanged = dict(schedule=schedule, lowered=False, peak_before=before, peak_after=before,
+                     makespan_before=makespan, makespan_after=makespan)
     reserve = _RESERVE_SECONDS + _RESERVE_PER_TASK * len(problem.tasks())
     if min(budget, deadline - reserve - time.perf_counter()) < 0.5:
-        return None, None
-    before, makespan = max(sim.peak_activation_per_rank), sim.makespan
+        return MemoryPass(ran=False, solver_status=None, solver_seconds=0.0, **unchanged)
     end = min(deadline - reserve, time.perf_counter() + budget)
     best = leaner_list_schedule(problem, makespan, before)
     start_from = best[0] if best is not None else schedule
@@ -231,12 +265,11 @@ def _memory_pass(problem: Problem, schedule: Schedule, sim: SimResult, *, cell_k
         peak = max(found_sim.peak_activation_per_rank)
         if found_sim.makespan <= makespan + 1e-9 and peak < least - 1e-9:
             best, least = (found, found_sim), peak
-    head = f"memory pass ({outcome.status}, {outcome.seconds:.1f} s)"
+    ran = dict(ran=True, solver_status=outcome.status, solver_seconds=outcome.seconds)
     if best is None:
-        return None, f"{head}: no lower peak than {before:g} at this makespan"
-    after = best[1].makespan
-    at = f"makespan {makespan:g}" if after >= makespan - 1e-9 else f"makespan {makespan:g} -> {after:g} (shorter too)"
-    return best[0], f"{head}: largest per-rank activation peak {before:g} -> {least:g} at {at}"
+        return MemoryPass(**ran, **unchanged)
+    return MemoryPass(**ran, schedule=best[0], lowered=True, peak_before=before, peak_after=least,
+                      makespan_before=makespan, makespan_after=best[1].makespan)
 
 
 def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objective: str, search: dict) -> MipResult:

@@ -393,18 +393,19 @@ def _leaner(best: Evaluated, config: PlannerConfig, cap: float, left: float, not
     from parplan.mip import lower_memory
 
     placed = best.placed
-    schedule, note = lower_memory(best.schedule, costs=placed.costs, placement=placed.family.name,
-                                  memory_cap=cap - max(placed.static_bytes),
-                                  time_limit=min(left, 0.25 * config.time_limit), seed=config.seed,
-                                  workers=config.workers)
-    leaner = best if schedule is best.schedule else evaluate_schedule(best.label, placed, schedule, cap, best.solver)
+    lean = lower_memory(best.schedule, costs=placed.costs, placement=placed.family.name,
+                        memory_cap=cap - max(placed.static_bytes),
+                        time_limit=min(left, 0.25 * config.time_limit), seed=config.seed, workers=config.workers)
+    leaner = evaluate_schedule(best.label, placed, lean.schedule, cap, best.solver) if lean.lowered else best
     if leaner.step_time_s > best.step_time_s + 1e-12 or not leaner.fits:
         leaner = best
-    if note is not None:  # the solver's note counts bytes; say it per device in GiB
-        status = note.split(":")[0]
+    if not lean.ran:
+        notes.append(lean.note)
+    elif leaner is best:
+        notes.append(f"{lean.head}: no lower peak memory at this step time")
+    else:  # the pass counts activation bytes; say it per device (parameters included) in GiB
         before, after = max(best.peak_memory_bytes) / 2**30, max(leaner.peak_memory_bytes) / 2**30
-        notes.append(f"{status}: peak memory per device {before:.1f} -> {after:.1f} GiB at the same step time"
-                     if leaner is not best else f"{status}: no lower peak memory at this step time")
+        notes.append(f"{lean.head}: peak memory per device {before:.1f} -> {after:.1f} GiB at the same step time")
     return leaner
 
 
