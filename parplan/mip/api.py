@@ -22,7 +22,7 @@ from parplan.mip.cpsat import (
     CpSatOptions, ProgressEvent, makespan_lower_bound, solve_cpsat,
 )
 from parplan.mip.greedy import greedy_timetable
-from parplan.mip.lean import leaner_list_schedule, pull_frees_forward
+from parplan.mip.lean import if_leaner, leaner_list_schedule, pull_frees_forward
 from parplan.mip.problem import PLACEMENTS, Problem, build_problem, check_param_cap, num_model_stages
 from parplan.mip.timetable import Timetable, canonical, from_schedule, to_schedule, without_cells
 from parplan.schedule.ir import Action, Kind, Schedule
@@ -257,14 +257,10 @@ def _memory_pass(problem: Problem, schedule: Schedule, sim: SimResult, *, cell_k
     if outcome.timetable is not None:
         candidates.append(to_schedule(problem, outcome.timetable))
     least = max(best[1].peak_activation_per_rank) if best else before
-    for found in candidates:
-        try:
-            found_sim = validate(found, problem.model_costs, memory_cap=problem.memory_cap)
-        except ScheduleError:
-            continue  # only with rounded times; keep what we have
-        peak = max(found_sim.peak_activation_per_rank)
-        if found_sim.makespan <= makespan + 1e-9 and peak < least - 1e-9:
-            best, least = (found, found_sim), peak
+    for candidate in candidates:
+        found = if_leaner(problem, candidate, makespan, least)
+        if found is not None:
+            best, least = found, max(found[1].peak_activation_per_rank)
     ran = dict(ran=True, solver_status=outcome.status, solver_seconds=outcome.seconds)
     if best is None:
         return MemoryPass(**ran, **unchanged)

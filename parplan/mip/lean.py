@@ -32,23 +32,31 @@ from parplan.schedule.validate import ScheduleError, validate
 _LEAN_STEPS = 8  # caps tried by the list schedules, from the smallest feasible up
 
 
+def if_leaner(problem: Problem, schedule: Schedule, makespan: float,
+              least: float) -> tuple[Schedule, SimResult] | None:
+    """`schedule` with its simulation when it is valid under the problem's cap, no longer
+    than `makespan` and holds strictly less than `least` at its largest per-rank peak: the
+    one rule by which the memory pass keeps a candidate."""
+    try:
+        sim = validate(schedule, problem.model_costs, memory_cap=problem.memory_cap)
+    except ScheduleError:
+        return None  # a list schedule or solver order re-timed with rounded costs
+    if sim.makespan <= makespan + 1e-9 and max(sim.peak_activation_per_rank) < least - 1e-9:
+        return schedule, sim
+    return None
+
+
 def leaner_list_schedule(problem: Problem, makespan: float, peak: float) -> tuple[Schedule, SimResult] | None:
     """The list schedule under caps stepped down from `peak` to the smallest feasible one:
     the leanest that still meets `makespan`, with its simulation, or None."""
     floor = problem.smallest_feasible_cap()
     best, least = None, peak
     for k in range(_LEAN_STEPS):
-        cap = floor + (peak - floor) * k / _LEAN_STEPS
-        tighter = dataclasses.replace(problem, memory_cap=cap)
+        tighter = dataclasses.replace(problem, memory_cap=floor + (peak - floor) * k / _LEAN_STEPS)
         for window in (False, True):
-            schedule = to_schedule(problem, greedy_timetable(tighter, window=window))
-            try:
-                sim = validate(schedule, problem.model_costs, memory_cap=problem.memory_cap)
-            except ScheduleError:
-                continue
-            lean = max(sim.peak_activation_per_rank)
-            if sim.makespan <= makespan + 1e-9 and lean < least - 1e-9:
-                best, least = (schedule, sim), lean
+            found = if_leaner(problem, to_schedule(problem, greedy_timetable(tighter, window=window)), makespan, least)
+            if found is not None:
+                best, least = found, max(found[1].peak_activation_per_rank)
     return best
 
 
