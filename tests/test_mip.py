@@ -224,6 +224,18 @@ def test_same_seed_and_workers_give_the_same_schedule():
     assert runs[0].schedule.to_text() == runs[1].schedule.to_text()
 
 
+@pytest.mark.parametrize("portfolio", ["default", "proof"])
+def test_both_portfolios_are_deterministic_and_agree_on_the_optimum(portfolio):
+    # A search the warm start does not settle: cells, unequal costs and transfers, a cap.
+    problem = build_problem(placement="dualpipe", num_ranks=2, num_microbatches=4,
+                            costs=uneven(2, ratio=0.7), memory_cap=3.0)
+    runs = [solve_cpsat(problem, hint=None, options=CpSatOptions(time_limit=30, seed=5, portfolio=p))
+            for p in (portfolio, portfolio, "proof" if portfolio == "default" else "default")]
+    assert all(r.status == "OPTIMAL" for r in runs)
+    assert (runs[0].timetable.start, runs[0].timetable.cells) == (runs[1].timetable.start, runs[1].timetable.cells)
+    assert runs[0].objective == runs[2].objective
+
+
 def test_cap_below_one_microbatch_fails_at_once_with_the_smallest_feasible_cap():
     with pytest.raises(ParplanError, match="smallest feasible cap is 1"):
         solve_schedule(num_ranks=4, num_microbatches=8, costs=PipelineCosts.uniform(8).scaled(0.5),

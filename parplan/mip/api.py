@@ -53,6 +53,10 @@ _RESERVE_PER_TASK = 6e-4
 # (lns.py) improves its best for the rest: a 1,500-task model finds little on its own.
 _FULL_MODEL_TASKS = 200
 _FULL_MODEL_SHARE = {800: 0.6, None: 0.3}  # share of the search time by task count
+# Up to this many tasks CP-SAT runs its proof portfolio (no LNS of its own): proofs came
+# within 60 s up to 144 tasks; at 192 neither portfolio proves and the default one's
+# LNS found the better schedules (docs/mip.md §3, "Search portfolio").
+_PROOF_PORTFOLIO_TASKS = 150
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -397,7 +401,8 @@ def _search(prep: _Prepared, *, deadline: float, started: float, seed: int, work
             _FULL_MODEL_SHARE[800] if num_tasks <= 800 else _FULL_MODEL_SHARE[None])
         options = CpSatOptions(time_limit=max(0.05, share * left()), seed=seed, workers=workers,
                                objective=objective, link_contention=link_contention, dump_path=dump_model,
-                               cell_kinds=prep.cell_kinds)
+                               cell_kinds=prep.cell_kinds,
+                               portfolio="proof" if num_tasks <= _PROOF_PORTFOLIO_TASKS else "default")
         outcome = solve_cpsat(problem, hint=hint, options=options, progress=progress)
         best_table = outcome.timetable
         if lns and outcome.status != "OPTIMAL" and left() > 1.0:

@@ -68,6 +68,10 @@ class CpSatOptions:
     max_cell_pairs: int = 6000  # beyond this many candidate (F, I) pairs keep the ones nearest in the warm start
     link_contention: bool = False
     deterministic: bool = True
+    # "default": CP-SAT's portfolio (8 full-problem subsolvers and 10 LNS ones, in turn).
+    # "proof": its first full-problem subsolvers only, one per worker (at least default_lp
+    # and no_lp) and no LNS: proofs come 2-3x sooner on ~100-task models (docs/mip.md §4).
+    portfolio: Literal["default", "proof"] = "default"
     # Cells run a full B with their F, as DualPipe's do; (False, True) also allows (F;I)
     # cells, the W then running apart (`solve_schedule(cells="any")`, docs/mip.md §2).
     cell_kinds: tuple[bool, ...] = (True,)  # False: (F;I) cell, True: (F;B) cell
@@ -79,6 +83,7 @@ class CpSatOptions:
 
     def __post_init__(self) -> None:
         assert self.workers >= 1 and self.time_limit > 0 and self.objective in ("makespan", "throughput")
+        assert self.portfolio in ("default", "proof")
         assert not self.minimise_peak or self.objective == "makespan"
 
 
@@ -600,6 +605,11 @@ def _gap(incumbent: float, bound: float) -> float:
     return 0.0 if incumbent <= bound + 1e-9 else (incumbent - bound) / max(abs(incumbent), 1e-9)
 
 
+# Full-problem subsolvers for portfolio="proof", in order of use (measured with two).
+_PROOF_SUBSOLVERS = ("default_lp", "no_lp", "max_lp", "quick_restart", "reduced_costs", "pseudo_costs",
+                     "quick_restart_no_lp", "fixed")
+
+
 def solve_cpsat(
     problem: Problem,
     *,
@@ -617,10 +627,13 @@ def solve_cpsat(
     params.num_workers = options.workers
     params.random_seed = options.seed
     # Deterministic multi-worker search: same seed and worker count, same answer (as long
-    # as the search ends before the wall-clock limit). Batches of one task keep it within
-    # ~2x of free-running workers; the default batch was 5-7x slower on the 8-rank grid.
+    # as the search ends before the wall-clock limit). One task per worker in each batch:
+    # a batch of one ran the workers one at a time, on one core.
     params.interleave_search = options.deterministic and options.workers > 1
-    params.interleave_batch_size = 1
+    params.interleave_batch_size = options.workers
+    if options.portfolio == "proof":
+        params.subsolvers.extend(_PROOF_SUBSOLVERS[:max(2, options.workers)])
+        params.use_lns = False
     callback = None
     if progress is not None:
         callback = _Progress(progress, problem.time_scale, started)
