@@ -353,3 +353,17 @@ def test_pp16_m64_unit_costs_within_055_of_dualpipe():
     result = solve_schedule(num_ranks=16, num_microbatches=64, costs=costs, memory_cap=cap, time_limit=60)
     check(result, costs, cap)
     assert result.simulation.max_bubble <= 0.55 * dualpipe.max_bubble
+
+
+@pytest.mark.slow
+def test_grid_4x8_cell_row_is_proven_within_its_minute():
+    """The grid's 4 × 8 row with F&B cells (C=0.2, FB=0.8·(F+B)) under DualPipe's cap: 24.2,
+    certified over every placement inside the 60 s call (34.5 s on the 2-core box)."""
+    def rank_costs(num_stages: int) -> PipelineCosts:
+        return PipelineCosts.uniform(num_stages, f=1, i=1, w=1, c=0.2, fb=2.4).scaled(4 / num_stages)
+
+    cap = dualpipe_cap(4, 8, rank_costs(4))
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs, memory_cap=cap, time_limit=60)
+    check(result, rank_costs(4 if result.placement in ("dualpipe", "chain") else 8), cap)
+    assert result.status == "OPTIMAL" and result.bound == pytest.approx(result.objective)
+    assert result.objective == pytest.approx(24.2)
