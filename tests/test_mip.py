@@ -224,12 +224,13 @@ def test_same_seed_and_workers_give_the_same_schedule():
     assert runs[0].schedule.to_text() == runs[1].schedule.to_text()
 
 
-@pytest.mark.parametrize("portfolio", ["default", "proof"])
-def test_both_portfolios_are_deterministic_and_agree_on_the_optimum(portfolio):
+@pytest.mark.parametrize("portfolio,workers", [("default", 2), ("proof", 2), ("proof", 4)])
+def test_both_portfolios_are_deterministic_and_agree_on_the_optimum(portfolio, workers):
     # A search the warm start does not settle: cells, unequal costs and transfers, a cap.
+    # Four workers take the proof portfolio past its measured pair (max_lp, quick_restart).
     problem = build_problem(placement="dualpipe", num_ranks=2, num_microbatches=4,
                             costs=uneven(2, ratio=0.7), memory_cap=3.0)
-    runs = [solve_cpsat(problem, hint=None, options=CpSatOptions(time_limit=30, seed=5, portfolio=p))
+    runs = [solve_cpsat(problem, hint=None, options=CpSatOptions(time_limit=30, seed=5, portfolio=p, workers=workers))
             for p in (portfolio, portfolio, "proof" if portfolio == "default" else "default")]
     assert all(r.status == "OPTIMAL" for r in runs)
     assert (runs[0].timetable.start, runs[0].timetable.cells) == (runs[1].timetable.start, runs[1].timetable.cells)
