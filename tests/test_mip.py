@@ -35,6 +35,12 @@ def uneven(num_stages: int, *, transfer: bool = True, ratio: float = 1.0) -> Pip
                          overlap_ratio=ratio)
 
 
+def cell_rank_costs(num_stages: int) -> PipelineCosts:
+    """The grid's cell costs (F=I=W=1, C=0.2, FB=0.8·(F+B)) for 4 ranks' model cut into
+    `num_stages` stages (4 on the DualPipe placement, 8 on V and loop)."""
+    return PipelineCosts.uniform(num_stages, f=1, i=1, w=1, c=0.2, fb=2.4).scaled(4 / num_stages)
+
+
 def dualpipe_cap(num_ranks: int, num_microbatches: int, costs: PipelineCosts) -> float:
     return max(simulate(build_baseline("dualpipe", num_ranks, num_microbatches), costs).peak_activation_per_rank)
 
@@ -282,16 +288,13 @@ def test_placement_auto_tries_each_and_keeps_the_best():
     result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs, placement="auto", time_limit=30)
     assert result.placement in ("dualpipe", "v", "loop")
     assert any("placement auto tried" in n for n in result.notes)
-    check(result, rank_costs(4 if result.placement == "dualpipe" else 8), None)
+    check(result, rank_costs(num_model_stages(result.placement, 4)), None)
 
 
 @pytest.mark.parametrize("other_bound,status", [(0.0, "FEASIBLE"), (None, "OPTIMAL")])
 def test_auto_is_optimal_only_when_no_placement_can_do_better(monkeypatch, other_bound, status):
     """The kept placement is (made) optimal; the others end worse with a bound either
     below its makespan (room left: not proven) or at least it (proven over all)."""
-    def rank_costs(num_stages: int) -> PipelineCosts:
-        return PipelineCosts.uniform(num_stages, f=1, i=1, w=1, c=0.2, fb=2.4).scaled(4 / num_stages)
-
     real, kept = mip_api._search, {}
 
     def search(prep, **kwargs):
@@ -305,7 +308,7 @@ def test_auto_is_optimal_only_when_no_placement_can_do_better(monkeypatch, other
     monkeypatch.setattr(mip_api, "_search", search)
     # No cap: under one the static bounds of v and loop (24.5, 24.7) exceed what dualpipe's
     # round 1 often reaches (24.2), and whether they are searched at all became timing.
-    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs, placement="auto",
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs, placement="auto",
                             time_limit=6)
     assert result.placement == "dualpipe" and result.status == status
     assert result.bound == (0.0 if other_bound == 0.0 else result.objective)
@@ -315,9 +318,6 @@ def test_auto_skips_a_placement_the_round_1_best_already_beats(monkeypatch):
     """4×8 with cells, cap 5: static bounds dualpipe 23.4, v 24.5, loop 24.7, chain 25.4;
     warm starts 25.4 (dualpipe) and worse. Chain is pruned by the best warm start; once
     dualpipe's round 1 has reached 24.2, neither v nor loop can win: not searched."""
-    def rank_costs(num_stages: int) -> PipelineCosts:
-        return PipelineCosts.uniform(num_stages, f=1, i=1, w=1, c=0.2, fb=2.4).scaled(4 / num_stages)
-
     real, searched = mip_api._search, []
 
     def search(prep, **kwargs):
@@ -329,7 +329,7 @@ def test_auto_skips_a_placement_the_round_1_best_already_beats(monkeypatch):
         return result
 
     monkeypatch.setattr(mip_api, "_search", search)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs, placement="auto",
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs, placement="auto",
                             memory_cap=5, time_limit=4)
     assert set(searched) == {"dualpipe"}
     notes = " ".join(result.notes)
@@ -360,11 +360,8 @@ def test_pp16_m64_unit_costs_within_055_of_dualpipe():
 def test_grid_4x8_cell_row_is_proven_within_its_minute():
     """The grid's 4 × 8 row with F&B cells (C=0.2, FB=0.8·(F+B)) under DualPipe's cap: 24.2,
     certified over every placement inside the 60 s call (34.5 s on the 2-core box)."""
-    def rank_costs(num_stages: int) -> PipelineCosts:
-        return PipelineCosts.uniform(num_stages, f=1, i=1, w=1, c=0.2, fb=2.4).scaled(4 / num_stages)
-
-    cap = dualpipe_cap(4, 8, rank_costs(4))
-    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs, memory_cap=cap, time_limit=60)
-    check(result, rank_costs(num_model_stages(result.placement, 4)), cap)
+    cap = dualpipe_cap(4, 8, cell_rank_costs(4))
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs, memory_cap=cap, time_limit=60)
+    check(result, cell_rank_costs(num_model_stages(result.placement, 4)), cap)
     assert result.status == "OPTIMAL" and result.bound == pytest.approx(result.objective)
     assert result.objective == pytest.approx(24.2)
