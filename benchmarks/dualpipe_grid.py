@@ -27,7 +27,7 @@ import time
 from parplan.baselines import BASELINES, build_baseline
 from parplan.costs import PipelineCosts
 from parplan.errors import ParplanError
-from parplan.mip import solve_schedule
+from parplan.mip import MipOptions, solve_schedule
 from parplan.schedule.simulate import simulate
 
 COSTS: dict[str, dict[str, float]] = {
@@ -63,11 +63,7 @@ def run_instance(num_ranks: int, num_microbatches: int, kind: str, *, time_limit
     fits = {n: r for n, r in base.items() if max(r.peak_activation_per_rank) <= cap + 1e-9}
     best_name = min(fits, key=lambda n: fits[n].makespan)
     started = time.perf_counter()
-    result = solve_schedule(
-        num_ranks=num_ranks, num_microbatches=num_microbatches, placement=placement,
-        rank_costs=lambda s: costs_for(kind, num_ranks, s), memory_cap=cap, time_limit=time_limit, workers=2,
-        cells=cells,
-    )
+    result = solve_schedule(num_ranks=num_ranks, num_microbatches=num_microbatches, rank_costs=lambda s: costs_for(kind, num_ranks, s), options=MipOptions(placement=placement, memory_cap=cap, work=time_limit, workers=2, cells=cells))
     wall = time.perf_counter() - started
     dp = base["dualpipe"].max_bubble
     return {

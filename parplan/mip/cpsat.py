@@ -32,6 +32,7 @@ from typing import Callable, Literal
 
 from ortools.sat.python import cp_model
 
+from parplan.budget import clock_stopped
 from parplan.mip.problem import Problem, Task
 from parplan.mip.timetable import Cell, Timetable
 from parplan.schedule.ir import Kind
@@ -55,7 +56,10 @@ class ProgressEvent:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CpSatOptions:
-    time_limit: float = 60.0
+    # The search's budget in CP-SAT deterministic seconds (parplan.budget): the same work,
+    # hence the same answer, on any machine. `time_limit` is only a wall-clock safety stop.
+    work: float = 10.0
+    time_limit: float | None = None
     seed: int = 0
     workers: int = 2
     objective: Objective = "makespan"
@@ -83,7 +87,8 @@ class CpSatOptions:
     minimise_peak: bool = False
 
     def __post_init__(self) -> None:
-        assert self.workers >= 1 and self.time_limit > 0 and self.objective in ("makespan", "throughput")
+        assert self.workers >= 1 and self.work > 0 and self.objective in ("makespan", "throughput")
+        assert self.time_limit is None or self.time_limit > 0
         assert self.portfolio in ("default", "proof")
         assert not self.minimise_peak or self.objective == "makespan"
 
@@ -95,6 +100,8 @@ class SolveOutcome:
     objective: int | None  # integer time units (memory units with `minimise_peak`)
     bound: int | None
     seconds: float
+    work: float = 0.0  # deterministic seconds the search spent
+    clock_stopped: bool = False  # the wall-clock safety stop, not the work budget, ended the search
     notes: tuple[str, ...] = ()
 
 
@@ -624,12 +631,16 @@ def solve_cpsat(
         model.ExportToFile(options.dump_path)
     solver = cp_model.CpSolver()
     params = solver.parameters
-    params.max_time_in_seconds = max(0.01, options.time_limit - (time.perf_counter() - started))
+    params.max_deterministic_time = options.work
+    safety = None
+    if options.time_limit is not None:
+        safety = max(0.01, options.time_limit - (time.perf_counter() - started))
+        params.max_time_in_seconds = safety
     params.num_workers = options.workers
     params.random_seed = options.seed
-    # Deterministic multi-worker search: same seed and worker count, same answer (as long
-    # as the search ends before the wall-clock limit). One task per worker in each batch:
-    # a batch of one ran the workers one at a time, on one core.
+    # Deterministic multi-worker search: same seed and worker count, same answer, since the
+    # budget is deterministic time (unless the wall-clock safety stop fires first). One task
+    # per worker in each batch: a batch of one ran the workers one at a time, on one core.
     params.interleave_search = options.deterministic and options.workers > 1
     params.interleave_batch_size = options.workers
     if options.portfolio == "proof":
@@ -644,9 +655,13 @@ def solve_cpsat(
     seconds = time.perf_counter() - started
     if code == cp_model.MODEL_INVALID:
         raise AssertionError(f"CP-SAT rejected the model: {model.Validate()}")
+    # The budget granted, not CP-SAT's own tally (which counts presolve and runs past the
+    # limit by up to a fifth): what callers hand on stays within the work they were given.
+    spent = min(solver.response_proto.deterministic_time, options.work)
+    stopped = clock_stopped(solver, code, safety, options.work)
     if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return SolveOutcome(status=status, timetable=None, objective=None, bound=None, seconds=seconds,
-                            notes=tuple(notes))
+                            work=spent, clock_stopped=stopped, notes=tuple(notes))
 
     # ---- extract ------------------------------------------------------------------------------
     timetable = extract_timetable(problem, solver, v)
@@ -656,5 +671,8 @@ def solve_cpsat(
         objective=int(round(solver.ObjectiveValue())),
         bound=int(round(solver.BestObjectiveBound())),
         seconds=seconds,
+        work=spent,
+        clock_stopped=stopped,
         notes=tuple(notes),
     )
+

@@ -422,11 +422,7 @@ def _lower_mip(start: Evaluated, config: PlannerConfig, cap: float, time_limit: 
         return None
     activation_cap = cap - max(placed.static_bytes)
     try:
-        result = solve_schedule(
-            num_ranks=placed.degrees.pp, num_microbatches=config.microbatches // placed.degrees.dp,
-            costs=placed.costs, placement=placed.family.name, memory_cap=activation_cap,
-            time_limit=time_limit, seed=config.seed, workers=config.workers,
-        )
+        result = solve_schedule(num_ranks=placed.degrees.pp, num_microbatches=config.microbatches // placed.degrees.dp, costs=placed.costs, options=MipOptions(placement=placed.family.name, memory_cap=activation_cap, work=time_limit, seed=config.seed, workers=config.workers))
     except (ParplanError, TypeError, ValueError) as err:
         notes.append(f"lower-level MIP skipped on {placed.family.name}: {err}")
         return None
