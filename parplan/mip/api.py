@@ -155,7 +155,8 @@ class MemoryPass:
 
     @property
     def head(self) -> str:
-        return f"memory pass ({self.solver_status}, {self.solver_seconds:.1f} s)" if self.ran else "memory pass"
+        # no seconds here: notes go into plan.json, which must not depend on the machine
+        return f"memory pass ({self.solver_status})" if self.ran else "memory pass"
 
     @property
     def note(self) -> str:
