@@ -1,11 +1,7 @@
 """Upper level: assign units to pipeline stages, and stages to ranks.
 
-Placement families (how S stages sit on N ranks, and which expert schedules fit them):
-
-  chain     S = N, stage s on rank s                 gpipe, 1f1b, zb-h1, zb-h2
-  loop      S = 2N, stage s on rank s mod N          interleaved-1f1b
-  v         S = 2N, stage s on rank s or 2N−1−s      zb-v, dualpipev
-  dualpipe  S = N model stages, each on ranks s and N−1−s (both directions)   dualpipe
+Placement families (how S stages sit on N ranks, and which expert schedules fit them) are
+`parplan.schedule.placement`'s registry; `Family` and `FAMILIES` are re-exported here.
 
 Two solvers:
 * `balanced_contiguous` — exact min–max split of the units, in program order, into S
@@ -22,44 +18,13 @@ Two solvers:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from parplan.errors import ParplanError
+from parplan.schedule.placement import FAMILIES, Family
 
 __all__ = ["Family", "FAMILIES", "balanced_contiguous", "place_units", "rank_loads"]
 
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Family:
-    name: str
-    stages_per_rank: int
-    schedules: tuple[str, ...]
-
-    def num_stages(self, num_ranks: int) -> int:
-        return self.stages_per_rank * num_ranks
-
-    def rank_of_stage(self, stage: int, num_ranks: int) -> int:
-        n = num_ranks
-        if self.name == "loop":
-            return stage % n
-        if self.name == "v":
-            return stage if stage < n else 2 * n - 1 - stage
-        return stage
-
-    def ranks_of_stage(self, stage: int, num_ranks: int) -> tuple[int, ...]:
-        """Every rank that computes this model stage (DualPipe holds each twice)."""
-        if self.name == "dualpipe":
-            return (stage, num_ranks - 1 - stage)
-        return (self.rank_of_stage(stage, num_ranks),)
-
-
-FAMILIES = {
-    "chain": Family(name="chain", stages_per_rank=1, schedules=("gpipe", "1f1b", "zb-h1", "zb-h2")),
-    "loop": Family(name="loop", stages_per_rank=2, schedules=("interleaved-1f1b",)),
-    "v": Family(name="v", stages_per_rank=2, schedules=("zb-v", "dualpipev")),
-    "dualpipe": Family(name="dualpipe", stages_per_rank=1, schedules=("dualpipe",)),
-}
 
 Cost = Callable[[int, int], float]  # (unit, stage) → seconds of that unit on that stage's device
 
@@ -67,7 +32,7 @@ Cost = Callable[[int, int], float]  # (unit, stage) → seconds of that unit on 
 def rank_loads(stage_of_unit: Sequence[int], family: Family, num_ranks: int, cost: Cost) -> list[float]:
     """Per-rank work per micro-batch (DualPipe: each copy runs half the micro-batches)."""
     loads = [0.0] * num_ranks
-    share = 0.5 if family.name == "dualpipe" else 1.0
+    share = family.share
     for u, s in enumerate(stage_of_unit):
         for r in family.ranks_of_stage(s, num_ranks):
             loads[r] += share * cost(u, s)
@@ -224,7 +189,7 @@ def place_units(
         model.Add(stage[u] <= stage[v])
     for s in range(num_stages):  # no empty stage
         model.AddBoolOr([on[u, s] for u in range(num_units) if (u, s) in on])
-    share = 0.5 if family.name == "dualpipe" else 1.0
+    share = family.share
     rank_load = []
     for r in range(num_ranks):
         terms = [(u, s) for (u, s) in on if r in family.ranks_of_stage(s, num_ranks)]
