@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Literal, Sequence
 
+from parplan.cost.contiguous import balanced_contiguous
 from parplan.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.plan import (
@@ -40,36 +41,16 @@ def load_plan_model(spec: str, *, batch: int, seq: int, device: str = "meta"):
 
 
 def balanced_split(weights: Sequence[float], num_parts: int) -> list[int]:
-    """Cut points of `weights` into `num_parts` non-empty contiguous parts, minimising the heaviest.
-
-    Returns the part sizes. Exact dynamic programme, O(P² · S) for P pieces.
-    """
+    """Sizes of `num_parts` non-empty contiguous parts of `weights`, the heaviest as light as
+    possible (`balanced_contiguous`, the planner's split)."""
     n = len(weights)
     if num_parts > n:
         raise ParplanError(
             f"the model has {n} pieces but the schedule needs {num_parts} stages; use fewer ranks or a "
             f"schedule with fewer stages per rank, or a model with more layers"
         )
-    prefix = [0.0]
-    for w in weights:
-        prefix.append(prefix[-1] + w)
-    inf = float("inf")
-    # best[k][i]: smallest heaviest part splitting the first i pieces into k parts
-    best = [[inf] * (n + 1) for _ in range(num_parts + 1)]
-    cut = [[0] * (n + 1) for _ in range(num_parts + 1)]
-    best[0][0] = 0.0
-    for k in range(1, num_parts + 1):
-        for i in range(k, n - (num_parts - k) + 1):
-            for j in range(k - 1, i):
-                value = max(best[k - 1][j], prefix[i] - prefix[j])
-                if value < best[k][i]:
-                    best[k][i], cut[k][i] = value, j
-    sizes, i = [], n
-    for k in range(num_parts, 0, -1):
-        j = cut[k][i]
-        sizes.append(i - j)
-        i = j
-    return sizes[::-1]
+    part_of = balanced_contiguous(n, num_parts, lambda u, s: float(weights[u]))
+    return [part_of.count(k) for k in range(num_parts)]
 
 
 def _param_counts(model, pieces: Sequence[str]) -> list[int]:
