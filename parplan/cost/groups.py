@@ -102,24 +102,13 @@ def groups_by_module(traced: TracedGraph, prefixes: Sequence[Sequence[str]]) -> 
 
 
 def pipeline_costs(groups: Sequence[GroupCost], gpu: GPUProfile):
-    """`parplan.costs.PipelineCosts` for stages = groups, in seconds and bytes.
+    """`parplan.costs.PipelineCosts` for stages = groups, in seconds and bytes, one chain
+    (`placement_costs` folds the transfers' contention into F and I)."""
+    from parplan.schedule.stage_costs import StageCost, placement_costs  # the schedule layer's type
 
-    Transfers stay delays (PipelineCosts' contract); the compute they slow down is folded
-    in: stage s's F grows by contention x its outgoing transfer, its backward (I) by
-    contention x the gradient it sends back (the size of the previous boundary).
-    """
-    from parplan.costs import PipelineCosts  # the schedule layer's type
-
-    kappa = gpu.efficiency.transfer_contention
-    n = len(groups)
-    return PipelineCosts(
-        forward=tuple(g.forward_s + kappa * (g.transfer_s if s < n - 1 else 0.0) for s, g in enumerate(groups)),
-        backward_input=tuple(
-            g.backward_input_s + kappa * (groups[s - 1].transfer_s if s > 0 else 0.0) for s, g in enumerate(groups)
-        ),
-        backward_weight=tuple(g.backward_weight_s for g in groups),
-        transfer=tuple(g.transfer_s for g in groups),
-        activation=tuple(float(g.activation_bytes) for g in groups),
-        params=tuple(float(g.param_bytes) for g in groups),
-        overlap_ratio=gpu.efficiency.fb_overlap_ratio,
+    return placement_costs(
+        [StageCost(forward=g.forward_s, backward_input=g.backward_input_s, backward_weight=g.backward_weight_s,
+                   activation=float(g.activation_bytes), params=float(g.param_bytes), transfer=g.transfer_s)
+         for g in groups],
+        transfer_contention=gpu.efficiency.transfer_contention, overlap_ratio=gpu.efficiency.fb_overlap_ratio,
     )

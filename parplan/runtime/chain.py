@@ -23,6 +23,7 @@ from parplan.plan import (
     model_fingerprint,
 )
 from parplan.schedule.ir import Schedule
+from parplan.schedule.stage_costs import StageCost, placement_costs
 
 __all__ = ["plan_chain", "balanced_split", "local_cpu_cluster", "load_plan_model", "plan_from_schedule"]
 
@@ -65,12 +66,9 @@ def _abstract_costs(weights: Sequence[float], params: Sequence[float]) -> Pipeli
     """Unit costs proportional to each stage's weight: the mean stage costs F = I = W = 1."""
     mean = sum(weights) / len(weights) or 1.0
     # Rounded to 1/100: abstract shares need no more, and tables and integer solvers stay tidy.
-    share = tuple(round(w / mean, 2) for w in weights)
-    num = len(weights)
-    return PipelineCosts(
-        forward=share, backward_input=share, backward_weight=share, transfer=(0.0,) * num,
-        activation=(1.0,) * num, params=tuple(float(p) for p in params),
-    )
+    share = [round(w / mean, 2) for w in weights]
+    return placement_costs([StageCost(forward=x, backward_input=x, backward_weight=x, activation=1.0, params=float(p))
+                            for x, p in zip(share, params)])
 
 
 def _build_schedule(schedule: str | Schedule, num_ranks, num_microbatches, num_chunks) -> Schedule | None:
