@@ -62,18 +62,21 @@ class Coster:
         self._layer_last = set(last.values())
         self._ops: dict[tuple, tuple[float, float, float, float, float]] = {}
         self._units: dict[tuple, UnitCost] = {}
-        self._keys: dict[str, tuple] = {}
+        self._key_of_op: dict[str, int] = {}  # operator → id of its cost inputs (equal inputs, one id)
+        self._key_ids: dict[tuple, int] = {}
+        self._key_of_unit: dict[tuple[str, ...], tuple] = {}
 
-    def _op_key(self, name: str) -> tuple:
+    def _op_key(self, name: str) -> int:
         """What one operator's cost depends on, besides the GPU: the cost model's inputs
         (`cost_key`) and, for tensor parallelism, whether it splits and pays the layer's
-        all-reduces (parameter count, output bytes, last in its layer)."""
-        key = self._keys.get(name)
+        all-reduces (parameter count, output bytes, last in its layer). Numbered once, so
+        the caches hash small keys."""
+        key = self._key_of_op.get(name)
         if key is None:
             node = self.traced.node(name)
-            key = (cost_key(node), node.param_count, node.block_instance is not None,
-                   sum(o.nbytes for o in node.outputs), name in self._layer_last)
-            self._keys[name] = key
+            inputs = (cost_key(node), node.param_count, node.block_instance is not None,
+                      sum(o.nbytes for o in node.outputs), name in self._layer_last)
+            key = self._key_of_op[name] = self._key_ids.setdefault(inputs, len(self._key_ids))
         return key
 
     def op(self, name: str, gpu: GPUProfile) -> tuple[float, float, float, float, float]:
@@ -105,7 +108,11 @@ class Coster:
                         param_bytes=pb, param_count=pc)
 
     def unit(self, unit: Unit, gpu: GPUProfile) -> UnitCost:
-        key = (tuple(self._op_key(op) for op in unit.ops), self._saved_pattern(unit.ops), gpu.name)
+        inputs = self._key_of_unit.get(unit.ops)
+        if inputs is None:
+            inputs = (tuple(self._op_key(op) for op in unit.ops), self._saved_pattern(unit.ops))
+            self._key_of_unit[unit.ops] = inputs
+        key = (inputs, gpu.name)
         hit = self._units.get(key)
         if hit is None:
             hit = self.ops(unit.ops, gpu)

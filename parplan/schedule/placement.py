@@ -73,7 +73,7 @@ class Family:
 
     def ranks_of_stage(self, stage: int, num_ranks: int) -> tuple[int, ...]:
         """Every rank that computes model stage `stage`, one entry per copy (DualPipe: s, N−1−s)."""
-        return _ranks_of_model_stages(self, num_ranks)[stage]
+        return _ranks_of_model_stages(self.name, self.model_copies, self.stages_per_rank, num_ranks)[stage]
 
     def rank_of_stage(self, stage: int, num_ranks: int) -> int:
         """The rank of model stage `stage`'s first copy (the one fed from rank 0)."""
@@ -94,8 +94,11 @@ class Family:
 
 
 @cache
-def _ranks_of_model_stages(fam: Family, num_ranks: int) -> tuple[tuple[int, ...], ...]:
-    """Per model stage, the ranks of its copies (asked per unit and stage: built once)."""
+def _ranks_of_model_stages(name: str, model_copies: int, stages_per_rank: int,
+                           num_ranks: int) -> tuple[tuple[int, ...], ...]:
+    """Per model stage, the ranks of its copies (asked per unit and stage: built once; keyed
+    on plain fields, which hash faster than the dataclass)."""
+    fam = Family(name=name, model_copies=model_copies, stages_per_rank=stages_per_rank, schedules=())
     ranks, model = fam.stage_to_rank(num_ranks), fam.model_stage(num_ranks)
     return tuple(tuple(ranks[s] for s, m in enumerate(model) if m == k) for k in range(fam.num_stages(num_ranks)))
 
