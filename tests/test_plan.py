@@ -120,6 +120,6 @@ def test_chain_plans_are_built_by_the_planners_function():
 def test_mip_chain_plan_defaults_to_the_v_placement():
     """`plan_chain(..., "mip")` splits for placement V (2N model stages) and asks the MIP for V."""
     pytest.importorskip("ortools")
-    plan = plan_chain(GPT, "mip", batch=8, seq=8, num_ranks=2, num_microbatches=4, mip_options={"time_limit": 2.0})
+    plan = plan_chain(GPT, "mip", batch=8, seq=8, num_ranks=2, num_microbatches=4)
     assert plan.solver["schedule"]["placement"] == "v" and len(plan.stages) == 4
     assert plan.schedule.stage_to_rank == (0, 1, 1, 0)
