@@ -15,7 +15,7 @@ from parplan.mip import api as mip_api
 from parplan.mip.brute import brute_force
 from parplan.mip.api import MipOptions, serial_schedule
 from parplan.mip.cpsat import CpSatOptions, SolveOutcome, build_model, solve_cpsat
-from parplan.mip.problem import build_problem, num_model_stages
+from parplan.mip.problem import CellKind, build_problem, num_model_stages
 from parplan.mip.timetable import Timetable, canonical, from_schedule, without_cells
 from parplan.schedule.ir import Action, Kind, Schedule
 from parplan.schedule.simulate import simulate
@@ -133,7 +133,7 @@ def test_f_and_i_cells_on_request():
 
 
 # ---- symmetry breaking keeps an optimum ---------------------------------------------------------
-FB, ANY = (True,), (False, True)  # cell kinds: full-B cells only; (F;I) cells as well
+FB, ANY = (CellKind.FB,), (CellKind.FI, CellKind.FB)  # cell kinds: full-B cells only; (F;I) cells as well
 
 
 @pytest.mark.parametrize("placement,num_ranks,num_mb,cap,ratio,kinds", [

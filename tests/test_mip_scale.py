@@ -22,7 +22,7 @@ from parplan.mip import api as mip_api
 from parplan.mip.api import MipOptions
 from parplan.mip.greedy import greedy_timetable
 from parplan.mip.lns import improve
-from parplan.mip.problem import build_problem, num_model_stages
+from parplan.mip.problem import CellKind, build_problem, num_model_stages
 from parplan.mip.timetable import canonical, from_schedule, to_schedule
 from parplan.schedule.simulate import simulate
 from parplan.schedule.validate import ScheduleError, validate
@@ -213,8 +213,8 @@ def test_lns_never_returns_worse_and_its_timetable_is_a_valid_schedule():
 
 # ---- the cell-aware lower bound -----------------------------------------------------------------------------
 @pytest.mark.parametrize("placement,num_ranks,num_mb,kinds", [
-    ("dualpipe", 2, 4, (True,)), ("v", 2, 2, (True,)), ("chain", 2, 3, (True,)),
-    ("dualpipe", 2, 4, (False, True)), ("v", 2, 2, (False, True)),  # (F;I) cells as well
+    ("dualpipe", 2, 4, (CellKind.FB,)), ("v", 2, 2, (CellKind.FB,)), ("chain", 2, 3, (CellKind.FB,)),
+    ("dualpipe", 2, 4, (CellKind.FI, CellKind.FB)), ("v", 2, 2, (CellKind.FI, CellKind.FB)),  # (F;I) cells as well
 ])
 def test_cell_bound_is_at_most_the_optimum_with_cells(placement, num_ranks, num_mb, kinds):
     """The unbroken model (no FIFO, no bound on the makespan) solved to optimality."""
@@ -284,7 +284,7 @@ def test_static_bound_never_exceeds_a_schedule_that_fits(placement, costs_kind):
     checked = 0
     for cap in (None, smallest, 1.5 * smallest, 2 * smallest):
         problem = build_problem(placement=placement, num_ranks=4, num_microbatches=8, costs=costs, memory_cap=cap)
-        bound = makespan_lower_bound(problem, (True,) if problem.cells_help else ())
+        bound = makespan_lower_bound(problem, (CellKind.FB,) if problem.cells_help else ())
         schedules = [build_baseline(n, 4, 8) for n in WARM_STARTS[placement]]
         schedules += [to_schedule(problem, greedy_timetable(problem, window=w)) for w in (False, True)]
         schedules.append(serial_schedule(problem))

@@ -28,7 +28,7 @@ from parplan.mip.cpsat import (
 )
 from parplan.mip.greedy import greedy_timetable
 from parplan.mip.lean import if_leaner, leaner_list_schedule, pull_frees_forward
-from parplan.mip.problem import PLACEMENTS, Problem, build_problem, check_param_cap, num_model_stages
+from parplan.mip.problem import PLACEMENTS, CellKind, Problem, build_problem, check_param_cap, num_model_stages
 from parplan.mip.timetable import Timetable, canonical, from_schedule, to_schedule, without_cells
 from parplan.schedule.ir import Action, Kind, Schedule
 from parplan.schedule.placement import FAMILIES
@@ -41,9 +41,9 @@ __all__ = ["MemoryPass", "MipOptions", "MipResult", "SolverReport", "ProgressEve
 # Baselines that run on each placement (same stage→rank map, so they can seed the model).
 WARM_STARTS: dict[str, tuple[str, ...]] = {name: f.schedules for name, f in FAMILIES.items()}
 
-# `cells=`: which F&B cells the model may form (CpSatOptions.cell_kinds; True = full B).
-# DualPipe's cells run a full B; an (F;I) cell leaves the W free to fill a bubble later.
-CELL_KINDS: dict[str, tuple[bool, ...]] = {"fb": (True,), "any": (False, True)}
+# `cells=`: which F&B cells the model may form (CpSatOptions.cell_kinds). DualPipe's cells
+# run a full B; an (F;I) cell leaves the W free to fill a bubble later.
+CELL_KINDS: dict[str, tuple[CellKind, ...]] = {"fb": (CellKind.FB,), "any": (CellKind.FI, CellKind.FB)}
 
 # How the work is shared out. Up to _FULL_MODEL_TASKS tasks the whole model gets all of
 # it; above, the full model runs first (it proves small instances and gives the bound),
@@ -203,7 +203,7 @@ class _Prepared:
     warm: _Warm
     hint: Timetable
     use_cells: bool
-    cell_kinds: tuple[bool, ...]  # which F&B cells the model may form (CpSatOptions.cell_kinds)
+    cell_kinds: tuple[CellKind, ...]  # which F&B cells the model may form (CpSatOptions.cell_kinds)
     lower: int  # integer-time lower bound on the makespan known before any search
     notes: tuple[str, ...]
 
@@ -324,7 +324,7 @@ class _PassOutcome:
     solver_work: float
 
 
-def _memory_pass(problem: Problem, schedule: Schedule, sim: SimResult, *, cell_kinds: tuple[bool, ...],
+def _memory_pass(problem: Problem, schedule: Schedule, sim: SimResult, *, cell_kinds: tuple[CellKind, ...],
                  run: _Run, work: float) -> _PassOutcome:
     """A schedule no longer than `sim` that holds strictly less at its largest per-rank
     peak, if one is found. The list schedule under caps stepped down from the peak and W's

@@ -32,8 +32,9 @@ from typing import Callable, Literal
 
 from ortools.sat.python import cp_model
 
-from parplan.budget import clock_stopped
-from parplan.mip.problem import Problem, Task
+from parplan.budget import check_work, clock_stopped
+from parplan.errors import ParplanError
+from parplan.mip.problem import CellKind, Problem, Task
 from parplan.mip.timetable import Cell, Timetable
 from parplan.schedule.ir import Kind
 
@@ -77,9 +78,9 @@ class CpSatOptions:
     # and no_lp) and no LNS: it proved three ~100-task models in 9-20 s where the default
     # proved none in 30-60 s (docs/mip.md §3, "Search portfolio").
     portfolio: Literal["default", "proof"] = "default"
-    # Cells run a full B with their F, as DualPipe's do; (False, True) also allows (F;I)
+    # Cells run a full B with their F, as DualPipe's do; (FI, FB) also allows (F;I)
     # cells, the W then running apart (`solve_schedule(cells="any")`, docs/mip.md §2).
-    cell_kinds: tuple[bool, ...] = (True,)  # False: (F;I) cell, True: (F;B) cell
+    cell_kinds: tuple[CellKind, ...] = (CellKind.FB,)
     dump_path: str | None = None  # write the model (.pb binary, .pbtxt text) before solving
     cell_bound: bool = True  # with cells: the makespan starts at `cell_lower_bound` (off: to test that bound)
     # Minimise the largest per-rank activation peak instead, the makespan held within the
@@ -87,10 +88,17 @@ class CpSatOptions:
     minimise_peak: bool = False
 
     def __post_init__(self) -> None:
-        assert self.workers >= 1 and self.work > 0 and self.objective in ("makespan", "throughput")
-        assert self.time_limit is None or self.time_limit > 0
-        assert self.portfolio in ("default", "proof")
-        assert not self.minimise_peak or self.objective == "makespan"
+        check_work(self.work, "CpSatOptions.work")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ParplanError(f"CpSatOptions.workers {self.workers!r} is invalid: need an integer >= 1")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ParplanError(f"CpSatOptions.time_limit {self.time_limit!r} is invalid: need > 0 seconds or None")
+        if self.objective not in ("makespan", "throughput"):
+            raise ParplanError(f"objective {self.objective!r} is unknown; choose makespan or throughput")
+        if self.portfolio not in ("default", "proof"):
+            raise ParplanError(f"portfolio {self.portfolio!r} is unknown; choose default or proof")
+        if self.minimise_peak and self.objective != "makespan":
+            raise ParplanError("minimise_peak holds the makespan: it needs objective='makespan'")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -223,15 +231,15 @@ def _cell_pairs(problem: Problem, hint: Timetable | None,
 
 
 def _cells_by_task(tasks: list[Task], pairs: list[tuple[Task, Task]],
-                   cell_kinds: tuple[bool, ...]) -> dict[Task, list[Cell]]:
+                   cell_kinds: tuple[CellKind, ...]) -> dict[Task, list[Cell]]:
     """Every cell each task may run in: an F and an I in each of theirs, a W in its I's full-B cells."""
     cells_of: dict[Task, list[Cell]] = {t: [] for t in tasks}
     for f, i in pairs:
-        for full in cell_kinds:
-            cell = Cell(f, i, full)
+        for kind in cell_kinds:
+            cell = Cell(f, i, kind)
             cells_of[f].append(cell)
             cells_of[i].append(cell)
-            if full:
+            if cell.full:
                 cells_of[(i[0], Kind.W, i[2])].append(cell)
     return cells_of
 
@@ -263,16 +271,16 @@ def _add_task_intervals(model: cp_model.CpModel, problem: Problem, v: _Vars) -> 
 
 
 def _add_cells(model: cp_model.CpModel, problem: Problem, v: _Vars, pairs: list[tuple[Task, Task]],
-               cell_kinds: tuple[bool, ...], intervals: list[list]) -> None:
+               cell_kinds: tuple[CellKind, ...], intervals: list[list]) -> None:
     """(3) a cell is one interval of the cell's length; its parts share its start and end."""
     for f, i in pairs:
-        for full in cell_kinds:
-            cell = Cell(f, i, full)
-            lit = model.NewBoolVar(f"cell_{f[0]}F{f[2]}_{i[0]}{'B' if full else 'I'}{i[2]}")
+        for kind in cell_kinds:
+            cell = Cell(f, i, kind)
+            lit = model.NewBoolVar(f"cell_{f[0]}F{f[2]}_{i[0]}{'B' if cell.full else 'I'}{i[2]}")
             v.cell[cell] = lit
             intervals[problem.rank(f[0])].append(model.NewOptionalIntervalVar(
-                v.start[f], problem.cell_duration(f[0], i[0], full), v.end[f], lit, f"cellrun_{lit.Name()}"))
-            parts = [i, (i[0], Kind.W, i[2])] if full else [i]
+                v.start[f], problem.cell_duration(f[0], i[0], kind), v.end[f], lit, f"cellrun_{lit.Name()}"))
+            parts = [i, (i[0], Kind.W, i[2])] if cell.full else [i]
             for part in parts:
                 model.Add(v.start[part] == v.start[f]).OnlyEnforceIf(lit)
                 model.Add(v.end[part] == v.end[f]).OnlyEnforceIf(lit)
@@ -346,7 +354,7 @@ def _add_rank_energy(model: cp_model.CpModel, problem: Problem, v: _Vars, makesp
         mine = problem.tasks_of_rank(r)
         first = min(head[t] for t in mine)
         last = min(tail[t] - problem.duration(t) for t in mine)
-        last = max(0, min([last] + [tail[t] - problem.cell_duration(t[0], b, True)
+        last = max(0, min([last] + [tail[t] - problem.cell_duration(t[0], b, CellKind.FB)
                                      for t in mine if t[1] is Kind.F
                                      for b in problem.skeleton.stages_of_rank(r)]))
         saving = [(_cell_saving(problem, c), lit) for c, lit in v.cell.items() if problem.rank(c.forward[0]) == r]
@@ -416,7 +424,7 @@ def rank_lower_bound(problem: Problem, head: dict[Task, int], tail: dict[Task, i
     return best
 
 
-def makespan_lower_bound(problem: Problem, cell_kinds: tuple[bool, ...]) -> int:
+def makespan_lower_bound(problem: Problem, cell_kinds: tuple[CellKind, ...]) -> int:
     """The static bound: `cell_lower_bound`, and without cells (`cell_kinds=()`) also the
     one-machine bound with unshortened heads and tails."""
     if cell_kinds:
@@ -425,7 +433,7 @@ def makespan_lower_bound(problem: Problem, cell_kinds: tuple[bool, ...]) -> int:
     return max(rank_lower_bound(problem, head, tail), cell_lower_bound(problem, ()))
 
 
-def cell_lower_bound(problem: Problem, cell_kinds: tuple[bool, ...] = (True,)) -> int:
+def cell_lower_bound(problem: Problem, cell_kinds: tuple[CellKind, ...] = (CellKind.FB,)) -> int:
     """A makespan bound with F&B cells that knows when cells cannot form (docs/mip.md §3).
 
     Per rank: before the earliest head a_I of any of its I's no cell can run, so the rank
@@ -457,13 +465,13 @@ def cell_lower_bound(problem: Problem, cell_kinds: tuple[bool, ...] = (True,)) -
         first = min(head[t] for t in mine)
         last = max(0, min(tail[t] - shortest[t] for t in mine))
         load = problem.rank_load(r)
-        saving = max([0] + [_cell_saving(problem, Cell((a, Kind.F, 0), (b, Kind.I, 0), full))
-                            for a in stages for b in stages for full in cell_kinds])
+        saving = max([0] + [_cell_saving(problem, Cell((a, Kind.F, 0), (b, Kind.I, 0), kind))
+                            for a in stages for b in stages for kind in cell_kinds])
         a_i = min(head[t] for t in bs)
         f_hat = max(problem.duration(t) for t in fs)
         b_hat = max(problem.duration(t) + problem.duration((t[0], Kind.W, t[2])) for t in bs)
         q_f = min(tail[t] - shortest[t] for t in fs)
-        late = cell_kinds in ((True,), ())
+        late = tuple(cell_kinds) in ((CellKind.FB,), ())
         held = _most_held(problem, fs)
         k_max = min(held, sum(1 for t in fs if head[t] < a_i))
         k2_max = min(held, len(bs)) if late else 0
@@ -532,9 +540,9 @@ def _shortest(problem: Problem) -> dict[Task, int]:
         others = problem.skeleton.stages_of_rank(problem.rank(s))
         cell_lengths = []
         if kind is Kind.F:
-            cell_lengths = [problem.cell_duration(s, b, full) for b in others for full in (False, True)]
+            cell_lengths = [problem.cell_duration(s, b, kind) for b in others for kind in CellKind]
         elif kind is Kind.I:
-            cell_lengths = [problem.cell_duration(a, s, full) for a in others for full in (False, True)]
+            cell_lengths = [problem.cell_duration(a, s, kind) for a in others for kind in CellKind]
         out[t] = min([problem.duration(t)] + cell_lengths)
     return out
 
@@ -542,7 +550,7 @@ def _shortest(problem: Problem) -> dict[Task, int]:
 def _cell_saving(problem: Problem, cell: Cell) -> int:
     """Rank time a cell saves against running its parts one after another."""
     parts = [cell.forward, cell.backward] + ([(cell.backward[0], Kind.W, cell.backward[2])] if cell.full else [])
-    return sum(problem.duration(t) for t in parts) - problem.cell_duration(cell.forward[0], cell.backward[0], cell.full)
+    return sum(problem.duration(t) for t in parts) - problem.cell_duration(cell.forward[0], cell.backward[0], cell.kind)
 
 
 def _serial_horizon(problem: Problem) -> int:

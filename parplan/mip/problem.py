@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum
 
 from parplan.costs import PipelineCosts
 from parplan.errors import ParplanError
@@ -25,7 +26,14 @@ from parplan.schedule.ir import Kind, Schedule
 from parplan.schedule.placement import FAMILIES, PLACEMENTS, family
 from parplan.schedule.placement import PlacementName as Placement
 
-__all__ = ["Placement", "PLACEMENTS", "Task", "Problem", "placement_skeleton", "build_problem", "num_model_stages"]
+__all__ = ["CellKind", "Placement", "PLACEMENTS", "Task", "Problem", "placement_skeleton", "build_problem", "num_model_stages"]
+
+
+class CellKind(str, Enum):
+    """What an F&B cell overlaps with a forward (DualPipe's overlapped chunk pair)."""
+
+    FI = "fi"  # the input-gradient half alone; that micro-batch's W runs apart, later
+    FB = "fb"  # a full backward, I then W, as DualPipe's cells run
 
 # (stage, kind, micro-batch) of one plain task; kind is F, I or W (a B is an I and a W run together).
 Task = tuple[int, Kind, int]
@@ -141,10 +149,10 @@ class Problem:
     def duration(self, task: Task) -> int:
         return self.dur[task[1]][task[0]]
 
-    def cell_duration(self, forward_stage: int, backward_stage: int, full: bool) -> int:
+    def cell_duration(self, forward_stage: int, backward_stage: int, kind: CellKind) -> int:
         """An F&B cell: overlap_ratio × (F + I), or × (F + I + W) when it runs a full B."""
         c = self.costs
-        back = c.backward(backward_stage) if full else c.backward_input[backward_stage]
+        back = c.backward(backward_stage) if kind is CellKind.FB else c.backward_input[backward_stage]
         return _to_int(c.overlap(c.forward[forward_stage], back), self.time_scale)
 
     @property

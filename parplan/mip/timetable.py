@@ -12,17 +12,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parplan.mip.problem import Problem, Task
+from parplan.mip.problem import CellKind, Problem, Task
 from parplan.schedule.ir import Action, Kind, Schedule
 
-__all__ = ["Cell", "Timetable", "to_schedule", "from_schedule", "canonical", "without_cells"]
+__all__ = ["Cell", "CellKind", "Timetable", "to_schedule", "from_schedule", "canonical", "without_cells"]
 
 
 @dataclass(frozen=True, slots=True)
 class Cell:
     forward: Task
-    backward: Task  # the I task; with `full` the cell also runs that micro-batch's W (a B)
-    full: bool
+    backward: Task  # the I task; a CellKind.FB cell also runs that micro-batch's W (a B)
+    kind: CellKind
+
+    @property
+    def full(self) -> bool:
+        """The cell runs a full B (I and W)."""
+        return self.kind is CellKind.FB
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -105,9 +110,9 @@ def from_schedule(problem: Problem, schedule: Schedule) -> Timetable:
                 if action.kind is Kind.OVERLAP_F_B:
                     fwd = next(a for a in action.atoms if a.kind is Kind.F)
                     back = next(a for a in action.atoms if a.kind is not Kind.F)
-                    full = back.kind is Kind.B
-                    cells.append(Cell((fwd.stage, Kind.F, fwd.microbatch), (back.stage, Kind.I, back.microbatch), full))
-                    t1 = t0 + problem.cell_duration(fwd.stage, back.stage, full)
+                    kind = CellKind.FB if back.kind is Kind.B else CellKind.FI
+                    cells.append(Cell((fwd.stage, Kind.F, fwd.microbatch), (back.stage, Kind.I, back.microbatch), kind))
+                    t1 = t0 + problem.cell_duration(fwd.stage, back.stage, kind)
                     for t in own:
                         start[t], end[t] = t0, t1
                 elif action.kind is Kind.B:
@@ -172,7 +177,7 @@ def _renamed(timetable: Timetable, rename: dict[Task, Task]) -> Timetable:
     return Timetable(
         start={rename[t]: v for t, v in timetable.start.items()},
         end={rename[t]: v for t, v in timetable.end.items()},
-        cells=tuple(Cell(rename[c.forward], rename[c.backward], c.full) for c in timetable.cells),
+        cells=tuple(Cell(rename[c.forward], rename[c.backward], c.kind) for c in timetable.cells),
     )
 
 

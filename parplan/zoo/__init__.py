@@ -117,13 +117,22 @@ def _load_factory(path: str, factory: str, *, batch: int, seq: int, device: str,
     if not file.is_file():
         raise ParplanError(f"model file {path!r} does not exist; give path/to/file.py:factory")
     spec = importlib.util.spec_from_file_location(f"parplan_user_{file.stem}", file)
-    assert spec is not None and spec.loader is not None
+    if spec is None or spec.loader is None:
+        raise ParplanError(f"model file {path!r} is not a Python module; give path/to/file.py:factory")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # the user's file: say where it failed, not a traceback
+        raise ParplanError(f"model file {path!r} failed to import: {type(err).__name__}: {err}; "
+                           f"fix the file (run it with python to see the traceback)") from err
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise ParplanError(f"{path} has no callable {factory!r}; define def {factory}(batch, seq, device, **options)")
-    built = fn(batch=batch, seq=seq, device=device, **options)
+    try:
+        built = fn(batch=batch, seq=seq, device=device, **options)
+    except Exception as err:
+        raise ParplanError(f"model factory {path}:{factory} raised {type(err).__name__}: {err}; "
+                           f"fix the factory, or check the options passed to it") from err
     if isinstance(built, nn.Module):
         return ZooModel(name=f"{path}:{factory}", model=built, example_inputs=_token_inputs(batch, seq, device))
     if isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module):
