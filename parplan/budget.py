@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from parplan.errors import ParplanError
 
-__all__ = ["EFFORT_LEVELS", "SafetyStop", "effort_work", "check_work", "clock_stopped"]
+__all__ = ["EFFORT_LEVELS", "SafetyStop", "effort_work", "check_work", "clock_stopped", "set_cpsat_budget"]
 
 # CP-SAT deterministic seconds for the whole plan (every solver phase together), by level.
 EFFORT_LEVELS: dict[str, float] = {"quick": 2.0, "normal": 8.0, "thorough": 32.0}
@@ -94,3 +94,17 @@ def clock_stopped(solver, code: int, safety: float | None, work: float) -> bool:
     if safety is None or code in (cp_model.OPTIMAL, cp_model.INFEASIBLE):
         return False
     return solver.WallTime() >= 0.98 * safety and solver.response_proto.deterministic_time < 0.98 * work
+
+
+def set_cpsat_budget(params, *, work: float, safety_seconds: float | None, workers: int, seed: int,
+                     interleave: bool = True) -> None:
+    """A CP-SAT solve bounded by work: deterministic time, a fixed worker count whose
+    workers interleave deterministically (one task per worker in each batch: a batch of one
+    ran the workers one at a time, on one core), and the wall clock only as a safety stop."""
+    params.max_deterministic_time = work
+    if safety_seconds is not None:
+        params.max_time_in_seconds = max(0.01, safety_seconds)
+    params.num_workers = workers
+    params.random_seed = seed
+    params.interleave_search = interleave and workers > 1
+    params.interleave_batch_size = workers

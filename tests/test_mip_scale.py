@@ -127,7 +127,8 @@ def test_the_largest_grid_model_ends_by_its_limit():
     cap = max(simulate(build_baseline("dualpipe", 16, 64), rank_costs(16)).peak_activation_per_rank)
     zb_v = simulate(build_baseline("zb-v", 16, 64), rank_costs(32))
     started = time.perf_counter()
-    result = solve_schedule(num_ranks=16, num_microbatches=64, rank_costs=rank_costs, options=MipOptions(placement="auto", memory_cap=cap, work=12))
+    result = solve_schedule(num_ranks=16, num_microbatches=64, rank_costs=rank_costs,
+                            options=MipOptions(placement="auto", memory_cap=cap, work=12, time_limit=60))
     assert time.perf_counter() - started <= 60.0 + 1.0
     check(result, rank_costs(16 if result.placement == "dualpipe" else 32), cap)
     assert result.objective <= zb_v.makespan + 1e-9

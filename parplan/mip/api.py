@@ -460,7 +460,6 @@ def _search(prep: _Prepared, run: _Run, *, work: float, warm: _Warm | None = Non
         warm, hint = prep.warm, prep.hint
     else:
         hint = canonical(problem, from_schedule(problem, warm.schedule), fifo_weights=not prep.use_cells)
-    num_tasks = len(problem.tasks())
 
     # Fast path: a warm start that meets the lower bound is optimal; no search needed
     # (unless the model was asked for: then it is built, dumped and solved).
@@ -469,71 +468,96 @@ def _search(prep: _Prepared, run: _Run, *, work: float, warm: _Warm | None = Non
         notes.append(f"the warm start meets the lower bound {prep.lower / scale:g}: optimal without search")
         return _result(problem, warm.schedule, "OPTIMAL", prep.lower / scale, warm.name, notes, objective)
 
-    spent = 0.0
     if run.stop.expired():
         run.stop.fired(f"the lower-level MIP on {problem.placement}")
         notes.append("the time limit had fired before the search; returning the warm start")
         return _result(problem, warm.schedule, "WARM_START_ONLY", None, warm.name, notes, objective)
     if solver == "cpsat":
-        share = 1.0 if (num_tasks <= _FULL_MODEL_TASKS or not options.lns) else (
-            _FULL_MODEL_SHARE[800] if num_tasks <= 800 else _FULL_MODEL_SHARE[None])
-        cp_options = CpSatOptions(work=max(0.01, share * work), time_limit=run.safety_seconds(), seed=options.seed,
-                                  workers=options.workers, objective=objective,
-                                  link_contention=options.link_contention, dump_path=options.dump_model,
-                                  cell_kinds=prep.cell_kinds,
-                                  portfolio="proof" if num_tasks <= _PROOF_PORTFOLIO_TASKS else "default")
-        outcome = solve_cpsat(problem, hint=hint, options=cp_options, progress=run.progress)
-        spent += outcome.work
-        stopped = outcome.clock_stopped
-        best_table = outcome.timetable
-        if options.lns and outcome.status != "OPTIMAL" and work - spent >= 0.05 and not stopped:
-            from parplan.mip.lns import improve
-
-            improved = improve(problem, best_table or hint, options=cp_options, work=work - spent,
-                               deadline=run.deadline, progress=run.progress)
-            spent += improved.work
-            stopped = stopped or improved.clock_stopped
-            notes.append(f"windowed LNS: {improved.steps} windows, {improved.improving_steps} improving, "
-                         f"{improved.work:.2f} deterministic s; integer objective {improved.objective / scale:g}")
-            if improved.improved or best_table is None:
-                best_table = improved.timetable
-                if best_table is hint:
-                    best_table = None
-        outcome_status = outcome.status
+        found = _cpsat_then_lns(prep, run, hint, work, notes)
     else:
-        from parplan.mip.bigm import solve_bigm
-
-        # HiGHS has no deterministic time: the cross-check is bounded by the wall clock
-        # (work read as seconds), so its answers may vary with machine load.
-        outcome = solve_bigm(problem, hint=hint, time_limit=max(0.05, min(work, run.stop.left())),
-                             objective=objective, dump_path=options.dump_model,
-                             link_contention=options.link_contention)
-        best_table, outcome_status, stopped = outcome.timetable, outcome.status, False
-        notes.append("HiGHS is bounded by wall-clock seconds (it has no deterministic time); "
-                     "its answer may depend on the machine")
-    if stopped:
+        found = _highs(prep, run, hint, work, notes)
+    if found.stopped:
         run.stop.fired(f"the lower-level MIP on {problem.placement}")
+    return _checked(prep, warm, found, notes, objective)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """What a solver run left: its best timetable (None: none), status, bounds, work."""
+
+    table: Timetable | None
+    status: str
+    bound: int | None  # the solver's own bound, integer time units
+    work: float
+    stopped: bool  # the safety stop cut it
+
+
+def _cpsat_then_lns(prep: _Prepared, run: _Run, hint: Timetable, work: float, notes: list[str]) -> _Found:
+    options, problem = run.options, prep.problem
+    num_tasks = len(problem.tasks())
+    share = 1.0 if (num_tasks <= _FULL_MODEL_TASKS or not options.lns) else (
+        _FULL_MODEL_SHARE[800] if num_tasks <= 800 else _FULL_MODEL_SHARE[None])
+    cp_options = CpSatOptions(work=max(0.01, share * work), time_limit=run.safety_seconds(), seed=options.seed,
+                              workers=options.workers, objective=options.objective,
+                              link_contention=options.link_contention, dump_path=options.dump_model,
+                              cell_kinds=prep.cell_kinds,
+                              portfolio="proof" if num_tasks <= _PROOF_PORTFOLIO_TASKS else "default")
+    outcome = solve_cpsat(problem, hint=hint, options=cp_options, progress=run.progress)
     notes += outcome.notes
-    bound_int = prep.lower if outcome.bound is None else max(outcome.bound, prep.lower)
-    bound = bound_int / scale if (outcome.bound is not None or prep.lower > 0) else None
-    if best_table is None:
-        notes.append(f"the {solver} search ended ({outcome_status}) without a solution; returning the warm start "
+    spent, stopped, table = outcome.work, outcome.clock_stopped, outcome.timetable
+    if options.lns and outcome.status != "OPTIMAL" and work - spent >= 0.05 and not stopped:
+        from parplan.mip.lns import improve
+
+        improved = improve(problem, table or hint, options=cp_options, work=work - spent, deadline=run.deadline,
+                           progress=run.progress)
+        spent += improved.work
+        stopped = stopped or improved.clock_stopped
+        notes.append(f"windowed LNS: {improved.steps} windows, {improved.improving_steps} improving, "
+                     f"{improved.work:.2f} deterministic s; integer objective {improved.objective / problem.time_scale:g}")
+        if improved.improved or table is None:
+            table = None if improved.timetable is hint else improved.timetable
+    return _Found(table, outcome.status, outcome.bound, spent, stopped)
+
+
+def _highs(prep: _Prepared, run: _Run, hint: Timetable, work: float, notes: list[str]) -> _Found:
+    from parplan.mip.bigm import solve_bigm
+
+    options = run.options
+    # HiGHS has no deterministic time: the cross-check is bounded by the wall clock (work
+    # read as seconds), so its answers may vary with machine load.
+    outcome = solve_bigm(prep.problem, hint=hint, time_limit=max(0.05, min(work, run.stop.left())),
+                         objective=options.objective, dump_path=options.dump_model,
+                         link_contention=options.link_contention)
+    notes += outcome.notes
+    notes.append("HiGHS is bounded by wall-clock seconds (it has no deterministic time); "
+                 "its answer may depend on the machine")
+    return _Found(outcome.timetable, outcome.status, outcome.bound, 0.0, False)
+
+
+def _checked(prep: _Prepared, warm: _Warm, found: _Found, notes: list[str], objective: str) -> MipResult:
+    """The solver's schedule, validated under exact costs, unless the warm start is better."""
+    problem, scale = prep.problem, prep.problem.time_scale
+    bound_int = prep.lower if found.bound is None else max(found.bound, prep.lower)
+    bound = bound_int / scale if (found.bound is not None or prep.lower > 0) else None
+    if found.table is None:
+        notes.append(f"the search ended ({found.status}) without a solution; returning the warm start "
                      f"{warm.name!r}")
-        return _result(problem, warm.schedule, "WARM_START_ONLY", bound, warm.name, notes, objective, work=spent)
-    schedule = to_schedule(problem, best_table)
+        return _result(problem, warm.schedule, "WARM_START_ONLY", bound, warm.name, notes, objective, work=found.work)
+    schedule = to_schedule(problem, found.table)
     try:
         candidate = validate(schedule, problem.model_costs, memory_cap=problem.memory_cap)
     except ScheduleError as err:  # only with rounded times: the exact re-timing may break the cap
         assert not problem.exact_times, f"solver schedule failed validation: {err}"
         notes.append(f"the solver's order broke an invariant under exact costs; returning the warm start ({err})")
-        return _result(problem, warm.schedule, "WARM_START_ONLY", None, warm.name, notes, objective, work=spent)
-    proven = outcome_status == "OPTIMAL" or (objective == "makespan" and best_table.makespan <= bound_int)
+        return _result(problem, warm.schedule, "WARM_START_ONLY", None, warm.name, notes, objective, work=found.work)
+    proven = found.status == "OPTIMAL" or (objective == "makespan" and found.table.makespan <= bound_int)
     status = "OPTIMAL" if proven else "FEASIBLE"
     if _objective(candidate, objective) > _objective(warm.simulation, objective) + 1e-9:
         notes.append(f"the solver's best ({_objective(candidate, objective):g}) is worse than the warm start "
-                     f"{warm.name!r} ({_objective(warm.simulation, objective):g}) under exact costs; returning the warm start")
+                     f"{warm.name!r} ({_objective(warm.simulation, objective):g}) under exact costs; "
+                     f"returning the warm start")
         schedule, status = warm.schedule, "WARM_START_ONLY"
-    return _result(problem, schedule, status, bound, warm.name, notes, objective, work=spent)
+    return _result(problem, schedule, status, bound, warm.name, notes, objective, work=found.work)
 
 
 def _objective(sim: SimResult, objective: str) -> float:

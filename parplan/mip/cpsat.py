@@ -32,7 +32,7 @@ from typing import Callable, Literal
 
 from ortools.sat.python import cp_model
 
-from parplan.budget import check_work, clock_stopped
+from parplan.budget import check_work, clock_stopped, set_cpsat_budget
 from parplan.errors import ParplanError
 from parplan.mip.problem import CellKind, Problem, Task
 from parplan.mip.timetable import Cell, Timetable
@@ -712,18 +712,11 @@ def solve_cpsat(
         model.ExportToFile(options.dump_path)
     solver = cp_model.CpSolver()
     params = solver.parameters
-    params.max_deterministic_time = options.work
-    safety = None
-    if options.time_limit is not None:
-        safety = max(0.01, options.time_limit - (time.perf_counter() - started))
-        params.max_time_in_seconds = safety
-    params.num_workers = options.workers
-    params.random_seed = options.seed
-    # Deterministic multi-worker search: same seed and worker count, same answer, since the
-    # budget is deterministic time (unless the wall-clock safety stop fires first). One task
-    # per worker in each batch: a batch of one ran the workers one at a time, on one core.
-    params.interleave_search = options.deterministic and options.workers > 1
-    params.interleave_batch_size = options.workers
+    safety = None if options.time_limit is None else max(0.01, options.time_limit - (time.perf_counter() - started))
+    # Same seed and worker count, same answer: the budget is deterministic time (unless the
+    # wall-clock safety stop fires first).
+    set_cpsat_budget(params, work=options.work, safety_seconds=safety, workers=options.workers, seed=options.seed,
+                     interleave=options.deterministic)
     if options.portfolio == "proof":
         params.subsolvers.extend(_PROOF_SUBSOLVERS[:max(2, options.workers)])
         params.use_lns = False

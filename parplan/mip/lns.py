@@ -34,7 +34,7 @@ from typing import Callable
 
 from ortools.sat.python import cp_model
 
-from parplan.budget import clock_stopped
+from parplan.budget import clock_stopped, set_cpsat_budget
 from parplan.mip.cpsat import CpSatOptions, ProgressEvent, build_model, extract_timetable
 from parplan.mip.problem import Problem, Task
 from parplan.mip.timetable import Cell, Timetable
@@ -96,20 +96,16 @@ def improve(
         steps += 1
         solver = cp_model.CpSolver()
         params = solver.parameters
-        params.max_deterministic_time = min(step_work, work - spent)
-        if deadline is not None:
-            params.max_time_in_seconds = max(0.01, deadline - time.perf_counter())
-        params.num_workers = options.workers
-        params.random_seed = options.seed + steps
-        params.interleave_search = options.deterministic and options.workers > 1
-        params.interleave_batch_size = options.workers
+        step = min(step_work, work - spent)
+        safety = None if deadline is None else deadline - time.perf_counter()
+        set_cpsat_budget(params, work=step, safety_seconds=safety, workers=options.workers, seed=options.seed + steps,
+                         interleave=options.deterministic)
         if len(tasks) > _NO_LP_TASKS:
             params.subsolvers.append("no_lp")
             params.ignore_subsolvers.append("feasibility_pump")
         code = solver.Solve(sub)
-        spent += min(solver.response_proto.deterministic_time, params.max_deterministic_time)
-        stopped = stopped or clock_stopped(solver, code, params.max_time_in_seconds if deadline is not None
-                                           else None, params.max_deterministic_time)
+        spent += min(solver.response_proto.deterministic_time, step)
+        stopped = stopped or clock_stopped(solver, code, safety, step)
         found = code in (cp_model.OPTIMAL, cp_model.FEASIBLE)
         better = False
         if found:

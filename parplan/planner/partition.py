@@ -61,7 +61,7 @@ def place_units(
     must hold one, since a stage is run as the modules it owns (`stage_pieces`)."""
     from ortools.sat.python import cp_model
 
-    from parplan.budget import clock_stopped
+    from parplan.budget import clock_stopped, set_cpsat_budget
 
     # ---- data -------------------------------------------------------------------------
     num_stages = family.num_stages(num_ranks)
@@ -82,19 +82,9 @@ def place_units(
         model.Add(stage[u] <= stage[v])
     for s in range(num_stages):  # no empty stage, and none without a module of its own
         model.AddBoolOr([on[u, s] for u in range(num_units) if (u, s) in on and (anchored is None or anchored[u])])
-    share = family.share
-    rank_load = []
-    for r in range(num_ranks):
-        terms = [(u, s) for (u, s) in on if r in family.ranks_of_stage(s, num_ranks)]
-        rank_load.append(sum(int(round(share * scale * cost(u, s))) * on[u, s] for u, s in terms))
-        if static_cap is not None:
-            model.Add(sum(int(static(u, s)) * on[u, s] for u, s in terms) <= int(static_cap))
-    stage_load = [sum(int(round(scale * cost(u, s))) * on[u, s] for u in range(num_units) if (u, s) in on)
-                  for s in range(num_stages)]
-    max_rank = model.NewIntVar(0, 10**12, "max_rank_load")
-    max_stage = model.NewIntVar(0, 10**12, "max_stage_load")
-    model.AddMaxEquality(max_rank, rank_load)
-    model.AddMaxEquality(max_stage, stage_load)
+    max_rank, max_stage = _add_loads(model, on, family=family, num_ranks=num_ranks, num_stages=num_stages,
+                                     num_units=num_units, cost=cost, scale=scale, static=static,
+                                     static_cap=static_cap)
 
     # ---- objective ----------------------------------------------------------------------
     model.Minimize(1000 * max_rank + max_stage)
@@ -107,19 +97,33 @@ def place_units(
     solver = cp_model.CpSolver()
     # Deterministic time and interleaved workers keep the answer independent of machine
     # load (same seed, same plan); the wall-clock cap only guards against a slow machine.
-    solver.parameters.max_deterministic_time = work
-    if safety_seconds is not None:
-        solver.parameters.max_time_in_seconds = max(0.01, safety_seconds)
-    solver.parameters.num_workers = workers
-    solver.parameters.interleave_search = workers > 1
-    solver.parameters.interleave_batch_size = workers
-    solver.parameters.random_seed = seed
+    set_cpsat_budget(solver.parameters, work=work, safety_seconds=safety_seconds, workers=workers, seed=seed)
     status = solver.Solve(model)
+    found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
     report = {"status": solver.StatusName(status), "seconds": solver.WallTime(),
-              "work": solver.response_proto.deterministic_time,
+              "work": min(solver.response_proto.deterministic_time, work),
               "clock_stopped": clock_stopped(solver, status, safety_seconds, work),
-              "objective": solver.ObjectiveValue() if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) else None,
+              "objective": solver.ObjectiveValue() if found else None,
               "bound": solver.BestObjectiveBound(), "units": num_units, "stages": num_stages, "window": window}
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    if not found:
         return list(hint), report
     return [solver.Value(stage[u]) for u in range(num_units)], report
+
+
+def _add_loads(model, on: dict, *, family: Family, num_ranks: int, num_stages: int, num_units: int, cost: Cost,
+               scale: float, static: Callable[[int, int], float], static_cap: float | None):
+    """Rank loads (a DualPipe stage counts half on each of its two ranks) and stage loads as
+    integers, static memory per rank within the cap; returns (max rank load, max stage load)."""
+    rank_load = []
+    for r in range(num_ranks):
+        terms = [(u, s) for (u, s) in on if r in family.ranks_of_stage(s, num_ranks)]
+        rank_load.append(sum(int(round(family.share * scale * cost(u, s))) * on[u, s] for u, s in terms))
+        if static_cap is not None:
+            model.Add(sum(int(static(u, s)) * on[u, s] for u, s in terms) <= int(static_cap))
+    stage_load = [sum(int(round(scale * cost(u, s))) * on[u, s] for u in range(num_units) if (u, s) in on)
+                  for s in range(num_stages)]
+    max_rank = model.NewIntVar(0, 10**12, "max_rank_load")
+    max_stage = model.NewIntVar(0, 10**12, "max_stage_load")
+    model.AddMaxEquality(max_rank, rank_load)
+    model.AddMaxEquality(max_stage, stage_load)
+    return max_rank, max_stage
