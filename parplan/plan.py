@@ -310,11 +310,11 @@ class Plan:
         return torch_schedule(self, stages, loss_fn=loss_fn, scale_grads=scale_grads)
 
     def gantt(self, *, fmt: str = "png", measured=None) -> bytes:
-        from parplan.plan_chart import render_plan_gantt
+        from parplan.render.plan_chart import render_plan_gantt
 
         return render_plan_gantt(self, fmt=fmt, measured=measured)
 
     def chrome_trace(self) -> dict:
-        from parplan.chrome_trace import plan_trace
+        from parplan.render.chrome_trace import plan_trace
 
         return plan_trace(self)

@@ -144,7 +144,7 @@ def run_compare(args) -> int:
     rows = _rows(args, names)
     outputs = {}
     if args.gantt:
-        from parplan.gantt import render_gantt
+        from parplan.render.gantt import render_gantt
 
         title = f"{args.ranks} ranks × {args.microbatches} micro-batches, cost {args.cost}"
         outputs[args.gantt] = render_gantt([r.simulation for r in rows], fmt=fmt, title=title)

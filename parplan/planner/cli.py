@@ -88,7 +88,7 @@ def run_plan(args) -> int:
     if args.output:
         outputs[args.output] = plan.to_json()
     if args.gantt:
-        from parplan.gantt import render_gantt
+        from parplan.render.gantt import render_gantt
 
         rival = min(result.baselines, key=lambda e: (not e.fits, e.step_time_s), default=None)
         sims = [result.best.simulation] + ([rival.simulation] if rival is not None else [])

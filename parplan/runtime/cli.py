@@ -122,7 +122,7 @@ def run_show(args) -> int:
 
 
 def run_run(args) -> int:
-    from parplan.chrome_trace import measured_trace
+    from parplan.render.chrome_trace import measured_trace
     from parplan.plan import Plan
     from parplan.runtime.chain import load_plan_model
     from parplan.runtime.launch import check_runnable, compare_with_reference, launch, reference_step
