@@ -106,6 +106,8 @@ def _summary(plan) -> str:
 
 def run_show(args) -> int:
     from parplan.plan import Plan
+    from parplan.render.chrome_trace import plan_trace
+    from parplan.render.plan_chart import render_plan_gantt
 
     fmt = chart_format(args.gantt)
     check_writable(args.gantt, "--gantt")
@@ -113,17 +115,18 @@ def run_show(args) -> int:
     plan = Plan.load(args.plan)
     outputs: dict[str, str | bytes] = {}
     if args.gantt:
-        outputs[args.gantt] = plan.gantt(fmt=fmt)
+        outputs[args.gantt] = render_plan_gantt(plan, fmt=fmt)
     if args.trace:
-        outputs[args.trace] = json.dumps(plan.chrome_trace()) + "\n"
+        outputs[args.trace] = json.dumps(plan_trace(plan)) + "\n"
     write_outputs(outputs)
     sys.stdout.write(_summary(plan))
     return 0
 
 
 def run_run(args) -> int:
-    from parplan.render.chrome_trace import measured_trace
     from parplan.plan import Plan
+    from parplan.render.chrome_trace import measured_trace
+    from parplan.render.plan_chart import render_plan_gantt
     from parplan.runtime.chain import load_plan_model
     from parplan.runtime.launch import check_runnable, compare_with_reference, launch, reference_step
     from parplan.runtime.stages import check_model
@@ -142,7 +145,7 @@ def run_run(args) -> int:
         outputs[args.trace] = json.dumps(measured_trace(measured.timeline, schedule_name=plan.schedule.name,
                                                         step_time=measured.step_time)) + "\n"
     if args.gantt:
-        outputs[args.gantt] = plan.gantt(fmt=fmt, measured=measured)
+        outputs[args.gantt] = render_plan_gantt(plan, fmt=fmt, measured=measured)
     lines = [f"{plan.schedule.name}: {args.nproc} processes on {measured.device}, {args.steps} steps, "
              f"step times {[round(t, 5) for t in measured.step_seconds]} s"]
     if plan.time_unit == "s":
