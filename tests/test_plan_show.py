@@ -6,7 +6,7 @@ import json
 
 from parplan.render.chrome_trace import plan_trace, plan_transfers
 from parplan.cli import main
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.render.plan_chart import memory_over_time
 from parplan.runtime.chain import plan_chain
 

@@ -109,13 +109,13 @@ def groups_by_module(traced: TracedGraph, prefixes: Sequence[Sequence[str]]) -> 
 
 
 def pipeline_costs(groups: Sequence[GroupCost], gpu: GPUProfile):
-    """`parplan.costs.PipelineCosts` for stages = groups, in seconds and bytes.
+    """`parplan.schedule.costs.PipelineCosts` for stages = groups, in seconds and bytes.
 
     Transfers stay delays (PipelineCosts' contract); the compute they slow down is folded
     in: stage s's F grows by contention x its outgoing transfer, its backward (I) by
     contention x the gradient it sends back (the size of the previous boundary).
     """
-    from parplan.costs import PipelineCosts  # the schedule layer's type
+    from parplan.schedule.costs import PipelineCosts  # the schedule layer's type
 
     kappa = gpu.efficiency.transfer_contention
     n = len(groups)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 from parplan.baselines import build_baseline
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.mip.cpsat import (
     CpSatOptions, ProgressEvent, makespan_lower_bound, solve_cpsat,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal, Sequence
 
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.plan import (
     ClusterSummary,

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 
 __all__ = ["measure_stage_costs", "GLOO_LOOPBACK_LATENCY_S", "GLOO_LOOPBACK_BYTES_PER_S"]
 
