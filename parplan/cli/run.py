@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from parplan.cli_args import chart_format, positive_int
+from parplan.cli.args import chart_format, positive_int
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers"]

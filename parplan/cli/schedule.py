@@ -10,7 +10,7 @@ from parplan.baselines import BASELINES
 from parplan.compare import ComparisonRow, compare, rank_share_costs
 from parplan.schedule.costs import parse_cost_spec
 from parplan.errors import ParplanError
-from parplan.cli_args import chart_format, format_columns, positive_float, positive_int
+from parplan.cli.args import chart_format, format_columns, positive_float, positive_int
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from parplan.cli_args import chart_format, format_columns
+from parplan.cli.args import chart_format, format_columns
 from parplan.compare import parse_memory_limit
 from parplan.errors import ParplanError
 from parplan.io import check_writable, write_outputs
