@@ -1,9 +1,10 @@
 """`parplan` command line: a thin layer over the Python API.
 
-Each command family has a module here exposing `add_parsers(sub)`; a parser sets
-`func(args) -> int`. User errors (`ParplanError`) print one message and exit 2; nothing
-is written when a command fails, because commands build their whole output in memory and
-write files last (see `parplan.io.write_outputs`). Nothing outside this package imports it.
+One module per command (`schedule` also holds `compare` and `demo`, which share its
+options), each exposing `add_parsers(sub)`; a parser sets `func(args) -> int`. User
+errors (`ParplanError`) print one message and exit 2; nothing is written when a command
+fails, because commands build their whole output in memory and write files last (see
+`parplan.io.write_outputs`). Nothing outside this package imports it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ __all__ = ["main", "build_parser"]
 
 def _command_modules():
     # Imported here, not at module level, so `parplan --help` stays fast.
-    from parplan.cli import plan, run, schedule, trace
+    from parplan.cli import chain, export, plan, profile, run, schedule, show, trace
 
-    return [schedule, plan, trace, run]  # the order `parplan --help` lists
+    return [schedule, plan, trace, profile, chain, export, show, run]  # the order `parplan --help` lists
 
 
 def build_parser() -> argparse.ArgumentParser:
