@@ -27,7 +27,7 @@ import time
 from parplan.baselines import BASELINES, build_baseline
 from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
-from parplan.mip import solve_schedule
+from parplan.mip import MipOptions, solve_schedule
 from parplan.schedule.simulate import simulate
 
 COSTS: dict[str, dict[str, float]] = {
@@ -56,18 +56,15 @@ def baselines(num_ranks: int, num_microbatches: int, kind: str) -> dict[str, obj
     return out
 
 
-def run_instance(num_ranks: int, num_microbatches: int, kind: str, *, time_limit: float, placement: str,
-                 cells: str = "fb") -> dict:
+def run_instance(num_ranks: int, num_microbatches: int, kind: str, *, work: float, time_limit: float,
+                 placement: str, cells: str = "fb") -> dict:
     base = baselines(num_ranks, num_microbatches, kind)
     cap = max(base["dualpipe"].peak_activation_per_rank)
     fits = {n: r for n, r in base.items() if max(r.peak_activation_per_rank) <= cap + 1e-9}
     best_name = min(fits, key=lambda n: fits[n].makespan)
     started = time.perf_counter()
-    result = solve_schedule(
-        num_ranks=num_ranks, num_microbatches=num_microbatches, placement=placement,
-        rank_costs=lambda s: costs_for(kind, num_ranks, s), memory_cap=cap, time_limit=time_limit, workers=2,
-        cells=cells,
-    )
+    result = solve_schedule(num_ranks=num_ranks, num_microbatches=num_microbatches, rank_costs=lambda s: costs_for(kind, num_ranks, s), options=MipOptions(placement=placement, memory_cap=cap, work=work, time_limit=time_limit,
+                                               workers=2, cells=cells))
     wall = time.perf_counter() - started
     dp = base["dualpipe"].max_bubble
     return {
@@ -104,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pp", type=int, nargs="*", default=[4, 8, 16])
     parser.add_argument("--mult", type=int, nargs="*", default=[2, 4], help="M = mult × PP")
     parser.add_argument("--costs", nargs="*", default=list(COSTS), choices=list(COSTS))
-    parser.add_argument("--time-limit", type=float, default=60.0)
+    parser.add_argument("--work", type=float, default=12.0, help="CP-SAT deterministic seconds per row")
+    parser.add_argument("--time-limit", type=float, default=60.0, help="wall-clock safety stop per row")
     parser.add_argument("--placement", default="auto", choices=["auto", "dualpipe", "v", "loop", "chain"])
     parser.add_argument("--cells", default="fb", choices=["fb", "any"],
                         help="F&B cells the MIP may form: fb as DualPipe (default), any also (F;I)")
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for pp in args.pp:
         for mult in args.mult:
             for kind in args.costs:
-                r = run_instance(pp, mult * pp, kind, time_limit=args.time_limit, placement=args.placement,
+                r = run_instance(pp, mult * pp, kind, work=args.work, time_limit=args.time_limit, placement=args.placement,
                                  cells=args.cells)
                 print(row(r), flush=True)
     return 0

@@ -1,20 +1,26 @@
 """Benchmark for issue #5: parplan's plan against the expert schedules, per zoo model.
 
-Usage: python benchmarks/plan_zoo.py [--time-limit 60] [--only NAME ...]
+Usage: python benchmarks/plan_zoo.py [--effort normal] [--only NAME ...] [--json-dir DIR]
 
 Prints one markdown table row per case: parplan's predicted step time, the best baseline's
 (contiguous layer split balanced by cost, same memory cap, each expert schedule), the gain,
 bubble, peak memory and planning time. Times are the cost model's predictions for the
-named cluster; planning time is wall time on this machine.
+named cluster; planning time is wall time on this machine. The search is bounded by work
+(`--effort`), so two runs give the same plans whatever else loads the machine;
+`--json-dir` writes each case's plan (timing fields removed) to compare runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
+from parplan.budget import effort_work
 from parplan.cost import load_cluster
 from parplan.planner import Degrees, PlannerConfig, plan_traced
+from parplan.planner.api import to_plan
 from parplan.trace import trace
 from parplan.zoo import load_model
 
@@ -36,18 +42,30 @@ CASES = [
      "h100x4-a100x4", 16, Degrees(pp=8, dp=1, tp=1), None),
     ("llama-70b on 64 GPUs", LLAMA_70B, 4096, "h100x64", 64, None, None),
 ]
-# The 70B case is about planning time (≤ 60 s on 2 cores, trace included): its limit is 30 s.
-TIME_LIMITS = {"llama-70b on 64 GPUs": 30.0}
 
 
-def run_case(name, spec, seq, cluster_name, microbatches, degrees, families, time_limit):
+def _timeless(data):
+    """plan.json without its wall-clock fields."""
+    if isinstance(data, dict):
+        return {k: _timeless(v) for k, v in data.items() if k not in ("seconds", "solve_seconds")}
+    if isinstance(data, list):
+        return [_timeless(v) for v in data]
+    return data
+
+
+def run_case(name, spec, seq, cluster_name, microbatches, degrees, families, work, json_dir=None):
     started = time.perf_counter()
     zoo = load_model(spec, batch=1, seq=seq)
     traced = trace(zoo.model, zoo.example_inputs)
     options = {"families": families} if families else {}
-    config = PlannerConfig(microbatches=microbatches, time_limit=time_limit, degrees=degrees, **options)
-    result = plan_traced(traced, load_cluster(cluster_name), config)
+    config = PlannerConfig(microbatches=microbatches, work=work, degrees=degrees, **options)
+    cluster = load_cluster(cluster_name)
+    result = plan_traced(traced, cluster, config)
     total = time.perf_counter() - started
+    if json_dir is not None:
+        plan = to_plan(result, zoo.model, zoo.example_inputs, cluster, config, spec)
+        out = Path(json_dir) / (name.replace(" ", "_") + ".json")
+        out.write_text(json.dumps(_timeless(plan.to_dict()), indent=1, sort_keys=True))
     best = result.best
     rivals = [e for e in result.baselines if e.fits]
     rival = min(rivals, key=lambda e: e.step_time_s)
@@ -60,16 +78,19 @@ def run_case(name, spec, seq, cluster_name, microbatches, degrees, families, tim
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--time-limit", type=float, default=60.0)
+    parser.add_argument("--effort", default="normal")
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--json-dir", default=None)
     args = parser.parse_args()
+    if args.json_dir:
+        Path(args.json_dir).mkdir(parents=True, exist_ok=True)
     print("| case | cluster | degrees | parplan schedule | parplan step (s) | bubble | peak mem (GiB) | "
           "best baseline | baseline step (s) | gain | planning (s) | trace+plan (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for case in CASES:
         if args.only and not any(o in case[0] for o in args.only):
             continue
-        print(run_case(*case, time_limit=TIME_LIMITS.get(case[0], args.time_limit)), flush=True)
+        print(run_case(*case, work=effort_work(args.effort), json_dir=args.json_dir), flush=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 from ortools.sat.python import cp_model
 
 from dualpipe_grid import baselines, costs_for
-from parplan.mip import solve_schedule
+from parplan.mip import MipOptions, solve_schedule
 from parplan.mip.api import _prepare
 from parplan.mip.cpsat import CpSatOptions, build_model
 from parplan.mip.problem import num_model_stages
@@ -32,8 +32,7 @@ def prove(num_ranks: int, num_microbatches: int, kind: str, placement: str, targ
     cap = max(baselines(num_ranks, num_microbatches, kind)["dualpipe"].peak_activation_per_rank)
     costs = costs_for(kind, num_ranks, num_model_stages(placement, num_ranks))
     if target is None:
-        target = solve_schedule(num_ranks=num_ranks, num_microbatches=num_microbatches, costs=costs,
-                                placement=placement, memory_cap=cap, time_limit=60).objective
+        target = solve_schedule(num_ranks=num_ranks, num_microbatches=num_microbatches, costs=costs, options=MipOptions(placement=placement, memory_cap=cap, work=12)).objective
     prep = _prepare(placement=placement, num_ranks=num_ranks, num_microbatches=num_microbatches, costs=costs,
                     memory_cap=cap, param_cap=None, objective="makespan", link_contention=False)
     scale = prep.problem.time_scale

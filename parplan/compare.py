@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from parplan.baselines import BASELINES, build_baseline
 from parplan.schedule.costs import PipelineCosts
@@ -20,6 +20,9 @@ from parplan.errors import ParplanError
 from parplan.schedule.ir import Schedule
 from parplan.schedule.simulate import SimResult
 from parplan.schedule.validate import validate
+
+if TYPE_CHECKING:
+    from parplan.mip import MipOptions
 
 __all__ = ["ComparisonRow", "rank_share_costs", "parse_memory_limit", "compare", "DEFAULT_COST"]
 
@@ -124,7 +127,8 @@ def compare(
     cost_spec: dict[str, float] | None = None,
     num_chunks: int | None = None,
     memory_limit: str | None = None,
-    mip_options: dict | None = None,
+    mip_options: "MipOptions | None" = None,
+    progress: Callable | None = None,
 ) -> list[ComparisonRow]:
     """Simulate each named schedule (baselines, and "mip") under the same costs."""
     unknown = [n for n in names if n not in BASELINES and n != "mip"]
@@ -136,7 +140,7 @@ def compare(
     rows = []
     for name in names:
         if name == "mip":
-            rows.append(solve_mip_row(num_ranks, num_microbatches, costs, cap, mip_options or {}))
+            rows.append(solve_mip_row(num_ranks, num_microbatches, costs, cap, mip_options, progress))
             continue
         # --chunks shapes interleaved-1f1b; other builders reject it when named alone.
         chunks = num_chunks if name == "interleaved-1f1b" or len(names) == 1 else None
@@ -146,17 +150,15 @@ def compare(
     return rows
 
 
-def solve_mip_row(num_ranks, num_microbatches, costs, cap, options) -> ComparisonRow:
-    from parplan.mip import solve_schedule
+def solve_mip_row(num_ranks, num_microbatches, costs, cap, options: "MipOptions | None",
+                  progress: Callable | None = None) -> ComparisonRow:
+    from dataclasses import replace
 
-    result = solve_schedule(
-        num_ranks=num_ranks, num_microbatches=num_microbatches, costs=None, rank_costs=costs,
-        memory_cap=cap, **options,
-    )
-    report = {
-        "status": result.status, "objective": result.objective, "bound": result.bound, "gap": result.gap,
-        "solve_seconds": result.solve_seconds, "warm_start": result.warm_start, "placement": result.placement,
-        "notes": list(result.notes),
-    }
+    from parplan.mip import MipOptions, solve_schedule
+
+    result = solve_schedule(num_ranks=num_ranks, num_microbatches=num_microbatches, rank_costs=costs,
+                            options=replace(options or MipOptions(placement="auto"), memory_cap=cap),
+                            progress=progress)
+    report = result.report().as_dict()
     fits = None if cap is None else max(result.simulation.peak_activation_per_rank) <= cap + 1e-9
     return ComparisonRow(schedule=result.schedule, simulation=result.simulation, fits=fits, solver=report)

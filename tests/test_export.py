@@ -62,11 +62,11 @@ def test_dualpipe_export_fails_naming_dualpipev():
 
 def test_mip_schedule_passes_pytorch():
     pytest.importorskip("parplan.mip", reason="parplan.mip (the MIP scheduler) is not importable")
-    from parplan.mip import solve_schedule
+    from parplan.mip import MipOptions, solve_schedule
 
     costs = PipelineCosts.uniform(6, f=1, i=1.5, w=0.5, c=0.25)
     for placement in ("v", "loop"):
-        result = solve_schedule(num_ranks=3, num_microbatches=6, costs=costs, placement=placement, time_limit=5)
+        result = solve_schedule(num_ranks=3, num_microbatches=6, costs=costs, options=MipOptions(placement=placement, work=1))
         _check(result.schedule)
 
 

@@ -13,7 +13,7 @@ from parplan.errors import ParplanError
 from parplan.mip import MipResult, ProgressEvent, solve_schedule
 from parplan.mip import api as mip_api
 from parplan.mip.brute import brute_force
-from parplan.mip.api import serial_schedule
+from parplan.mip.api import MipOptions, serial_schedule
 from parplan.mip.cpsat import CpSatOptions, SolveOutcome, build_model, solve_cpsat
 from parplan.mip.problem import build_problem, num_model_stages
 from parplan.mip.timetable import Timetable, canonical, from_schedule, without_cells
@@ -60,24 +60,22 @@ def test_dualpipe_8x20_unit_costs_optimal_at_half_the_bubble():
     cap = dualpipe_cap(8, 20, costs)
     assert cap == 9
     dualpipe = simulate(build_baseline("dualpipe", 8, 20), costs)
-    result = solve_schedule(num_ranks=8, num_microbatches=20, costs=costs, placement="dualpipe",
-                            memory_cap=cap, time_limit=30, workers=2)
+    result = solve_schedule(num_ranks=8, num_microbatches=20, costs=costs, options=MipOptions(placement="dualpipe", memory_cap=cap, work=6, workers=2))
     check(result, costs, cap)
     assert result.status == "OPTIMAL" and result.gap == 0
     assert result.simulation.max_bubble <= 0.5 * dualpipe.max_bubble + 1e-9  # 3 vs 6
     assert max(result.simulation.peak_activation_per_rank) <= cap
-    assert result.solve_seconds <= 30
 
 
 def test_cpsat_search_itself_proves_the_8x20_optimum():
-    """Without the warm-start-meets-bound shortcut, the search proves 63 within 30 s."""
+    """Without the warm-start-meets-bound shortcut, the search proves 63 within its work."""
     costs = PipelineCosts.uniform(8)
     problem = build_problem(placement="dualpipe", num_ranks=8, num_microbatches=20, costs=costs, memory_cap=9)
     # The plain DualPipe (cells fused) as hint: makespan 66, bubble 6.
     dualpipe = build_baseline("dualpipe", 8, 20)
     hint = canonical(problem, from_schedule(problem, without_cells(dualpipe)), fifo_weights=True)
-    outcome = solve_cpsat(problem, hint=hint, options=CpSatOptions(time_limit=30, workers=2))
-    assert outcome.status == "OPTIMAL" and outcome.objective == 63 and outcome.seconds <= 30
+    outcome = solve_cpsat(problem, hint=hint, options=CpSatOptions(work=6, workers=2))
+    assert outcome.status == "OPTIMAL" and outcome.objective == 63
 
 
 # ---- exactness on unequal costs and transfers ---------------------------------------------------
@@ -87,8 +85,7 @@ def test_unequal_costs_and_transfers_simulated_equals_solver(placement, num_rank
     costs = uneven(stages)
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs)
     cap = problem.smallest_feasible_cap() + 2.0
-    result = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, placement=placement,
-                            memory_cap=cap, time_limit=30)
+    result = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, options=MipOptions(placement=placement, memory_cap=cap, work=6))
     check(result, costs, cap)
     assert result.status == "OPTIMAL"
     assert result.objective == pytest.approx(result.bound)  # the solver's optimum is the simulated makespan
@@ -97,8 +94,7 @@ def test_unequal_costs_and_transfers_simulated_equals_solver(placement, num_rank
 
 def test_tight_memory_cap_is_respected_and_warm_start_never_beaten_by_worse():
     costs = PipelineCosts.uniform(4, f=1, i=1.2, w=0.8)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, placement="dualpipe",
-                            memory_cap=2, time_limit=20)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(placement="dualpipe", memory_cap=2, work=4))
     check(result, costs, 2)
     assert max(result.simulation.peak_activation_per_rank) <= 2
     serial = simulate(mip_api.serial_schedule(build_problem(
@@ -111,8 +107,7 @@ def test_f_and_b_cells_when_they_are_shorter():
     costs = PipelineCosts.uniform(4, f=1, i=1, w=1, c=0.2, fb=2.4)
     cap = dualpipe_cap(4, 8, costs)
     dualpipe = simulate(build_baseline("dualpipe", 4, 8), costs)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, placement="dualpipe",
-                            memory_cap=cap, time_limit=15)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(placement="dualpipe", memory_cap=cap, work=3))
     check(result, costs, cap)
     assert result.objective <= dualpipe.makespan + 1e-9
     assert any(a.kind is Kind.OVERLAP_F_B for o in result.schedule.orders for a in o)
@@ -123,8 +118,9 @@ def test_f_and_i_cells_on_request():
     optima are proven and the wider model's is strictly shorter, through (F;I) cells."""
     costs = uneven(2, ratio=0.7)
     cap = dualpipe_cap(2, 4, costs)
-    kw = dict(num_ranks=2, num_microbatches=4, costs=costs, placement="dualpipe", memory_cap=cap, time_limit=20)
-    fb, anyk = solve_schedule(**kw), solve_schedule(**kw, cells="any")
+    kw = dict(placement="dualpipe", memory_cap=cap, work=4)
+    fb, anyk = (solve_schedule(num_ranks=2, num_microbatches=4, costs=costs, options=MipOptions(**kw, cells=cells))
+                for cells in ("fb", "any"))
     for result in (fb, anyk):
         check(result, costs, cap)
         assert result.status == "OPTIMAL"
@@ -133,7 +129,7 @@ def test_f_and_i_cells_on_request():
     assert anyk.objective < fb.objective - 1e-9
     assert f_i(anyk) and not f_i(fb)
     with pytest.raises(ParplanError, match="--cells 'fi' is unknown"):
-        solve_schedule(**kw, cells="fi")
+        MipOptions(**kw, cells="fi")
 
 
 # ---- symmetry breaking keeps an optimum ---------------------------------------------------------
@@ -154,7 +150,7 @@ def test_fifo_symmetry_breaking_matches_the_unbroken_model(placement, num_ranks,
                             costs=uneven(stages, ratio=ratio), memory_cap=cap)
     values = []
     for symmetry in (True, False):
-        out = solve_cpsat(problem, hint=None, options=CpSatOptions(time_limit=30, symmetry_breaking=symmetry,
+        out = solve_cpsat(problem, hint=None, options=CpSatOptions(work=6, symmetry_breaking=symmetry,
                                                                    cell_kinds=kinds))
         assert out.status == "OPTIMAL"
         values.append(out.objective)
@@ -200,10 +196,8 @@ def test_cpsat_highs_and_brute_force_agree_on_tiny_instances(placement, num_rank
     costs = uneven(stages)
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, memory_cap=cap)
     brute, _ = brute_force(problem)
-    cp = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, placement=placement,
-                        memory_cap=cap, time_limit=20)
-    hi = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, placement=placement,
-                        memory_cap=cap, time_limit=20, solver="highs")
+    cp = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, options=MipOptions(placement=placement, memory_cap=cap, work=4))
+    hi = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, options=MipOptions(placement=placement, memory_cap=cap, work=4, solver="highs"))
     for result in (cp, hi):
         check(result, costs, cap)
         assert result.status == "OPTIMAL"
@@ -214,9 +208,9 @@ def test_cpsat_highs_and_brute_force_agree_on_tiny_instances(placement, num_rank
 def test_cpsat_and_highs_agree_on_about_thirty_tasks(placement, num_ranks, num_mb, cap):
     stages = num_ranks if placement == "dualpipe" else 2 * num_ranks
     costs = uneven(stages)
-    kwargs = dict(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, placement=placement,
-                  memory_cap=cap, time_limit=60)
-    cp, hi = solve_schedule(**kwargs), solve_schedule(**kwargs, solver="highs")
+    cp, hi = (solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs,
+                             options=MipOptions(placement=placement, memory_cap=cap, work=12, solver=solver))
+              for solver in ("cpsat", "highs"))
     assert cp.status == hi.status == "OPTIMAL"
     assert cp.objective == pytest.approx(hi.objective)
     check(hi, costs, cap)
@@ -225,7 +219,7 @@ def test_cpsat_and_highs_agree_on_about_thirty_tasks(placement, num_ranks, num_m
 # ---- API behaviour ------------------------------------------------------------------------------
 def test_same_seed_and_workers_give_the_same_schedule():
     costs = PipelineCosts.uniform(8, f=1, i=1.2, w=0.8).scaled(0.5)
-    runs = [solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, placement="v", time_limit=30, seed=3)
+    runs = [solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(placement="v", work=6, seed=3))
             for _ in range(2)]
     assert runs[0].schedule.to_text() == runs[1].schedule.to_text()
 
@@ -236,7 +230,7 @@ def test_both_portfolios_are_deterministic_and_agree_on_the_optimum(portfolio, w
     # Four workers take the proof portfolio past its measured pair (max_lp, quick_restart).
     problem = build_problem(placement="dualpipe", num_ranks=2, num_microbatches=4,
                             costs=uneven(2, ratio=0.7), memory_cap=3.0)
-    runs = [solve_cpsat(problem, hint=None, options=CpSatOptions(time_limit=30, seed=5, portfolio=p, workers=workers))
+    runs = [solve_cpsat(problem, hint=None, options=CpSatOptions(work=6, seed=5, portfolio=p, workers=workers))
             for p in (portfolio, portfolio, "proof" if portfolio == "default" else "default")]
     assert all(r.status == "OPTIMAL" for r in runs)
     assert (runs[0].timetable.start, runs[0].timetable.cells) == (runs[1].timetable.start, runs[1].timetable.cells)
@@ -245,15 +239,14 @@ def test_both_portfolios_are_deterministic_and_agree_on_the_optimum(portfolio, w
 
 def test_cap_below_one_microbatch_fails_at_once_with_the_smallest_feasible_cap():
     with pytest.raises(ParplanError, match="smallest feasible cap is 1"):
-        solve_schedule(num_ranks=4, num_microbatches=8, costs=PipelineCosts.uniform(8).scaled(0.5),
-                       placement="v", memory_cap=0.9)
+        solve_schedule(num_ranks=4, num_microbatches=8, costs=PipelineCosts.uniform(8).scaled(0.5), options=MipOptions(placement="v", memory_cap=0.9))
     with pytest.raises(ParplanError, match="smallest feasible cap is 2"):
-        solve_schedule(num_ranks=2, num_microbatches=4, costs=uneven(2), placement="dualpipe", memory_cap=1.5)
+        solve_schedule(num_ranks=2, num_microbatches=4, costs=uneven(2), options=MipOptions(placement="dualpipe", memory_cap=1.5))
 
 
 def test_param_cap_too_small_is_an_error():
     with pytest.raises(ParplanError, match="parameter cap"):
-        solve_schedule(num_ranks=4, num_microbatches=8, costs=PipelineCosts.uniform(4), param_cap=1.5)
+        solve_schedule(num_ranks=4, num_microbatches=8, costs=PipelineCosts.uniform(4), options=MipOptions(param_cap=1.5))
 
 
 def test_time_limit_without_a_solution_returns_the_warm_start(monkeypatch):
@@ -263,7 +256,7 @@ def test_time_limit_without_a_solution_returns_the_warm_start(monkeypatch):
     monkeypatch.setattr(mip_api, "solve_cpsat", nothing)
     # Capped: uncapped, the greedy warm start meets the lower bound and no search runs.
     costs = PipelineCosts.uniform(4, f=1, i=1.2, w=0.8)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, memory_cap=5, time_limit=1)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(memory_cap=5, work=0.2, lns=False))
     assert result.status == "WARM_START_ONLY"
     assert any("without a solution; returning the warm start" in n for n in result.notes)
     check(result, costs, 5)
@@ -272,12 +265,10 @@ def test_time_limit_without_a_solution_returns_the_warm_start(monkeypatch):
 def test_progress_events_and_model_dumps(tmp_path):
     events: list[ProgressEvent] = []
     costs = PipelineCosts.uniform(4, f=1, i=1.2, w=0.8)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, time_limit=20, progress=events.append,
-                            dump_model=str(tmp_path / "model.pbtxt"))
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, progress=events.append, options=MipOptions(work=4, dump_model=str(tmp_path / "model.pbtxt")))
     assert (tmp_path / "model.pbtxt").stat().st_size > 0
     assert events and events[-1].incumbent == pytest.approx(result.objective)
-    solve_schedule(num_ranks=2, num_microbatches=2, costs=uneven(2), solver="highs", time_limit=10,
-                   dump_model=str(tmp_path / "model.lp"))
+    solve_schedule(num_ranks=2, num_microbatches=2, costs=uneven(2), options=MipOptions(solver="highs", work=2, dump_model=str(tmp_path / "model.lp")))
     assert "cmax" in (tmp_path / "model.lp").read_text()
 
 
@@ -285,7 +276,7 @@ def test_placement_auto_tries_each_and_keeps_the_best():
     def rank_costs(num_stages: int) -> PipelineCosts:
         return PipelineCosts.uniform(num_stages, f=1, i=1.2, w=0.8).scaled(4 / num_stages)
 
-    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs, placement="auto", time_limit=30)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs, options=MipOptions(placement="auto", work=6))
     assert result.placement in ("dualpipe", "v", "loop")
     assert any("placement auto tried" in n for n in result.notes)
     check(result, rank_costs(num_model_stages(result.placement, 4)), None)
@@ -297,8 +288,8 @@ def test_auto_is_optimal_only_when_no_placement_can_do_better(monkeypatch, other
     below its makespan (room left: not proven) or at least it (proven over all)."""
     real, kept = mip_api._search, {}
 
-    def search(prep, **kwargs):
-        result = real(prep, **kwargs)
+    def search(prep, run, **kwargs):
+        result = real(prep, run, **kwargs)
         if prep.problem.placement == "dualpipe":
             kept["objective"] = result.objective
             return dataclasses.replace(result, status="OPTIMAL", bound=result.objective, gap=0.0)
@@ -308,8 +299,7 @@ def test_auto_is_optimal_only_when_no_placement_can_do_better(monkeypatch, other
     monkeypatch.setattr(mip_api, "_search", search)
     # No cap: under one the static bounds of v and loop (24.5, 24.7) exceed what dualpipe's
     # round 1 often reaches (24.2), and whether they are searched at all became timing.
-    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs, placement="auto",
-                            time_limit=6)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs, options=MipOptions(placement="auto", work=1.2))
     assert result.placement == "dualpipe" and result.status == status
     assert result.bound == (0.0 if other_bound == 0.0 else result.objective)
 
@@ -320,17 +310,16 @@ def test_auto_skips_a_placement_the_round_1_best_already_beats(monkeypatch):
     dualpipe's round 1 has reached 24.2, neither v nor loop can win: not searched."""
     real, searched = mip_api._search, []
 
-    def search(prep, **kwargs):
+    def search(prep, run, **kwargs):
         searched.append(prep.problem.placement)
-        result = real(prep, **kwargs)
+        result = real(prep, run, **kwargs)
         if prep.problem.placement == "dualpipe":
             assert result.objective <= 25.4 + 1e-9
             return dataclasses.replace(result, objective=24.2)
         return result
 
     monkeypatch.setattr(mip_api, "_search", search)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs, placement="auto",
-                            memory_cap=5, time_limit=4)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs, options=MipOptions(placement="auto", memory_cap=5, work=0.8))
     assert set(searched) == {"dualpipe"}
     notes = " ".join(result.notes)
     assert "placement chain skipped: its lower bound 25.4 is no better than the best warm start 25.4" in notes
@@ -340,7 +329,7 @@ def test_auto_skips_a_placement_the_round_1_best_already_beats(monkeypatch):
 
 def test_throughput_objective_minimises_the_longest_rank_span():
     costs = PipelineCosts.uniform(4, f=1, i=1.2, w=0.8)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, objective="throughput", time_limit=20)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(objective="throughput", work=4))
     spans = [row[-1].end - row[0].start for row in result.simulation.timeline]
     assert result.objective == pytest.approx(max(spans))
 
@@ -351,7 +340,7 @@ def test_pp16_m64_unit_costs_within_055_of_dualpipe():
     costs = PipelineCosts.uniform(16)
     cap = dualpipe_cap(16, 64, costs)
     dualpipe = simulate(build_baseline("dualpipe", 16, 64), costs)
-    result = solve_schedule(num_ranks=16, num_microbatches=64, costs=costs, memory_cap=cap, time_limit=60)
+    result = solve_schedule(num_ranks=16, num_microbatches=64, costs=costs, options=MipOptions(memory_cap=cap, work=12))
     check(result, costs, cap)
     assert result.simulation.max_bubble <= 0.55 * dualpipe.max_bubble
 
@@ -361,7 +350,7 @@ def test_grid_4x8_cell_row_is_proven_within_its_minute():
     """The grid's 4 × 8 row with F&B cells (C=0.2, FB=0.8·(F+B)) under DualPipe's cap: 24.2,
     certified over every placement inside the 60 s call (34.5 s on the 2-core box)."""
     cap = dualpipe_cap(4, 8, cell_rank_costs(4))
-    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs, memory_cap=cap, time_limit=60)
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs, options=MipOptions(memory_cap=cap, work=12))
     check(result, cell_rank_costs(num_model_stages(result.placement, 4)), cap)
     assert result.status == "OPTIMAL" and result.bound == pytest.approx(result.objective)
     assert result.objective == pytest.approx(24.2)

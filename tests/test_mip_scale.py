@@ -19,6 +19,7 @@ from parplan.mip.cpsat import (
     memory_unit, problem_bounds, rank_lower_bound, solve_cpsat,
 )
 from parplan.mip import api as mip_api
+from parplan.mip.api import MipOptions
 from parplan.mip.greedy import greedy_timetable
 from parplan.mip.lns import improve
 from parplan.mip.problem import build_problem, num_model_stages
@@ -58,8 +59,7 @@ def fitting_baselines(names, num_ranks, num_mb, costs, cap):
 def test_chain_placement_never_worse_than_its_warm_starts():
     costs = uneven(4)
     cap = max(simulate(build_baseline("1f1b", 4, 6), costs).peak_activation_per_rank)  # GPipe and ZB-H2 need more
-    result = solve_schedule(num_ranks=4, num_microbatches=6, costs=costs, placement="chain", memory_cap=cap,
-                            time_limit=15)
+    result = solve_schedule(num_ranks=4, num_microbatches=6, costs=costs, options=MipOptions(placement="chain", memory_cap=cap, work=3))
     check(result, costs, cap)
     assert result.placement == "chain" and result.schedule.stage_to_rank == (0, 1, 2, 3)
     warm = fitting_baselines(WARM_STARTS["chain"], 4, 6, costs, cap)
@@ -73,8 +73,7 @@ def test_chain_placement_agrees_with_brute_force():
     costs = uneven(2)
     problem = build_problem(placement="chain", num_ranks=2, num_microbatches=2, costs=costs, memory_cap=2.0)
     brute, _ = brute_force(problem)
-    result = solve_schedule(num_ranks=2, num_microbatches=2, costs=costs, placement="chain", memory_cap=2.0,
-                            time_limit=10)
+    result = solve_schedule(num_ranks=2, num_microbatches=2, costs=costs, options=MipOptions(placement="chain", memory_cap=2.0, work=2))
     check(result, costs, 2.0)
     assert result.status == "OPTIMAL" and result.objective == pytest.approx(brute)
 
@@ -87,23 +86,32 @@ def test_seconds_and_bytes_instance_improves_within_a_short_limit():
     zbv = simulate(build_baseline("zb-v", 4, 16), costs)
     cap = max(zbv.peak_activation_per_rank)
     warm = fitting_baselines(WARM_STARTS["v"], 4, 16, costs, cap)
-    started = time.perf_counter()
-    result = solve_schedule(num_ranks=4, num_microbatches=16, costs=costs, placement="v", memory_cap=cap,
-                            time_limit=8, seed=0, workers=2)
-    wall = time.perf_counter() - started
+    result = solve_schedule(num_ranks=4, num_microbatches=16, costs=costs,
+                            options=MipOptions(placement="v", memory_cap=cap, work=1.6, seed=0, workers=2))
     check(result, costs, cap)
     assert result.status in ("OPTIMAL", "FEASIBLE")
     assert result.objective <= min(s.makespan for s in warm.values()) + 1e-12
-    assert wall <= 8.0 + 1.0  # slack for a loaded CI box; the deadline itself is 8 s
+    assert result.work <= 1.6 and not result.stopped_early
     assert max(result.simulation.peak_activation_per_rank) <= cap
 
 
-def test_wall_time_stays_within_the_limit_on_a_large_instance():
+def test_work_stays_within_the_budget_on_a_large_instance():
+    """8 × 32 on V (1,536 tasks): the full model, then LNS windows, within the work."""
     costs = seconds_costs(16, scale=0.5)
-    started = time.perf_counter()
-    result = solve_schedule(num_ranks=8, num_microbatches=32, costs=costs, placement="v", memory_cap=1e10,
-                            time_limit=5)
-    assert time.perf_counter() - started <= 5.0 + 1.0
+    result = solve_schedule(num_ranks=8, num_microbatches=32, costs=costs,
+                            options=MipOptions(placement="v", memory_cap=1e10, work=1))
+    assert result.work <= 1 and not result.stopped_early
+    check(result, costs, 1e10)
+
+
+def test_the_safety_stop_says_it_fired():
+    """A wall-clock limit far below what the work needs cuts the search, and the result
+    says so (the plan would then depend on the machine) — and is still valid."""
+    costs = seconds_costs(16, scale=0.5)
+    result = solve_schedule(num_ranks=8, num_microbatches=32, costs=costs,
+                            options=MipOptions(placement="v", memory_cap=1e10, work=50, time_limit=0.5))
+    assert result.stopped_early
+    assert any("stopped early: the time limit of 0.5 s fired in the lower-level MIP on v" in n for n in result.notes)
     check(result, costs, 1e10)
 
 
@@ -119,8 +127,7 @@ def test_the_largest_grid_model_ends_by_its_limit():
     cap = max(simulate(build_baseline("dualpipe", 16, 64), rank_costs(16)).peak_activation_per_rank)
     zb_v = simulate(build_baseline("zb-v", 16, 64), rank_costs(32))
     started = time.perf_counter()
-    result = solve_schedule(num_ranks=16, num_microbatches=64, rank_costs=rank_costs, placement="auto",
-                            memory_cap=cap, time_limit=60)
+    result = solve_schedule(num_ranks=16, num_microbatches=64, rank_costs=rank_costs, options=MipOptions(placement="auto", memory_cap=cap, work=12))
     assert time.perf_counter() - started <= 60.0 + 1.0
     check(result, rank_costs(16 if result.placement == "dualpipe" else 32), cap)
     assert result.objective <= zb_v.makespan + 1e-9
@@ -160,8 +167,8 @@ def test_greedy_replaces_serial_when_no_baseline_fits():
     """4×8 on the loop placement under DualPipe's cap (F=I=W=1, C=0.2, FB=0.8(F+B)):
     interleaved 1F1B holds too much, so the warm start was the serial order (94.4)."""
     costs = PipelineCosts.uniform(8, f=1, i=1, w=1, c=0.2, fb=2.4).scaled(0.5)
-    prep = mip_api._prepare(placement="loop", num_ranks=4, num_microbatches=8, costs=costs, memory_cap=5,
-                            param_cap=None, objective="makespan", link_contention=False)
+    prep = mip_api._prepare(placement="loop", num_ranks=4, num_microbatches=8, costs=costs,
+                            options=MipOptions(placement="loop", memory_cap=5))
     serial = simulate(mip_api.serial_schedule(prep.problem), costs)
     assert prep.warm.name == "greedy"
     assert prep.warm.simulation.makespan <= serial.makespan / 3
@@ -172,8 +179,8 @@ def test_warm_start_ties_go_to_the_lower_peak_memory():
     """Uncapped 4×16 loop placement, unit costs: the list schedule reaches 49.5 with all 16
     micro-batches in flight (16 stage activations on a rank) and with 1F1B's window (8.5)."""
     costs = PipelineCosts.uniform(8, f=1, i=1, w=1).scaled(0.5)
-    prep = mip_api._prepare(placement="loop", num_ranks=4, num_microbatches=16, costs=costs, memory_cap=None,
-                            param_cap=None, objective="makespan", link_contention=False)
+    prep = mip_api._prepare(placement="loop", num_ranks=4, num_microbatches=16, costs=costs,
+                            options=MipOptions(placement="loop"))
     runs = {w: simulate(to_schedule(prep.problem, greedy_timetable(prep.problem, window=w)), costs)
             for w in (False, True)}
     assert runs[False].makespan == runs[True].makespan == prep.warm.simulation.makespan == 49.5
@@ -198,7 +205,7 @@ def test_lns_never_returns_worse_and_its_timetable_is_a_valid_schedule():
     costs = seconds_costs(8, scale=0.5)
     problem = build_problem(placement="v", num_ranks=4, num_microbatches=16, costs=costs, memory_cap=1e10)
     hint = canonical(problem, from_schedule(problem, build_baseline("zb-v", 4, 16)), fifo_weights=True)
-    out = improve(problem, hint, options=CpSatOptions(), deadline=time.perf_counter() + 4)
+    out = improve(problem, hint, options=CpSatOptions(), work=1.0)
     assert out.objective <= hint.makespan and out.steps >= 1
     sim = validate(to_schedule(problem, out.timetable), costs, memory_cap=1e10)
     assert sim.makespan <= simulate(build_baseline("zb-v", 4, 16), costs).makespan + 1e-12
@@ -214,7 +221,7 @@ def test_cell_bound_is_at_most_the_optimum_with_cells(placement, num_ranks, num_
     stages = num_ranks if placement in ("dualpipe", "chain") else 2 * num_ranks
     costs = uneven(stages, ratio=0.7)
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs)
-    out = solve_cpsat(problem, hint=None, options=CpSatOptions(time_limit=60, symmetry_breaking=False,
+    out = solve_cpsat(problem, hint=None, options=CpSatOptions(work=12, symmetry_breaking=False,
                                                                cell_bound=False, cell_kinds=kinds))
     assert out.status == "OPTIMAL"
     assert 0 < cell_lower_bound(problem, kinds) <= out.objective
@@ -234,7 +241,7 @@ def test_cell_bound_under_a_cap_is_higher_and_still_at_most_the_optimum(placemen
     free = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs)
     capped = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs,
                            memory_cap=cap)
-    out = solve_cpsat(capped, hint=None, options=CpSatOptions(time_limit=60, symmetry_breaking=False,
+    out = solve_cpsat(capped, hint=None, options=CpSatOptions(work=12, symmetry_breaking=False,
                                                               cell_bound=False))
     assert out.status == "OPTIMAL"
     assert cell_lower_bound(free) < cell_lower_bound(capped) <= out.objective
@@ -312,10 +319,9 @@ def test_auto_is_never_worse_than_any_baseline_under_the_cap():
     sims = {n: simulate(build_baseline(n, 4, 8), rank_costs(8 if n in two_chunk else 4)) for n in BASELINES}
     cap = max(sims["dualpipe"].peak_activation_per_rank)
     best = min(s.makespan for s in sims.values() if max(s.peak_activation_per_rank) <= cap + 1e-9)
-    started = time.perf_counter()
-    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs, placement="auto",
-                            memory_cap=cap, time_limit=10)
-    assert time.perf_counter() - started <= 10.0 + 1.0
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs,
+                            options=MipOptions(placement="auto", memory_cap=cap, work=2))
+    assert result.work <= 2
     check(result, rank_costs(8 if result.placement in ("v", "loop") else 4), cap)
     assert result.objective <= best + 1e-9
 
@@ -329,12 +335,10 @@ def test_memory_pass_keeps_the_makespan_and_lowers_the_peak(placement, costs_kin
     4×8 instances whose makespan-optimal schedules hold more than they need."""
     stages = num_model_stages(placement, 4)
     costs = uneven(stages) if costs_kind == "uneven" else PipelineCosts.uniform(stages, f=1, i=1.2, w=0.8, c=0.1)
-    plain = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, placement=placement, memory_cap=cap,
-                           time_limit=8)
-    started = time.perf_counter()
-    lean = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, placement=placement, memory_cap=cap,
-                          time_limit=8, minimise_memory=True)
-    assert time.perf_counter() - started <= 8 + 1.0
+    plain = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(placement=placement, memory_cap=cap, work=4))
+    lean = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs,
+                          options=MipOptions(placement=placement, memory_cap=cap, work=4, minimise_memory=True))
+    assert lean.work <= 4
     check(lean, costs, cap)
     assert lean.objective == pytest.approx(plain.objective) and lean.status == plain.status == "OPTIMAL"
     assert max(lean.simulation.peak_activation_per_rank) < max(plain.simulation.peak_activation_per_rank)
@@ -345,12 +349,10 @@ def test_memory_pass_optimum_is_the_least_memory_at_that_makespan():
     """chain 4×8, uneven costs: the pass proves peak 8 at makespan 36.5 (plain: 16). Checked
     with the makespan model: under a cap just below 8 the best makespan is longer."""
     costs = uneven(4)
-    lean = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, placement="chain", time_limit=20,
-                          minimise_memory=True)
+    lean = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(placement="chain", work=4, minimise_memory=True))
     peak = max(lean.simulation.peak_activation_per_rank)
     assert "memory pass (OPTIMAL" in lean.notes[-1]
-    tighter = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, placement="chain", time_limit=20,
-                             memory_cap=peak - 0.5)  # activations are multiples of 0.5
+    tighter = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(placement="chain", work=4, memory_cap=peak - 0.5))  # activations are multiples of 0.5
     assert tighter.status == "OPTIMAL" and tighter.objective > lean.objective + 1e-9
 
 
@@ -360,8 +362,7 @@ def test_memory_pass_matches_brute_force_least_memory_optimum(placement, num_ran
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs)
     makespan, schedule = brute_force(problem, least_memory=True)
     least = max(validate(schedule, costs).peak_activation_per_rank)
-    lean = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, placement=placement,
-                          time_limit=20, minimise_memory=True)
+    lean = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, options=MipOptions(placement=placement, work=4, minimise_memory=True))
     assert lean.objective == pytest.approx(makespan)
     assert max(lean.simulation.peak_activation_per_rank) == pytest.approx(least)
 
@@ -379,9 +380,8 @@ def test_memory_pass_list_schedules_work_without_cp_sat(monkeypatch):
 
     monkeypatch.setattr(mip_api, "solve_cpsat", no_memory_search)
     costs = uneven(4)
-    plain = solve_schedule(num_ranks=4, num_microbatches=16, costs=costs, placement="chain", time_limit=5)
-    lean = solve_schedule(num_ranks=4, num_microbatches=16, costs=costs, placement="chain", time_limit=5,
-                          minimise_memory=True)
+    plain = solve_schedule(num_ranks=4, num_microbatches=16, costs=costs, options=MipOptions(placement="chain", work=1))
+    lean = solve_schedule(num_ranks=4, num_microbatches=16, costs=costs, options=MipOptions(placement="chain", work=1, minimise_memory=True))
     check(lean, costs, None)
     assert lean.objective == pytest.approx(plain.objective)
     assert max(plain.simulation.peak_activation_per_rank) == 32

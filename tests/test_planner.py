@@ -100,7 +100,7 @@ def test_upper_mip_is_never_worse_than_its_hint_and_keeps_edges_monotone():
     family = FAMILIES["v"]
     hint = balanced_contiguous(n_units, 2 * n_ranks, cost)
     split, report = place_units(num_units=n_units, edges=edges, family=family, num_ranks=n_ranks, cost=cost,
-                                static=lambda u, s: 0.0, static_cap=None, hint=hint, time_limit=5)
+                                static=lambda u, s: 0.0, static_cap=None, hint=hint, work=5)
     assert report["status"] in ("OPTIMAL", "FEASIBLE")
     assert max(rank_loads(split, family, n_ranks, cost)) <= max(rank_loads(hint, family, n_ranks, cost)) + 1e-9
     assert all(split[u] <= split[v] for u, v in edges)
@@ -110,7 +110,7 @@ def test_upper_mip_is_never_worse_than_its_hint_and_keeps_edges_monotone():
 @pytest.fixture(scope="module")
 def llama_plan(llama_trace):
     _, traced = llama_trace
-    config = PlannerConfig(microbatches=8, time_limit=20, degrees=Degrees(pp=4, dp=1, tp=1), use_mip=False)
+    config = PlannerConfig(microbatches=8, work=4, degrees=Degrees(pp=4, dp=1, tp=1), use_mip=False)
     return plan_traced(traced, load_cluster("h100x8"), config)
 
 
@@ -150,7 +150,7 @@ def test_kept_plan_gets_the_memory_pass_at_the_same_step_time(llama_trace, monke
     import parplan.mip as mip
 
     _, traced = llama_trace
-    config = PlannerConfig(microbatches=8, time_limit=10, degrees=Degrees(pp=4, dp=1, tp=1))
+    config = PlannerConfig(microbatches=8, work=2, degrees=Degrees(pp=4, dp=1, tp=1))
     lean = plan_traced(traced, load_cluster("h100x8"), config)
     monkeypatch.setattr(mip, "lower_memory", lambda schedule, **_: mip.MemoryPass(
         schedule=schedule, lowered=False, ran=False, solver_status=None, solver_seconds=0.0, peak_before=0.0,
@@ -165,7 +165,7 @@ def test_kept_plan_gets_the_memory_pass_at_the_same_step_time(llama_trace, monke
 
 def test_too_small_memory_cap_names_the_smallest_that_fits(llama_trace):
     _, traced = llama_trace
-    config = PlannerConfig(microbatches=8, time_limit=5, degrees=Degrees(pp=4, dp=1, tp=1), use_mip=False,
+    config = PlannerConfig(microbatches=8, work=1, degrees=Degrees(pp=4, dp=1, tp=1), use_mip=False,
                            memory_limit=1e6)
     with pytest.raises(ParplanError, match=r"smallest peak any candidate needs is \d+\.\d+ GiB"):
         plan_traced(traced, load_cluster("h100x8"), config)
@@ -175,7 +175,7 @@ def test_heterogeneous_cluster_beats_the_uniform_split():
     """4×H100 + 4×A100: a speed-aware split against the usual equal-work split, same schedules."""
     zoo = load_model("llama:layers=16,hidden=2048,heads=16,kv_heads=4,intermediate=5632", batch=1, seq=1024)
     traced = trace(zoo.model, zoo.example_inputs)
-    config = PlannerConfig(microbatches=16, time_limit=20, degrees=Degrees(pp=8, dp=1, tp=1), use_mip=False,
+    config = PlannerConfig(microbatches=16, work=4, degrees=Degrees(pp=8, dp=1, tp=1), use_mip=False,
                            families=("chain",))
     result = plan_traced(traced, load_cluster("h100x4-a100x4"), config)
     uniform = min(e.step_time_s for e in result.baselines if e.fits)
@@ -188,7 +188,7 @@ def test_heterogeneous_cluster_beats_the_uniform_split():
 
 def test_inference_mode_plans_forward_only(llama_trace):
     _, traced = llama_trace
-    config = PlannerConfig(microbatches=8, time_limit=5, degrees=Degrees(pp=4, dp=1, tp=1), mode="inference")
+    config = PlannerConfig(microbatches=8, work=1, degrees=Degrees(pp=4, dp=1, tp=1), mode="inference")
     result = plan_traced(traced, load_cluster("h100x8"), config)
     assert result.best.schedule.forward_only
     assert result.best.placed.static_bytes[0] < 4 * sum(result.best.placed.costs.params)  # no optimizer state
@@ -196,7 +196,7 @@ def test_inference_mode_plans_forward_only(llama_trace):
 
 def test_degree_search_on_a_larger_cluster(llama_trace):
     _, traced = llama_trace
-    config = PlannerConfig(microbatches=16, time_limit=10, use_mip=False, families=("chain", "v"))
+    config = PlannerConfig(microbatches=16, work=2, use_mip=False, families=("chain", "v"))
     result = plan_traced(traced, load_cluster("h100x64"), config)
     degrees = result.best.placed.degrees
     assert degrees.pp * degrees.dp * degrees.tp == 64
@@ -257,9 +257,9 @@ def test_inference_latency_objective_prefers_short_pipelines(llama_trace):
     """Serving one request: fewer, fuller stages beat a deep pipeline; throughput prefers depth."""
     _, traced = llama_trace
     cluster = load_cluster("h100x8")
-    fast = plan_traced(traced, cluster, PlannerConfig(microbatches=8, time_limit=5, mode="inference",
+    fast = plan_traced(traced, cluster, PlannerConfig(microbatches=8, work=1, mode="inference",
                                                       objective="latency", families=("chain",)))
-    busy = plan_traced(traced, cluster, PlannerConfig(microbatches=8, time_limit=5, mode="inference",
+    busy = plan_traced(traced, cluster, PlannerConfig(microbatches=8, work=1, mode="inference",
                                                       families=("chain",)))
     assert fast.best.latency_s <= busy.best.latency_s
     assert busy.best.step_time_s <= fast.best.step_time_s

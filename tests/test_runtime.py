@@ -75,8 +75,10 @@ def _plans_two_ranks() -> dict:
                                              split=BRANCHY_SPLIT),
     }
     if HAS_MIP:
+        from parplan.mip import MipOptions
+
         plans["gpt-mip"] = plan_chain(GPT, "mip", batch=8, seq=8, num_ranks=2, num_microbatches=4,
-                                      mip_options={"placement": "v", "time_limit": 5.0})
+                                      mip_options=MipOptions(placement="v", work=1.0))
     return plans
 
 

@@ -28,7 +28,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--seq", type=int, default=1024, help="sequence length (default 1024)")
     p.add_argument("--microbatches", "-m", type=int, default=32, help="micro-batches per step (default 32)")
     p.add_argument("--memory-limit", default=None, help="bytes per device, e.g. 70GiB (default: device HBM)")
-    p.add_argument("--time-limit", type=float, default=60.0, help="planning seconds (default 60)")
+    p.add_argument("--effort", default="normal",
+                   help="search work: quick, normal (default: about a minute on 2 cores for the default job) or "
+                        "thorough, or a number of CP-SAT deterministic seconds; the same model, cluster, options, "
+                        "seed and workers give the same plan on any machine")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="wall-clock safety stop in seconds (default none); if it fires, the plan says which phase "
+                        "it cut, and the plan may then depend on the machine's speed")
     p.add_argument("--mode", choices=("train", "inference"), default="train")
     p.add_argument("--objective", choices=("makespan", "utilization", "latency"), default="makespan",
                    help="makespan: step time (throughput); utilization: busy fraction; latency: first "
@@ -58,6 +64,7 @@ def _memory_limit(text: str | None) -> float | None:
 
 
 def run_plan(args) -> int:
+    from parplan.budget import effort_work
     from parplan.cost.hardware import load_cluster
     from parplan.planner.api import evaluated_summary, parse_degrees, plan_with_report
     from parplan.planner.memory import MemoryModel
@@ -70,6 +77,10 @@ def run_plan(args) -> int:
                         ("--workers", args.workers)):
         if value < 1:
             raise ParplanError(f"{flag} {value} is invalid: need an integer >= 1")
+    effort_work(args.effort)  # a bad budget fails before any tracing
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise ParplanError(f"--time-limit {args.time_limit:g} is invalid: give a positive number of seconds "
+                           f"(it is a safety stop; the work budget is --effort)")
     # cheap checks first: a bad option fails before the model is built and traced
     cluster = load_cluster(args.cluster)
     memory_limit = _memory_limit(args.memory_limit)
@@ -78,7 +89,7 @@ def run_plan(args) -> int:
     progress = (lambda message: print(f"  {message}", file=sys.stderr)) if sys.stderr.isatty() else None
     plan, result = plan_with_report(
         zoo.model, zoo.example_inputs, cluster=cluster, microbatches=args.microbatches, spec=args.model,
-        progress=progress, memory_limit=memory_limit, time_limit=args.time_limit,
+        progress=progress, memory_limit=memory_limit, work=effort_work(args.effort), time_limit=args.time_limit,
         mode=args.mode, objective=args.objective, degrees=degrees,
         **({} if args.placement == "auto" else {"families": (args.placement,)}),
         memory=MemoryModel(mode=args.mode, zero1=not args.no_zero1), use_mip=not args.no_mip,

@@ -7,6 +7,7 @@ import json
 import sys
 
 from parplan.baselines import BASELINES
+from parplan.budget import effort_work
 from parplan.compare import ComparisonRow, compare, rank_share_costs
 from parplan.schedule.costs import parse_cost_spec
 from parplan.errors import ParplanError
@@ -30,7 +31,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     mip.add_argument("--memory-limit", default=None,
                      help="activation cap per rank: units of one rank-share activation per micro-batch, "
                           "or match:NAME for a baseline's peak (e.g. match:dualpipe)")
-    mip.add_argument("--time-limit", type=positive_float, default=60.0, help="solver seconds (default 60)")
+    mip.add_argument("--effort", default="normal",
+                     help="search work: quick, normal (default) or thorough, or a number of CP-SAT deterministic "
+                          "seconds; the same effort, seed and workers give the same schedule on any machine")
+    mip.add_argument("--time-limit", type=positive_float, default=None,
+                     help="wall-clock safety stop in seconds (default none); if it fires, the report says so "
+                          "and the schedule may then depend on the machine's speed")
     mip.add_argument("--placement", choices=("dualpipe", "v", "loop", "auto"), default="auto",
                      help="stage-to-rank map for the MIP (default auto: try each, keep the best; "
                           "its status is OPTIMAL only when no placement can do better)")
@@ -38,7 +44,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                      help="F&B cells the MIP may form when FB < F+B: fb pairs an F with a full backward, as "
                           "DualPipe does (default); any may also pair it with an I, its W then running apart")
     mip.add_argument("--minimise-memory", action="store_true",
-                     help="keep a quarter of the time limit for finding the same makespan at a lower "
+                     help="keep a quarter of the work for finding the same makespan at a lower "
                           "per-rank activation peak (the search gets the rest)")
     mip.add_argument("--solver", choices=("cpsat", "highs"), default="cpsat")
     mip.add_argument("--seed", type=int, default=0)
@@ -82,13 +88,12 @@ def run_demo(args) -> int:
     return code
 
 
-def _mip_options(args) -> dict:
-    options = {"placement": args.placement, "time_limit": args.time_limit, "seed": args.seed,
-               "workers": args.workers, "solver": args.solver, "dump_model": args.dump_model, "cells": args.cells,
-               "minimise_memory": args.minimise_memory}
-    if sys.stderr.isatty():
-        options["progress"] = _print_progress
-    return options
+def _mip_options(args):
+    from parplan.mip import MipOptions
+
+    return MipOptions(placement=args.placement, work=effort_work(args.effort), time_limit=args.time_limit,
+                      seed=args.seed, workers=args.workers, solver=args.solver, dump_model=args.dump_model,
+                      cells=args.cells, minimise_memory=args.minimise_memory)
 
 
 def _print_progress(event) -> None:
@@ -105,6 +110,7 @@ def _rows(args, names: list[str]) -> list[ComparisonRow]:
         names, num_ranks=args.ranks, num_microbatches=args.microbatches, cost_spec=parse_cost_spec(args.cost),
         num_chunks=args.chunks, memory_limit=args.memory_limit,
         mip_options=_mip_options(args) if "mip" in names else None,
+        progress=_print_progress if "mip" in names and sys.stderr.isatty() else None,
     )
     if "mip" in names and sys.stderr.isatty():
         print(file=sys.stderr)
@@ -189,7 +195,8 @@ def solver_report(row: ComparisonRow) -> list[str]:
     s = row.solver
     gap = "n/a" if s.get("gap") is None else f"{s['gap']:.2%}"
     lines = [f"{row.schedule.name}: status {s.get('status')}, objective {s.get('objective'):.4g}, "
-             f"bound {s.get('bound'):.4g}, gap {gap}, {s.get('solve_seconds'):.1f}s, "
+             f"bound {s.get('bound'):.4g}, gap {gap}, {s.get('solve_seconds'):.1f}s "
+             f"({s.get('work', 0.0):.2f} deterministic s), "
              f"placement {s.get('placement')}, warm start {s.get('warm_start')}"]
     return lines + [f"  note: {n}" for n in s.get("notes", [])]
 

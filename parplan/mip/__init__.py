@@ -5,7 +5,7 @@ with solver='highs'); `lower_memory` keeps a schedule's makespan at a lower acti
 peak (a `MemoryPass`); `brute.py` enumerates tiny instances as a third opinion.
 """
 
-from parplan.mip.api import MemoryPass, MipResult, lower_memory, solve_schedule
+from parplan.mip.api import MemoryPass, MipOptions, MipResult, SolverReport, lower_memory, solve_schedule
 from parplan.mip.cpsat import ProgressEvent
 
-__all__ = ["MemoryPass", "MipResult", "ProgressEvent", "lower_memory", "solve_schedule"]
+__all__ = ["MemoryPass", "MipOptions", "MipResult", "ProgressEvent", "SolverReport", "lower_memory", "solve_schedule"]

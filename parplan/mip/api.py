@@ -3,19 +3,24 @@
 Pass order: placement → problem (integer times, memory and parameter checks) → warm
 starts (baselines of that placement feasible under the cap, plus the always-feasible
 serial order) → static lower bound → solver (CP-SAT on the full model, then windowed LNS
-on large instances; or the Pyomo big-M model on HiGHS) → schedule → validate → simulate,
-all within one deadline of `time_limit` seconds. The returned schedule is the better of
-the solver's and the warm start's, so it is never worse than the best baseline of its
-placement under the same cap (with placement='auto': of any placement).
+on large instances; or the Pyomo big-M model on HiGHS) → schedule → validate → simulate.
+The search is bounded by work (`MipOptions.work`, CP-SAT deterministic seconds, shared out
+by fixed fractions), so the same options give the same schedule on any machine; the
+wall-clock `time_limit` is only a safety stop, and the result says when it fired. The
+returned schedule is the better of the solver's and the warm start's, so it is never
+worse than the best baseline of its placement under the same cap (with placement='auto':
+of any placement).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Literal
 
 from parplan.baselines import build_baseline
+from parplan.budget import SafetyStop, check_work
 from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.mip.cpsat import (
@@ -29,8 +34,8 @@ from parplan.schedule.ir import Action, Kind, Schedule
 from parplan.schedule.simulate import SimResult
 from parplan.schedule.validate import ScheduleError, validate
 
-__all__ = ["MemoryPass", "MipResult", "ProgressEvent", "solve_schedule", "lower_memory", "serial_schedule",
-           "WARM_STARTS"]
+__all__ = ["MemoryPass", "MipOptions", "MipResult", "SolverReport", "ProgressEvent", "solve_schedule",
+           "lower_memory", "serial_schedule", "WARM_STARTS"]
 
 # Baselines that run on each placement (same stage→rank map, so they can seed the model).
 WARM_STARTS: dict[str, tuple[str, ...]] = {
@@ -44,20 +49,92 @@ WARM_STARTS: dict[str, tuple[str, ...]] = {
 # DualPipe's cells run a full B; an (F;I) cell leaves the W free to fill a bubble later.
 CELL_KINDS: dict[str, tuple[bool, ...]] = {"fb": (True,), "any": (False, True)}
 
-# Seconds kept back from the search for turning its timetable into a validated, simulated
-# schedule (twice: candidate and result), so that the whole call ends by its deadline.
-_RESERVE_SECONDS = 0.3
-_RESERVE_PER_TASK = 6e-4
-# Up to this many tasks the whole model gets the whole search time; above it the full
-# model runs first (it proves small instances and gives the bound), then windowed LNS
-# (lns.py) improves its best for the rest: a 1,500-task model finds little on its own.
+# How the work is shared out. Up to _FULL_MODEL_TASKS tasks the whole model gets all of
+# it; above, the full model runs first (it proves small instances and gives the bound),
+# then windowed LNS (lns.py) improves its best with the rest: a 1,500-task model finds
+# little on its own.
 _FULL_MODEL_TASKS = 200
-_FULL_MODEL_SHARE = {800: 0.6, None: 0.3}  # share of the search time by task count
+_FULL_MODEL_SHARE = {800: 0.6, None: 0.3}  # share of the search's work by task count
 # Up to this many tasks CP-SAT runs its proof portfolio (no LNS of its own): it proved
 # 4x8 and 6x8 cell models (96, 144 tasks) within 60 s, and found as good or better
 # schedules than the default on 4x10 and 4x12 (proven by neither); at 192 the default
 # one's LNS found the better schedules (docs/mip.md §3, "Search portfolio").
 _PROOF_PORTFOLIO_TASKS = 150
+_AUTO_ROUND_ONE = 0.4  # placement 'auto': share of the work its first round splits
+_MEMORY_SHARE = 0.25  # minimise_memory: share of the work the memory pass keeps
+_PULL_TRIALS_PER_ACTION = 4  # the memory pass's W-pulling: simulated moves per action
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MipOptions:
+    """How `solve_schedule` searches. `work` bounds the search (CP-SAT deterministic
+    seconds, parplan.budget); `time_limit` (wall seconds, None: none) is a safety stop."""
+
+    placement: Literal["dualpipe", "v", "loop", "chain", "auto"] = "dualpipe"
+    memory_cap: float | None = None  # activation units per rank
+    param_cap: float | None = None
+    work: float = 10.0
+    time_limit: float | None = None
+    seed: int = 0
+    workers: int = 2
+    solver: Literal["cpsat", "highs"] = "cpsat"
+    objective: Literal["makespan", "throughput"] = "makespan"
+    dump_model: str | None = None  # CP-SAT: .pb/.pbtxt; HiGHS: .lp/.mps
+    link_contention: bool = False
+    lns: bool = True  # False keeps the search to the full model
+    # 'fb' pairs an F with a full backward, as DualPipe does; 'any' may also pair it with an
+    # I alone, the W then running apart (when the costs make F&B cells shorter)
+    cells: Literal["fb", "any"] = "fb"
+    # the search keeps a quarter of the work back for the memory pass: the same makespan at
+    # a lower largest per-rank activation peak (the makespan objective does not see memory
+    # below the cap; the planner runs the pass on the plan it keeps)
+    minimise_memory: bool = False
+
+    def __post_init__(self) -> None:
+        if self.placement not in (*PLACEMENTS, "auto"):
+            raise ParplanError(f"--placement {self.placement!r} is unknown; choose one of "
+                               f"{', '.join(PLACEMENTS)}, auto")
+        check_work(self.work, "--work")
+        SafetyStop(seconds=self.time_limit)  # validates the safety stop
+        if isinstance(self.workers, bool) or not (isinstance(self.workers, int) and self.workers >= 1):
+            raise ParplanError(f"--workers {self.workers!r} is invalid: need an integer >= 1")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ParplanError(f"--seed {self.seed!r} is invalid: need an integer")
+        if self.solver not in ("cpsat", "highs"):
+            raise ParplanError(f"--solver {self.solver!r} is unknown; choose cpsat or highs")
+        if self.objective not in ("makespan", "throughput"):
+            raise ParplanError(f"objective {self.objective!r} is unknown; choose makespan or throughput")
+        if self.cells not in CELL_KINDS:
+            raise ParplanError(f"--cells {self.cells!r} is unknown; choose fb (F with a full B, as DualPipe) "
+                               f"or any (also F with an I alone)")
+
+    @property
+    def runs_memory_pass(self) -> bool:
+        return (self.minimise_memory and self.solver == "cpsat" and self.objective == "makespan"
+                and not self.link_contention)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SolverReport:
+    """What a lower-level solve did, as plan.json and the CLI tables show it."""
+
+    schedule: str  # "mip"
+    placement: str
+    status: str  # OPTIMAL | FEASIBLE | WARM_START_ONLY
+    objective: float
+    bound: float | None
+    gap: float | None
+    solve_seconds: float  # wall time, for information: it never steers the search
+    work: float  # CP-SAT deterministic seconds spent
+    warm_start: str
+    stopped_early: bool  # the wall-clock safety stop cut the search short
+    notes: tuple[str, ...] = ()
+    degrees: str | None = None  # the planner's parallel degrees, when it made the call
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["notes"] = list(self.notes)
+        return out
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,7 +145,7 @@ class MemoryPass:
 
     schedule: Schedule  # the schedule to keep: the given one unless `lowered`
     lowered: bool  # a schedule no longer and holding strictly less was found
-    ran: bool  # False: under 0.5 s was left, nothing was tried
+    ran: bool  # False: the safety stop left it no time, nothing was tried
     solver_status: str | None  # the CP-SAT max-peak model's status (None when not run)
     solver_seconds: float
     peak_before: float
@@ -78,12 +155,13 @@ class MemoryPass:
 
     @property
     def head(self) -> str:
-        return f"memory pass ({self.solver_status}, {self.solver_seconds:.1f} s)" if self.ran else "memory pass"
+        # no seconds here: notes go into plan.json, which must not depend on the machine
+        return f"memory pass ({self.solver_status})" if self.ran else "memory pass"
 
     @property
     def note(self) -> str:
         if not self.ran:
-            return "memory pass skipped: under 0.5 s left; raise the time limit"
+            return "memory pass skipped: the time limit (a safety stop) had fired; raise --time-limit"
         if not self.lowered:
             return f"{self.head}: no lower peak than {self.peak_before:g} at this makespan"
         at = f"makespan {self.makespan_before:g}"
@@ -103,7 +181,15 @@ class MipResult:
     solve_seconds: float
     warm_start: str  # name of the schedule that seeded the solver
     placement: str
+    work: float = 0.0  # CP-SAT deterministic seconds spent
+    stopped_early: bool = False  # the wall-clock safety stop cut the search short
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def report(self, *, degrees: str | None = None) -> SolverReport:
+        return SolverReport(schedule="mip", placement=self.placement, status=self.status, objective=self.objective,
+                            bound=self.bound, gap=self.gap, solve_seconds=self.solve_seconds, work=self.work,
+                            warm_start=self.warm_start, stopped_early=self.stopped_early, notes=self.notes,
+                            degrees=degrees)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,138 +212,148 @@ class _Prepared:
     notes: tuple[str, ...]
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Run:
+    """One search call's fixed inputs: the options, the safety stop, progress reporting."""
+
+    options: MipOptions
+    stop: SafetyStop
+    progress: Callable[[ProgressEvent], None] | None
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.stop.seconds is None else self.stop.started + self.stop.seconds
+
+    def safety_seconds(self) -> float | None:
+        left = self.stop.left()
+        return None if math.isinf(left) else max(0.01, left)
+
+
 def solve_schedule(
     *,
     num_ranks: int,
     num_microbatches: int,
     costs: PipelineCosts | None = None,
-    placement: Literal["dualpipe", "v", "loop", "chain", "auto"] = "dualpipe",
-    memory_cap: float | None = None,
-    param_cap: float | None = None,
-    time_limit: float = 60.0,
-    seed: int = 0,
-    workers: int = 2,
-    solver: Literal["cpsat", "highs"] = "cpsat",
-    objective: Literal["makespan", "throughput"] = "makespan",
-    progress: Callable[[ProgressEvent], None] | None = None,
     rank_costs: Callable[[int], PipelineCosts] | None = None,
-    dump_model: str | None = None,
-    link_contention: bool = False,
-    lns: bool = True,
-    cells: Literal["fb", "any"] = "fb",
-    minimise_memory: bool = False,
+    options: MipOptions | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
 ) -> MipResult:
-    """Order and time every task of a pipeline on `num_ranks` ranks, within `time_limit`
-    seconds of wall time in all (model building and re-timing included).
+    """Order and time every task of a pipeline on `num_ranks` ranks, with `options.work`
+    deterministic seconds of search (the same answer on any machine).
 
     `costs` are per model stage of the placement (dualpipe and chain: N stages, v/loop:
     2N); or give `rank_costs(S)` returning costs for S model stages (needed for
     placement='auto' across stage counts). 'auto' prepares every placement, drops those
     whose lower bound cannot beat the best warm start, gives the rest a short search each
-    and the best one the remaining time. `lns=False` keeps the search to the full model.
-    `dump_model` writes the solver's model (CP-SAT: .pb/.pbtxt; HiGHS: .lp/.mps).
-    `cells` (when the costs make F&B cells shorter): 'fb' pairs an F with a full backward,
-    as DualPipe does; 'any' may also pair it with an I alone, the W then running apart.
-    `minimise_memory`: the search keeps a quarter of `time_limit` back, and the memory
-    pass uses it (with whatever the search left over, up to a quarter in all) to find the
-    same makespan at a lower largest per-rank activation peak (the makespan objective does
-    not see memory below the cap; the planner runs the pass on the plan it keeps).
+    and the best one the remaining work.
     """
-    started = time.perf_counter()
-    deadline = started + time_limit if isinstance(time_limit, (int, float)) else started
-    _check_options(placement=placement, time_limit=time_limit, workers=workers, solver=solver,
-                   objective=objective, costs=costs, rank_costs=rank_costs, cells=cells)
-    if placement != "auto":
-        chosen = (placement,)
-    else:
-        chosen = tuple(p for p in PLACEMENTS if not (p == "dualpipe" and (num_ranks % 2 or num_microbatches % 2)))
-        if rank_costs is None:
-            chosen = tuple(p for p in chosen if num_model_stages(p, num_ranks) == costs.num_stages)
-        if not chosen:
-            raise ParplanError(
-                f"placement 'auto' found no placement for costs of {costs.num_stages} stages on "
-                f"{num_ranks} ranks; pass rank_costs so each placement gets costs for its own stage count"
-            )
-    search = dict(seed=seed, workers=workers, solver=solver, objective=objective, progress=progress,
-                  dump_model=dump_model, link_contention=link_contention, lns=lns)
+    options = options or MipOptions()
+    run = _Run(options=options, stop=SafetyStop(seconds=options.time_limit), progress=progress)
+    if costs is None and rank_costs is None:
+        raise ParplanError("solve_schedule needs costs (per model stage) or rank_costs(num_stages)")
+    chosen = _placements(options.placement, num_ranks, num_microbatches, costs, rank_costs)
     prepared = [
         _prepare(placement=name, num_ranks=num_ranks, num_microbatches=num_microbatches,
                  costs=rank_costs(num_model_stages(name, num_ranks)) if rank_costs is not None else costs,
-                 memory_cap=memory_cap, param_cap=param_cap, objective=objective, link_contention=link_contention,
-                 cell_kinds=CELL_KINDS[cells])
+                 options=options)
         for name in chosen
     ]
-    lean = minimise_memory and solver == "cpsat" and objective == "makespan" and not link_contention
-    # Asked for, the memory pass keeps a quarter of the time even when the search could use it all.
-    search_deadline = deadline - 0.25 * time_limit if lean else deadline
+    lean = options.runs_memory_pass
+    # Asked for, the memory pass keeps its share of the work even when the search could use it all.
+    work = options.work * (1 - _MEMORY_SHARE) if lean else options.work
     if len(prepared) == 1:
-        result = _search(prepared[0], deadline=search_deadline, started=started, **search)
+        result = _search(prepared[0], run, work=work)
     else:
-        result = _auto(prepared, deadline=search_deadline, started=started, objective=objective, search=search)
+        result = _auto(prepared, run, work=work)
     if lean:
         prep = next(p for p in prepared if p.problem.placement == result.placement)
-        result = _lower_peak(result, prep, deadline=deadline, budget=0.25 * time_limit, started=started,
-                             seed=seed, workers=workers)
-    elif minimise_memory:
+        result = _lower_peak(result, prep, run, work=options.work - result.work)
+    elif options.minimise_memory:
         result = _with_notes(result, "memory pass skipped: it needs the CP-SAT solver, the makespan objective "
-                                     "and no link contention", solve_seconds=result.solve_seconds)
-    return result
+                                     "and no link contention")
+    if run.stop.cut:
+        result = _with_notes(result, run.stop.note, stopped_early=True)
+    return replace(result, solve_seconds=time.perf_counter() - run.stop.started)
 
 
-def _lower_peak(result: MipResult, prep: _Prepared, *, deadline: float, budget: float, started: float,
-                seed: int, workers: int) -> MipResult:
+def _placements(placement: str, num_ranks: int, num_microbatches: int, costs: PipelineCosts | None,
+                rank_costs) -> tuple[str, ...]:
+    if placement != "auto":
+        return (placement,)
+    chosen = tuple(p for p in PLACEMENTS if not (p == "dualpipe" and (num_ranks % 2 or num_microbatches % 2)))
+    if rank_costs is None:
+        chosen = tuple(p for p in chosen if num_model_stages(p, num_ranks) == costs.num_stages)
+    if not chosen:
+        raise ParplanError(
+            f"placement 'auto' found no placement for costs of {costs.num_stages} stages on "
+            f"{num_ranks} ranks; pass rank_costs so each placement gets costs for its own stage count"
+        )
+    return chosen
+
+
+def _lower_peak(result: MipResult, prep: _Prepared, run: _Run, *, work: float) -> MipResult:
     """`solve_schedule(minimise_memory=True)`: the memory pass on the result; status and
     bound still refer to the makespan."""
-    lean = _memory_pass(prep.problem, result.schedule, result.simulation, cell_kinds=prep.cell_kinds,
-                        deadline=deadline, budget=budget, seed=seed, workers=workers)
-    if not lean.lowered:
-        return _with_notes(result, lean.note, solve_seconds=time.perf_counter() - started)
-    lowered = _result(prep.problem, lean.schedule, result.status, result.bound, result.warm_start,
-                      list(result.notes), time.perf_counter() - started, "makespan")
-    return _with_notes(lowered, lean.note, solve_seconds=lowered.solve_seconds)
+    lean = _memory_pass(prep.problem, result.schedule, result.simulation, cell_kinds=prep.cell_kinds, run=run,
+                        work=max(0.05, work))
+    spent = result.work + lean.solver_work
+    if not lean.found.lowered:
+        return _with_notes(result, lean.found.note, work=spent)
+    lowered = _result(prep.problem, lean.found.schedule, result.status, result.bound, result.warm_start,
+                      list(result.notes), "makespan", work=spent)
+    return _with_notes(lowered, lean.found.note)
 
 
 def lower_memory(schedule: Schedule, *, costs: PipelineCosts, placement: str, memory_cap: float | None,
-                 time_limit: float, seed: int = 0, workers: int = 2,
+                 work: float, time_limit: float | None = None, seed: int = 0, workers: int = 2,
                  cells: Literal["fb", "any"] = "fb") -> MemoryPass:
     """The memory pass on any schedule of a placement: the same makespan at a lower largest
-    per-rank activation peak, within `time_limit` seconds. `MemoryPass.schedule` is the one
-    to keep (the given one, under its own name, when nothing lower was found). The planner
-    runs it once, on the plan it keeps."""
-    deadline = time.perf_counter() + time_limit
+    per-rank activation peak, with `work` deterministic seconds (`time_limit`: a safety
+    stop). `MemoryPass.schedule` is the one to keep (the given one, under its own name,
+    when nothing lower was found). The planner runs it once, on the plan it keeps."""
+    options = MipOptions(placement=placement, memory_cap=memory_cap, work=work, time_limit=time_limit, seed=seed,
+                         workers=workers, cells=cells)
+    run = _Run(options=options, stop=SafetyStop(seconds=time_limit), progress=None)
     problem = build_problem(placement=placement, num_ranks=schedule.num_ranks,
                             num_microbatches=schedule.microbatches_per_chain * len(schedule.chains),
                             costs=costs, memory_cap=memory_cap)
     sim = validate(schedule, problem.model_costs, memory_cap=memory_cap)
-    lean = _memory_pass(problem, schedule, sim, cell_kinds=CELL_KINDS[cells], deadline=deadline,
-                        budget=time_limit, seed=seed, workers=workers)
+    lean = _memory_pass(problem, schedule, sim, cell_kinds=CELL_KINDS[cells], run=run, work=work).found
     return replace(lean, schedule=_renamed(lean.schedule, schedule.name)) if lean.lowered else lean
 
 
+@dataclass(frozen=True, slots=True)
+class _PassOutcome:
+    found: MemoryPass
+    solver_work: float
+
+
 def _memory_pass(problem: Problem, schedule: Schedule, sim: SimResult, *, cell_kinds: tuple[bool, ...],
-                 deadline: float, budget: float, seed: int, workers: int) -> MemoryPass:
+                 run: _Run, work: float) -> _PassOutcome:
     """A schedule no longer than `sim` that holds strictly less at its largest per-rank
     peak, if one is found. The list schedule under caps stepped down from the peak and W's
-    pulled forward (`lean.py`: no solver, so they also serve models CP-SAT cannot load in
-    the time left), then CP-SAT minimising the peak."""
+    pulled forward (`lean.py`: no solver, a fixed number of trial moves, so they also serve
+    models CP-SAT can do little with), then CP-SAT minimising the peak with `work`."""
     before, makespan = max(sim.peak_activation_per_rank), sim.makespan
     unchanged = dict(schedule=schedule, lowered=False, peak_before=before, peak_after=before,
                      makespan_before=makespan, makespan_after=makespan)
-    reserve = _RESERVE_SECONDS + _RESERVE_PER_TASK * len(problem.tasks())
-    if min(budget, deadline - reserve - time.perf_counter()) < 0.5:
-        return MemoryPass(ran=False, solver_status=None, solver_seconds=0.0, **unchanged)
-    end = min(deadline - reserve, time.perf_counter() + budget)
+    if run.stop.expired():
+        run.stop.fired("the memory pass")
+        return _PassOutcome(MemoryPass(ran=False, solver_status=None, solver_seconds=0.0, **unchanged), 0.0)
     best = leaner_list_schedule(problem, makespan, before)
     start_from = best[0] if best is not None else schedule
     # W's pulled forward: a local optimum in milliseconds on small models, seconds on the
     # planner's largest, where CP-SAT barely moves the peak. CP-SAT starts from the list
     # schedule all the same: hinted with the pulled schedule it proved less in a test.
+    num_actions = sum(len(order) for order in start_from.orders)
     pulled = pull_frees_forward(start_from, problem.model_costs, makespan=makespan,
-                                deadline=time.perf_counter() + (end - time.perf_counter()) / 3)
+                                max_trials=_PULL_TRIALS_PER_ACTION * num_actions, deadline=run.deadline)
     hint = canonical(problem, from_schedule(problem, start_from), fifo_weights=not problem.cells_help)
     outcome = solve_cpsat(problem, hint=hint, options=CpSatOptions(
-        time_limit=max(0.05, end - time.perf_counter()), seed=seed, workers=workers, cell_kinds=cell_kinds,
-        minimise_peak=True))
+        work=work, time_limit=run.safety_seconds(), seed=run.options.seed, workers=run.options.workers,
+        cell_kinds=cell_kinds, minimise_peak=True))
+    if outcome.clock_stopped or run.stop.expired():
+        run.stop.fired("the memory pass")
     candidates = [pulled[0]] if pulled is not None else []
     if outcome.timetable is not None:
         candidates.append(to_schedule(problem, outcome.timetable))
@@ -268,26 +364,27 @@ def _memory_pass(problem: Problem, schedule: Schedule, sim: SimResult, *, cell_k
             best, least = found, max(found[1].peak_activation_per_rank)
     ran = dict(ran=True, solver_status=outcome.status, solver_seconds=outcome.seconds)
     if best is None:
-        return MemoryPass(**ran, **unchanged)
-    return MemoryPass(**ran, schedule=best[0], lowered=True, peak_before=before, peak_after=least,
-                      makespan_before=makespan, makespan_after=best[1].makespan)
+        return _PassOutcome(MemoryPass(**ran, **unchanged), outcome.work)
+    return _PassOutcome(MemoryPass(**ran, schedule=best[0], lowered=True, peak_before=before, peak_after=least,
+                                   makespan_before=makespan, makespan_after=best[1].makespan), outcome.work)
 
 
-def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objective: str, search: dict) -> MipResult:
+def _auto(prepared: list[_Prepared], run: _Run, *, work: float) -> MipResult:
     """Placement 'auto': prune by bound, a short search each, then the rest to the best.
 
-    Round 1 gives each surviving placement an equal part of 40 % of the time (a placement
+    Round 1 gives each surviving placement an equal part of 40 % of the work (a placement
     certified by its bound costs nothing); round 2 continues the best unproven one from its
-    round-1 schedule until the deadline. A placement is pruned when its lower bound is at
+    round-1 schedule with the rest. A placement is pruned when its lower bound is at
     least the best warm start of all placements: it could at best tie. The bound reported is
     the lowest over placements, and OPTIMAL means no placement can do better. A placement
     whose static bound reaches the round-1 best of those searched before it is skipped too."""
     notes: list[str] = []
+    objective = run.options.objective
 
     def cannot_win(p: _Prepared, incumbent: float, what: str) -> bool:
         """Its static bound is at least the incumbent: at best it would tie."""
         lower = p.lower / p.problem.time_scale
-        if (p.problem.exact_times and objective == "makespan" and not search["link_contention"]
+        if (p.problem.exact_times and objective == "makespan" and not run.options.link_contention
                 and lower >= incumbent - 1e-9 and _objective(p.warm.simulation, objective) > incumbent + 1e-9):
             notes.append(f"placement {p.problem.placement} skipped: its lower bound {lower:g} is no better than "
                          f"{what} {incumbent:g}")
@@ -299,26 +396,25 @@ def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objecti
                         key=lambda p: _objective(p.warm.simulation, objective))
     alive: list[_Prepared] = []
     results: list[MipResult] = []
-    first_round = 0.4 * max(0.0, deadline - time.perf_counter())
+    share = _AUTO_ROUND_ONE * work / len(candidates) if len(candidates) > 1 else work
     for p in candidates:
         # Searched in order of warm start, so a later placement may already be beaten.
         if results and cannot_win(p, min(r.objective for r in results), "the round-1 best"):
             continue
-        share = first_round / len(candidates) if len(candidates) > 1 else deadline - time.perf_counter()
-        stop = min(deadline, time.perf_counter() + share)
         alive.append(p)
-        results.append(_search(p, deadline=stop, started=time.perf_counter(), **search))
+        results.append(_search(p, run, work=share))
+    spent = sum(r.work for r in results)
     key = lambda r: (r.objective, r.status != "OPTIMAL", r.gap if r.gap is not None else 1.0)  # noqa: E731
     best = min(results, key=key)
     # ---- round 2: the best placement that may still improve gets the rest ----------------------
     open_ = [(r, p) for r, p in zip(results, alive)
              if r.status != "OPTIMAL" and (r.bound is None or r.bound < best.objective - 1e-9)]
-    if open_ and deadline - time.perf_counter() > 1.0:
+    if open_ and work - spent >= 0.05 and not run.stop.expired():
         r, p = min(open_, key=lambda rp: key(rp[0]))
-        again = _search(p, deadline=deadline, started=time.perf_counter(),
-                        warm=_Warm(f"{r.warm_start} → round 1", r.schedule, r.simulation), **search)
+        again = _search(p, run, work=work - spent, warm=_Warm(f"{r.warm_start} → round 1", r.schedule, r.simulation))
+        spent += again.work
         again = _with_notes(again, f"round 2 continued placement {p.problem.placement} from its round-1 "
-                                   f"schedule ({r.objective:g})", solve_seconds=again.solve_seconds,
+                                   f"schedule ({r.objective:g})",
                             warm_start=r.warm_start, bound=_max_bound(again.bound, r.bound))
         results[alive.index(p)] = again
         best = min(results, key=key)
@@ -333,86 +429,76 @@ def _auto(prepared: list[_Prepared], *, deadline: float, started: float, objecti
         status = "FEASIBLE"
         notes.append(f"optimal for placement {best.placement}, but placement {weakest.placement}'s bound "
                      f"{overall:g} leaves room below {best.objective:g}")
-    return _with_notes(best, "; ".join(notes), solve_seconds=time.perf_counter() - started, bound=overall,
-                       status=status)
+    return _with_notes(best, "; ".join(notes), bound=overall, status=status, work=spent)
 
 
 def _max_bound(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-def _check_options(*, placement, time_limit, workers, solver, objective, costs, rank_costs, cells) -> None:
-    if placement not in (*PLACEMENTS, "auto"):
-        raise ParplanError(f"--placement {placement!r} is unknown; choose one of {', '.join(PLACEMENTS)}, auto")
-    if not (isinstance(time_limit, (int, float)) and time_limit > 0):
-        raise ParplanError(f"--time-limit {time_limit!r} is invalid: give a positive number of seconds")
-    if not (isinstance(workers, int) and workers >= 1):
-        raise ParplanError(f"workers = {workers!r} is invalid: need an integer >= 1")
-    if solver not in ("cpsat", "highs"):
-        raise ParplanError(f"--solver {solver!r} is unknown; choose cpsat or highs")
-    if objective not in ("makespan", "throughput"):
-        raise ParplanError(f"objective {objective!r} is unknown; choose makespan or throughput")
-    if cells not in CELL_KINDS:
-        raise ParplanError(f"--cells {cells!r} is unknown; choose fb (F with a full B, as DualPipe) or any "
-                           f"(also F with an I alone)")
-    if costs is None and rank_costs is None:
-        raise ParplanError("solve_schedule needs costs (per model stage) or rank_costs(num_stages)")
-
-
 def _prepare(*, placement: str, num_ranks: int, num_microbatches: int, costs: PipelineCosts,
-             memory_cap: float | None, param_cap: float | None, objective: str, link_contention: bool,
-             cell_kinds: tuple[bool, ...] = (True,)) -> _Prepared:
+             options: MipOptions) -> _Prepared:
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_microbatches,
-                            costs=costs, memory_cap=memory_cap)
-    check_param_cap(problem, param_cap)
+                            costs=costs, memory_cap=options.memory_cap)
+    check_param_cap(problem, options.param_cap)
     notes = list(problem.notes)
     use_cells = problem.cells_help
-    warm = _best_warm_start(problem, use_cells, objective, notes)
+    warm = _best_warm_start(problem, use_cells, options.objective, notes)
     hint = canonical(problem, from_schedule(problem, warm.schedule), fifo_weights=not use_cells)
     lower = 0
-    if objective == "makespan":
+    cell_kinds = CELL_KINDS[options.cells]
+    if options.objective == "makespan":
         lower = makespan_lower_bound(problem, cell_kinds if use_cells else ())
     return _Prepared(problem=problem, warm=warm, hint=hint, use_cells=use_cells, lower=lower, notes=tuple(notes),
                      cell_kinds=cell_kinds)
 
 
-def _search(prep: _Prepared, *, deadline: float, started: float, seed: int, workers: int, solver: str,
-            objective: str, progress, dump_model: str | None, link_contention: bool, lns: bool,
-            warm: _Warm | None = None) -> MipResult:
+def _search(prep: _Prepared, run: _Run, *, work: float, warm: _Warm | None = None) -> MipResult:
+    """One placement's search with `work` deterministic seconds: CP-SAT on the full model
+    (all of the work up to _FULL_MODEL_TASKS tasks), then windowed LNS with the rest; or
+    the big-M model on HiGHS. Never returns worse than the warm start."""
+    options = run.options
     problem, notes = prep.problem, list(prep.notes)
-    scale = problem.time_scale
+    scale, objective, solver = problem.time_scale, options.objective, options.solver
     if warm is None:
         warm, hint = prep.warm, prep.hint
     else:
         hint = canonical(problem, from_schedule(problem, warm.schedule), fifo_weights=not prep.use_cells)
     num_tasks = len(problem.tasks())
-    reserve = _RESERVE_SECONDS + _RESERVE_PER_TASK * num_tasks
-    left = lambda: deadline - reserve - time.perf_counter()  # noqa: E731
 
     # Fast path: a warm start that meets the lower bound is optimal; no search needed
     # (unless the model was asked for: then it is built, dumped and solved).
-    if (solver == "cpsat" and objective == "makespan" and not link_contention and problem.exact_times
-            and hint.makespan <= prep.lower and dump_model is None):
+    if (solver == "cpsat" and objective == "makespan" and not options.link_contention and problem.exact_times
+            and hint.makespan <= prep.lower and options.dump_model is None):
         notes.append(f"the warm start meets the lower bound {prep.lower / scale:g}: optimal without search")
-        return _result(problem, warm.schedule, "OPTIMAL", prep.lower / scale, warm.name, notes,
-                       time.perf_counter() - started, objective)
+        return _result(problem, warm.schedule, "OPTIMAL", prep.lower / scale, warm.name, notes, objective)
 
+    spent = 0.0
+    if run.stop.expired():
+        run.stop.fired(f"the lower-level MIP on {problem.placement}")
+        notes.append("the time limit had fired before the search; returning the warm start")
+        return _result(problem, warm.schedule, "WARM_START_ONLY", None, warm.name, notes, objective)
     if solver == "cpsat":
-        share = 1.0 if (num_tasks <= _FULL_MODEL_TASKS or not lns) else (
+        share = 1.0 if (num_tasks <= _FULL_MODEL_TASKS or not options.lns) else (
             _FULL_MODEL_SHARE[800] if num_tasks <= 800 else _FULL_MODEL_SHARE[None])
-        options = CpSatOptions(time_limit=max(0.05, share * left()), seed=seed, workers=workers,
-                               objective=objective, link_contention=link_contention, dump_path=dump_model,
-                               cell_kinds=prep.cell_kinds,
-                               portfolio="proof" if num_tasks <= _PROOF_PORTFOLIO_TASKS else "default")
-        outcome = solve_cpsat(problem, hint=hint, options=options, progress=progress)
+        cp_options = CpSatOptions(work=max(0.01, share * work), time_limit=run.safety_seconds(), seed=options.seed,
+                                  workers=options.workers, objective=objective,
+                                  link_contention=options.link_contention, dump_path=options.dump_model,
+                                  cell_kinds=prep.cell_kinds,
+                                  portfolio="proof" if num_tasks <= _PROOF_PORTFOLIO_TASKS else "default")
+        outcome = solve_cpsat(problem, hint=hint, options=cp_options, progress=run.progress)
+        spent += outcome.work
+        stopped = outcome.clock_stopped
         best_table = outcome.timetable
-        if lns and outcome.status != "OPTIMAL" and left() > 1.0:
+        if options.lns and outcome.status != "OPTIMAL" and work - spent >= 0.05 and not stopped:
             from parplan.mip.lns import improve
 
-            improved = improve(problem, best_table or hint, options=options, deadline=deadline - reserve,
-                               progress=progress)
+            improved = improve(problem, best_table or hint, options=cp_options, work=work - spent,
+                               deadline=run.deadline, progress=run.progress)
+            spent += improved.work
+            stopped = stopped or improved.clock_stopped
             notes.append(f"windowed LNS: {improved.steps} windows, {improved.improving_steps} improving, "
-                         f"{improved.seconds:.1f} s; integer objective {improved.objective / scale:g}")
+                         f"{improved.work:.2f} deterministic s; integer objective {improved.objective / scale:g}")
             if improved.improved or best_table is None:
                 best_table = improved.timetable
                 if best_table is hint:
@@ -421,32 +507,37 @@ def _search(prep: _Prepared, *, deadline: float, started: float, seed: int, work
     else:
         from parplan.mip.bigm import solve_bigm
 
-        outcome = solve_bigm(problem, hint=hint, time_limit=max(0.05, left()),
-                             objective=objective, dump_path=dump_model, link_contention=link_contention)
-        best_table, outcome_status = outcome.timetable, outcome.status
+        # HiGHS has no deterministic time: the cross-check is bounded by the wall clock
+        # (work read as seconds), so its answers may vary with machine load.
+        outcome = solve_bigm(problem, hint=hint, time_limit=max(0.05, min(work, run.stop.left())),
+                             objective=objective, dump_path=options.dump_model,
+                             link_contention=options.link_contention)
+        best_table, outcome_status, stopped = outcome.timetable, outcome.status, False
+        notes.append("HiGHS is bounded by wall-clock seconds (it has no deterministic time); "
+                     "its answer may depend on the machine")
+    if stopped:
+        run.stop.fired(f"the lower-level MIP on {problem.placement}")
     notes += outcome.notes
     bound_int = prep.lower if outcome.bound is None else max(outcome.bound, prep.lower)
     bound = bound_int / scale if (outcome.bound is not None or prep.lower > 0) else None
     if best_table is None:
         notes.append(f"the {solver} search ended ({outcome_status}) without a solution; returning the warm start "
                      f"{warm.name!r}")
-        return _result(problem, warm.schedule, "WARM_START_ONLY", bound, warm.name, notes,
-                       time.perf_counter() - started, objective)
+        return _result(problem, warm.schedule, "WARM_START_ONLY", bound, warm.name, notes, objective, work=spent)
     schedule = to_schedule(problem, best_table)
     try:
         candidate = validate(schedule, problem.model_costs, memory_cap=problem.memory_cap)
     except ScheduleError as err:  # only with rounded times: the exact re-timing may break the cap
         assert not problem.exact_times, f"solver schedule failed validation: {err}"
         notes.append(f"the solver's order broke an invariant under exact costs; returning the warm start ({err})")
-        return _result(problem, warm.schedule, "WARM_START_ONLY", None, warm.name, notes,
-                       time.perf_counter() - started, objective)
+        return _result(problem, warm.schedule, "WARM_START_ONLY", None, warm.name, notes, objective, work=spent)
     proven = outcome_status == "OPTIMAL" or (objective == "makespan" and best_table.makespan <= bound_int)
     status = "OPTIMAL" if proven else "FEASIBLE"
     if _objective(candidate, objective) > _objective(warm.simulation, objective) + 1e-9:
         notes.append(f"the solver's best ({_objective(candidate, objective):g}) is worse than the warm start "
                      f"{warm.name!r} ({_objective(warm.simulation, objective):g}) under exact costs; returning the warm start")
         schedule, status = warm.schedule, "WARM_START_ONLY"
-    return _result(problem, schedule, status, bound, warm.name, notes, time.perf_counter() - started, objective)
+    return _result(problem, schedule, status, bound, warm.name, notes, objective, work=spent)
 
 
 def _objective(sim: SimResult, objective: str) -> float:
@@ -456,16 +547,15 @@ def _objective(sim: SimResult, objective: str) -> float:
 
 
 def _result(problem: Problem, schedule: Schedule, status: str, bound: float | None, warm_name: str,
-            notes: list[str], seconds: float, objective: str) -> MipResult:
+            notes: list[str], objective: str, *, work: float = 0.0) -> MipResult:
     schedule = _renamed(schedule, "mip")
     sim = validate(schedule, problem.model_costs, memory_cap=problem.memory_cap)
     value = _objective(sim, objective)
     if bound is not None and problem.exact_times:
         bound = min(bound, value)  # the bound is on the integer model; exact costs agree
-    gap = _gap(value, bound)
     return MipResult(
-        schedule=schedule, simulation=sim, status=status, objective=value, bound=bound, gap=gap,
-        solve_seconds=seconds, warm_start=warm_name, placement=problem.placement, notes=tuple(notes),
+        schedule=schedule, simulation=sim, status=status, objective=value, bound=bound, gap=_gap(value, bound),
+        solve_seconds=0.0, warm_start=warm_name, placement=problem.placement, work=work, notes=tuple(notes),
     )
 
 
@@ -473,16 +563,12 @@ def _gap(value: float, bound: float | None) -> float | None:
     return None if bound is None else (0.0 if value <= 0 else max(0.0, (value - bound) / value))
 
 
-def _with_notes(result: MipResult, note: str, *, solve_seconds: float, warm_start: str | None = None,
-                bound: float | None = None, status: str | None = None) -> MipResult:
+def _with_notes(result: MipResult, note: str, *, warm_start: str | None = None, bound: float | None = None,
+                status: str | None = None, work: float | None = None, stopped_early: bool = False) -> MipResult:
     bound = result.bound if bound is None else min(bound, result.objective)
-    gap = _gap(result.objective, bound)
-    return MipResult(
-        schedule=result.schedule, simulation=result.simulation, status=status or result.status,
-        objective=result.objective,
-        bound=bound, gap=gap, solve_seconds=solve_seconds, warm_start=warm_start or result.warm_start,
-        placement=result.placement, notes=(*result.notes, note),
-    )
+    return replace(result, status=status or result.status, bound=bound, gap=_gap(result.objective, bound),
+                   warm_start=warm_start or result.warm_start, work=result.work if work is None else work,
+                   stopped_early=result.stopped_early or stopped_early, notes=(*result.notes, note))
 
 
 def _renamed(schedule: Schedule, name: str) -> Schedule:

@@ -32,6 +32,7 @@ from typing import Callable, Literal
 
 from ortools.sat.python import cp_model
 
+from parplan.budget import clock_stopped
 from parplan.mip.problem import Problem, Task
 from parplan.mip.timetable import Cell, Timetable
 from parplan.schedule.ir import Kind
@@ -55,7 +56,10 @@ class ProgressEvent:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CpSatOptions:
-    time_limit: float = 60.0
+    # The search's budget in CP-SAT deterministic seconds (parplan.budget): the same work,
+    # hence the same answer, on any machine. `time_limit` is only a wall-clock safety stop.
+    work: float = 10.0
+    time_limit: float | None = None
     seed: int = 0
     workers: int = 2
     objective: Objective = "makespan"
@@ -83,7 +87,8 @@ class CpSatOptions:
     minimise_peak: bool = False
 
     def __post_init__(self) -> None:
-        assert self.workers >= 1 and self.time_limit > 0 and self.objective in ("makespan", "throughput")
+        assert self.workers >= 1 and self.work > 0 and self.objective in ("makespan", "throughput")
+        assert self.time_limit is None or self.time_limit > 0
         assert self.portfolio in ("default", "proof")
         assert not self.minimise_peak or self.objective == "makespan"
 
@@ -95,6 +100,8 @@ class SolveOutcome:
     objective: int | None  # integer time units (memory units with `minimise_peak`)
     bound: int | None
     seconds: float
+    work: float = 0.0  # deterministic seconds the search spent
+    clock_stopped: bool = False  # the wall-clock safety stop, not the work budget, ended the search
     notes: tuple[str, ...] = ()
 
 
@@ -151,155 +158,228 @@ def cell_candidates(problem: Problem, hint: Timetable | None, max_pairs: int,
 def build_model(
     problem: Problem, hint: Timetable | None, options: CpSatOptions
 ) -> tuple[cp_model.CpModel, _Vars, list[str]]:
-    notes: list[str] = []
+    """The interval model of `problem` under `options`, warm-started from `hint` when given:
+    the model, its variables and notes on what it leaves out."""
+    # ---- data: the candidate cells, the horizon, heads and tails -------------------------
     model = cp_model.CpModel()
     v = _Vars()
     use_cells = problem.cells_help if options.cells is None else options.cells
-    pairs: list[tuple[Task, Task]] = []
-    if use_cells:
-        pairs, complete = cell_candidates(problem, hint, options.max_cell_pairs, fifo=options.symmetry_breaking)
-        if not complete:
-            notes.append(
-                f"F&B cells were limited to the {len(pairs)} (F, I) pairs nearest in the warm start; "
-                f"status and bound refer to that restricted model"
-            )
+    pairs, notes = _cell_pairs(problem, hint, options) if use_cells else ([], [])
     horizon = hint.makespan if hint is not None else _serial_horizon(problem)
     head, tail = problem_bounds(problem, cells=use_cells)
     tasks = problem.tasks()
+    cells_of = _cells_by_task(tasks, pairs, options.cell_kinds)
 
     # ---- variables: start/end per task, presence of its own interval, cells --------------
+    _add_task_times(model, problem, v, cells_of, horizon, head, tail, hinted=hint is not None)
+    intervals = _add_task_intervals(model, problem, v)
+    _add_cells(model, problem, v, pairs, options.cell_kinds, intervals)
+    _add_one_way_to_run(model, v, tasks, cells_of)
+    v.in_full_cell = {t: v.alone[t].Not() for t in tasks if t[1] is Kind.W and cells_of[t]}
+
+    # ---- constraints -----------------------------------------------------------------------
+    _add_precedence(model, problem, v)
+    _add_one_at_a_time(model, intervals)
+    if problem.memory_cap is not None or options.minimise_peak:
+        assert hint is not None or not options.minimise_peak, "minimise_peak needs the schedule to improve on"
+        notes += _add_memory(model, problem, v, horizon, hint, options.minimise_peak)
+    if options.link_contention:
+        _add_channels(model, problem, v, horizon)
+    if options.symmetry_breaking:
+        _add_fifo_per_stage(model, problem, v, cells_of, alone_w_order=options.whole_model_symmetry)
+        if options.whole_model_symmetry:
+            _break_mirror(model, problem, v)
+
+    # ---- objective --------------------------------------------------------------------------
+    makespan = _add_makespan(model, problem, v, horizon, _makespan_floor(problem, use_cells, options))
+    if use_cells:
+        _add_rank_energy(model, problem, v, makespan, head, tail)
+    if options.minimise_peak:
+        v.objective = v.peak  # the makespan stays within the horizon, the hint's makespan
+    elif options.objective == "makespan":
+        v.objective = makespan
+    else:
+        v.objective = _add_longest_rank_span(model, problem, v, horizon)
+    model.Minimize(v.objective)
+
+    # ---- warm start ---------------------------------------------------------------------------
+    if hint is not None:
+        _add_hints(model, problem, v, hint, cells_of, makespan)
+    return model, v, notes
+
+
+def _task_name(t: Task) -> str:
+    return f"{t[0]}{t[1].value}{t[2]}"
+
+
+def _cell_pairs(problem: Problem, hint: Timetable | None,
+                options: CpSatOptions) -> tuple[list[tuple[Task, Task]], list[str]]:
+    """The (F, I) pairs that may form cells, and a note when they are not all of them."""
+    pairs, complete = cell_candidates(problem, hint, options.max_cell_pairs, fifo=options.symmetry_breaking)
+    if complete:
+        return pairs, []
+    return pairs, [f"F&B cells were limited to the {len(pairs)} (F, I) pairs nearest in the warm start; "
+                   f"status and bound refer to that restricted model"]
+
+
+def _cells_by_task(tasks: list[Task], pairs: list[tuple[Task, Task]],
+                   cell_kinds: tuple[bool, ...]) -> dict[Task, list[Cell]]:
+    """Every cell each task may run in: an F and an I in each of theirs, a W in its I's full-B cells."""
     cells_of: dict[Task, list[Cell]] = {t: [] for t in tasks}
     for f, i in pairs:
-        for full in options.cell_kinds:
+        for full in cell_kinds:
             cell = Cell(f, i, full)
             cells_of[f].append(cell)
             cells_of[i].append(cell)
             if full:
                 cells_of[(i[0], Kind.W, i[2])].append(cell)
-    for t in tasks:
-        name = f"{t[0]}{t[1].value}{t[2]}"
+    return cells_of
+
+
+def _add_task_times(model: cp_model.CpModel, problem: Problem, v: _Vars, cells_of: dict[Task, list[Cell]],
+                    horizon: int, head: dict[Task, int], tail: dict[Task, int], *, hinted: bool) -> None:
+    """Start and end per task within its head and tail; `alone` where it may also run in a cell."""
+    for t in problem.tasks():
+        name = _task_name(t)
         lo, hi = head[t], horizon - tail[t]
-        assert lo <= hi or hint is None, f"task {name}: head {lo} > latest start {hi} under horizon {horizon}"
+        assert lo <= hi or not hinted, f"task {name}: head {lo} > latest start {hi} under horizon {horizon}"
         v.start[t] = model.NewIntVar(lo, max(lo, hi), f"start_{name}")
         v.end[t] = model.NewIntVar(lo, horizon, f"end_{name}")
         v.alone[t] = model.NewBoolVar(f"alone_{name}") if cells_of[t] else True
+
+
+def _add_task_intervals(model: cp_model.CpModel, problem: Problem, v: _Vars) -> list[list]:
+    """(3) every task run alone is an interval of its own length; per rank, for the no-overlap."""
     intervals: list[list] = [[] for _ in range(problem.num_ranks)]
-    for t in tasks:
-        name = f"{t[0]}{t[1].value}{t[2]}"
+    for t in problem.tasks():
+        name = _task_name(t)
         r = problem.rank(t[0])
         if v.alone[t] is True:
             intervals[r].append(model.NewIntervalVar(v.start[t], problem.duration(t), v.end[t], f"run_{name}"))
         else:
             intervals[r].append(model.NewOptionalIntervalVar(
                 v.start[t], problem.duration(t), v.end[t], v.alone[t], f"run_{name}"))
+    return intervals
+
+
+def _add_cells(model: cp_model.CpModel, problem: Problem, v: _Vars, pairs: list[tuple[Task, Task]],
+               cell_kinds: tuple[bool, ...], intervals: list[list]) -> None:
+    """(3) a cell is one interval of the cell's length; its parts share its start and end."""
     for f, i in pairs:
-        for full in options.cell_kinds:
+        for full in cell_kinds:
             cell = Cell(f, i, full)
             lit = model.NewBoolVar(f"cell_{f[0]}F{f[2]}_{i[0]}{'B' if full else 'I'}{i[2]}")
             v.cell[cell] = lit
-            # (3) the cell is one interval; its parts share its start and end.
             intervals[problem.rank(f[0])].append(model.NewOptionalIntervalVar(
                 v.start[f], problem.cell_duration(f[0], i[0], full), v.end[f], lit, f"cellrun_{lit.Name()}"))
             parts = [i, (i[0], Kind.W, i[2])] if full else [i]
             for part in parts:
                 model.Add(v.start[part] == v.start[f]).OnlyEnforceIf(lit)
                 model.Add(v.end[part] == v.end[f]).OnlyEnforceIf(lit)
+
+
+def _add_one_way_to_run(model: cp_model.CpModel, v: _Vars, tasks: list[Task],
+                        cells_of: dict[Task, list[Cell]]) -> None:
+    """(3) a task that may join a cell runs either alone or in exactly one of its cells."""
     for t in tasks:
         if cells_of[t]:
             model.AddExactlyOne([v.alone[t]] + [v.cell[c] for c in cells_of[t]])
-    for t in tasks:
-        if t[1] is Kind.W and cells_of[t]:
-            v.in_full_cell[t] = v.alone[t].Not()
 
-    # ---- constraints -----------------------------------------------------------------------
-    # (4) precedence with transfer delay; W after its own I unless both run in one B cell.
-    for t in tasks:
+
+def _add_precedence(model: cp_model.CpModel, problem: Problem, v: _Vars) -> None:
+    """(4) each task after its inputs plus the transfer delay; a W that may join a full-B
+    cell follows its I only when it runs alone (in the cell the two start together)."""
+    for t in problem.tasks():
         for p, delay in problem.predecessors(t):
             if t[1] is Kind.W and t in v.in_full_cell:
                 model.Add(v.start[t] >= v.end[p]).OnlyEnforceIf(v.in_full_cell[t].Not())
             else:
                 model.Add(v.start[t] >= v.end[p] + delay)
-    # (7–8) one task or cell at a time per rank.
-    for r in range(problem.num_ranks):
-        model.AddNoOverlap(intervals[r])
-    # (mem) activation held from F start to W end, per rank.
-    if problem.memory_cap is not None or options.minimise_peak:
-        assert hint is not None or not options.minimise_peak, "minimise_peak needs the schedule to improve on"
-        notes += _add_memory(model, problem, v, horizon, hint, options.minimise_peak)
-    # (14) transfers on directed links, one at a time.
-    if options.link_contention:
-        _add_channels(model, problem, v, horizon)
-    # (sym) FIFO per stage and kind.
-    if options.symmetry_breaking:
-        for s in range(problem.num_stages):
-            for kind in (Kind.F, Kind.I, Kind.W):
-                for j in list(problem.microbatches)[:-1]:
-                    a, b = (s, kind, j), (s, kind, j + 1)
-                    if kind is not Kind.W or not (cells_of[a] or cells_of[b]):
-                        model.Add(v.end[a] <= v.start[b])
-                    elif options.whole_model_symmetry:
-                        # A W inside a B cell runs with its I; the W's run alone keep
-                        # micro-batch order among themselves (relabelling them keeps an
-                        # optimum). Stated for the next few only: the model stays linear in M.
-                        for k in problem.microbatches[j + 1:j + 1 + _ALONE_W_WINDOW]:
-                            later = (s, kind, k)
-                            model.Add(v.end[a] <= v.start[later]).OnlyEnforceIf(
-                                [x for x in (v.alone[a], v.alone[later]) if x is not True])
-        if options.whole_model_symmetry:
-            _break_mirror(model, problem, v)
 
-    # ---- objective --------------------------------------------------------------------------
+
+def _add_one_at_a_time(model: cp_model.CpModel, intervals: list[list]) -> None:
+    """(7–8) one task or cell at a time per rank."""
+    for rank_intervals in intervals:
+        model.AddNoOverlap(rank_intervals)
+
+
+def _add_fifo_per_stage(model: cp_model.CpModel, problem: Problem, v: _Vars, cells_of: dict[Task, list[Cell]],
+                        *, alone_w_order: bool) -> None:
+    """(sym) a stage's F's and I's run in micro-batch order, and its W's where no cell may
+    hold them; with `alone_w_order` the W's run alone also keep their order (relabelling
+    them keeps an optimum), stated for the next few only so the model stays linear in M."""
+    for s in range(problem.num_stages):
+        for kind in (Kind.F, Kind.I, Kind.W):
+            for j in list(problem.microbatches)[:-1]:
+                a, b = (s, kind, j), (s, kind, j + 1)
+                if kind is not Kind.W or not (cells_of[a] or cells_of[b]):
+                    model.Add(v.end[a] <= v.start[b])
+                elif alone_w_order:
+                    # A W inside a B cell runs with its I; only the W's run alone are ordered.
+                    for k in problem.microbatches[j + 1:j + 1 + _ALONE_W_WINDOW]:
+                        later = (s, kind, k)
+                        model.Add(v.end[a] <= v.start[later]).OnlyEnforceIf(
+                            [x for x in (v.alone[a], v.alone[later]) if x is not True])
+
+
+def _makespan_floor(problem: Problem, use_cells: bool, options: CpSatOptions) -> int:
+    """The static bound the makespan variable starts from (0 with `cell_bound` off)."""
     if not use_cells:
-        lower = makespan_lower_bound(problem, ())
-    else:
-        lower = cell_lower_bound(problem, options.cell_kinds) if options.cell_bound else 0
+        return makespan_lower_bound(problem, ())
+    return cell_lower_bound(problem, options.cell_kinds) if options.cell_bound else 0
+
+
+def _add_makespan(model: cp_model.CpModel, problem: Problem, v: _Vars, horizon: int, lower: int) -> cp_model.IntVar:
+    """(2) C_max >= the end of every W (a W ends each micro-batch's work on its stage)."""
     makespan = model.NewIntVar(min(lower, horizon), horizon, "makespan")
-    for t in tasks:
+    for t in problem.tasks():
         if t[1] is Kind.W:
             model.Add(makespan >= v.end[t])
-    if use_cells:
-        # (bound) per-rank energy: the rank's work, less what its cells save, runs between
-        # its earliest head and its shortest remaining tail.
-        for r in range(problem.num_ranks):
-            mine = problem.tasks_of_rank(r)
-            first = min(head[t] for t in mine)
-            last = min(tail[t] - problem.duration(t) for t in mine)
-            last = max(0, min([last] + [tail[t] - problem.cell_duration(t[0], b, True)
-                                         for t in mine if t[1] is Kind.F
-                                         for b in problem.skeleton.stages_of_rank(r)]))
-            saving = [(_cell_saving(problem, c), lit) for c, lit in v.cell.items() if problem.rank(c.forward[0]) == r]
-            model.Add(makespan >= first + problem.rank_load(r) + last - sum(k * lit for k, lit in saving))
-    if options.minimise_peak:
-        v.objective = v.peak  # the makespan stays within the horizon, the hint's makespan
-    elif options.objective == "makespan":
-        v.objective = makespan
-    else:
-        # The zero-bubble ILP's objective: the longest per-rank span, first start to last end.
-        span = model.NewIntVar(0, horizon, "longest_rank_span")
-        for r in range(problem.num_ranks):
-            mine = problem.tasks_of_rank(r)
-            first = model.NewIntVar(0, horizon, f"first_start_{r}")
-            model.AddMinEquality(first, [v.start[t] for t in mine if t[1] is Kind.F])
-            for t in mine:
-                if t[1] is Kind.W:
-                    model.Add(span >= v.end[t] - first)
-        v.objective = span
-    model.Minimize(v.objective)
+    return makespan
 
-    # ---- warm start ---------------------------------------------------------------------------
-    if hint is not None:
-        hinted_cells = set(hint.cells)
-        for t in tasks:
-            model.AddHint(v.start[t], hint.start[t])
-            model.AddHint(v.end[t], hint.end[t])
-            if v.alone[t] is not True:
-                model.AddHint(v.alone[t], not any(c in hinted_cells for c in cells_of[t]))
-        for cell, lit in v.cell.items():
-            model.AddHint(lit, cell in hinted_cells)
-        model.AddHint(makespan, hint.makespan)
-        if v.peak is not None:
-            model.AddHint(v.peak, _peak_units(problem, hint, memory_unit(problem)[0]))
-    return model, v, notes
+
+def _add_rank_energy(model: cp_model.CpModel, problem: Problem, v: _Vars, makespan: cp_model.IntVar,
+                     head: dict[Task, int], tail: dict[Task, int]) -> None:
+    """(bound) per-rank energy: the rank's work, less what its cells save, runs between
+    its earliest head and its shortest remaining tail."""
+    for r in range(problem.num_ranks):
+        mine = problem.tasks_of_rank(r)
+        first = min(head[t] for t in mine)
+        last = min(tail[t] - problem.duration(t) for t in mine)
+        last = max(0, min([last] + [tail[t] - problem.cell_duration(t[0], b, True)
+                                     for t in mine if t[1] is Kind.F
+                                     for b in problem.skeleton.stages_of_rank(r)]))
+        saving = [(_cell_saving(problem, c), lit) for c, lit in v.cell.items() if problem.rank(c.forward[0]) == r]
+        model.Add(makespan >= first + problem.rank_load(r) + last - sum(k * lit for k, lit in saving))
+
+
+def _add_longest_rank_span(model: cp_model.CpModel, problem: Problem, v: _Vars, horizon: int) -> cp_model.IntVar:
+    """The zero-bubble ILP's objective: the longest per-rank span, first start to last end."""
+    span = model.NewIntVar(0, horizon, "longest_rank_span")
+    for r in range(problem.num_ranks):
+        mine = problem.tasks_of_rank(r)
+        first = model.NewIntVar(0, horizon, f"first_start_{r}")
+        model.AddMinEquality(first, [v.start[t] for t in mine if t[1] is Kind.F])
+        for t in mine:
+            if t[1] is Kind.W:
+                model.Add(span >= v.end[t] - first)
+    return span
+
+
+def _add_hints(model: cp_model.CpModel, problem: Problem, v: _Vars, hint: Timetable,
+               cells_of: dict[Task, list[Cell]], makespan: cp_model.IntVar) -> None:
+    """The warm start: its times, which cells it forms, its makespan and activation peak."""
+    hinted_cells = set(hint.cells)
+    for t in problem.tasks():
+        model.AddHint(v.start[t], hint.start[t])
+        model.AddHint(v.end[t], hint.end[t])
+        if v.alone[t] is not True:
+            model.AddHint(v.alone[t], not any(c in hinted_cells for c in cells_of[t]))
+    for cell, lit in v.cell.items():
+        model.AddHint(lit, cell in hinted_cells)
+    model.AddHint(makespan, hint.makespan)
+    if v.peak is not None:
+        model.AddHint(v.peak, _peak_units(problem, hint, memory_unit(problem)[0]))
 
 
 def _break_mirror(model: cp_model.CpModel, problem: Problem, v: _Vars) -> None:
@@ -624,12 +704,16 @@ def solve_cpsat(
         model.ExportToFile(options.dump_path)
     solver = cp_model.CpSolver()
     params = solver.parameters
-    params.max_time_in_seconds = max(0.01, options.time_limit - (time.perf_counter() - started))
+    params.max_deterministic_time = options.work
+    safety = None
+    if options.time_limit is not None:
+        safety = max(0.01, options.time_limit - (time.perf_counter() - started))
+        params.max_time_in_seconds = safety
     params.num_workers = options.workers
     params.random_seed = options.seed
-    # Deterministic multi-worker search: same seed and worker count, same answer (as long
-    # as the search ends before the wall-clock limit). One task per worker in each batch:
-    # a batch of one ran the workers one at a time, on one core.
+    # Deterministic multi-worker search: same seed and worker count, same answer, since the
+    # budget is deterministic time (unless the wall-clock safety stop fires first). One task
+    # per worker in each batch: a batch of one ran the workers one at a time, on one core.
     params.interleave_search = options.deterministic and options.workers > 1
     params.interleave_batch_size = options.workers
     if options.portfolio == "proof":
@@ -644,9 +728,13 @@ def solve_cpsat(
     seconds = time.perf_counter() - started
     if code == cp_model.MODEL_INVALID:
         raise AssertionError(f"CP-SAT rejected the model: {model.Validate()}")
+    # The budget granted, not CP-SAT's own tally (which counts presolve and runs past the
+    # limit by up to a fifth): what callers hand on stays within the work they were given.
+    spent = min(solver.response_proto.deterministic_time, options.work)
+    stopped = clock_stopped(solver, code, safety, options.work)
     if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return SolveOutcome(status=status, timetable=None, objective=None, bound=None, seconds=seconds,
-                            notes=tuple(notes))
+                            work=spent, clock_stopped=stopped, notes=tuple(notes))
 
     # ---- extract ------------------------------------------------------------------------------
     timetable = extract_timetable(problem, solver, v)
@@ -656,5 +744,8 @@ def solve_cpsat(
         objective=int(round(solver.ObjectiveValue())),
         bound=int(round(solver.BestObjectiveBound())),
         seconds=seconds,
+        work=spent,
+        clock_stopped=stopped,
         notes=tuple(notes),
     )
+

@@ -24,6 +24,8 @@ No F&B cells: the search forms them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from parplan.mip.problem import Problem, Task, chain_activation
 from parplan.mip.timetable import Timetable
 from parplan.schedule.ir import Kind
@@ -33,74 +35,111 @@ __all__ = ["greedy_timetable"]
 _PRIORITY = {Kind.I: 0, Kind.F: 1, Kind.W: 2}
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Chains:
+    """What admission control needs to know of each chain, keyed by its head stage."""
+
+    # one micro-batch's activation per rank (at most the cap: build_problem rejects caps
+    # below the largest, `smallest_feasible_cap`)
+    need: dict[int, list[float]]
+    heads: set[int]  # ranks whose choices depend on the reservations
+    limit: dict[int, int]  # micro-batches a chain may hold at once
+    finished_by: dict[int, int]  # last stage -> head
+
+
+@dataclass(slots=True)
+class _State:
+    ready: list[dict[Task, int]]  # per rank: inputs all scheduled, task -> earliest start
+    waiting: dict[Task, int]  # inputs not yet scheduled
+    free_at: list[int]
+    reserved: list[float]
+    in_chain: dict[int, int]  # admitted micro-batches whose last stage's W has not ended
+    start: dict[Task, int] = field(default_factory=dict)
+    end: dict[Task, int] = field(default_factory=dict)
+
+
 def greedy_timetable(problem: Problem, *, window: bool = False) -> Timetable:
     """`window`: also keep at most as many micro-batches in a chain as it has stages, as
     1F1B does; without it only the cap limits them (uncapped: all of them, as GPipe)."""
-    cap = problem.memory_cap
-    ranks = range(problem.num_ranks)
     # ---- data: dependencies, what each micro-batch needs on each rank ------------------------
+    chains = _chains(problem, window)
     succ = problem.successors()
-    waiting = {t: len(problem.predecessors(t)) for t in problem.tasks()}
-    # chain head stage -> one micro-batch's activation per rank (at most the cap: build_problem
-    # rejects caps below the largest, `smallest_feasible_cap`)
-    need = {chain[0]: chain_activation(problem.skeleton, problem.costs, chain) for chain in problem.skeleton.chains}
-    heads = {problem.rank(s) for s in need}  # ranks whose choices depend on the reservations
-    limit = {chain[0]: len(chain) if window else len(problem.microbatches) for chain in problem.skeleton.chains}
-    finished_by = {chain[-1]: chain[0] for chain in problem.skeleton.chains}  # last stage -> head
-    in_chain = {head: 0 for head in need}  # admitted micro-batches whose last stage's W has not ended
-
     # ---- state ------------------------------------------------------------------------------------
-    ready: list[dict[Task, int]] = [{} for _ in ranks]  # inputs all scheduled: task -> earliest start
-    for t, n in waiting.items():
-        if n == 0:
-            ready[problem.rank(t[0])][t] = 0
-    free_at = [0 for _ in ranks]
-    reserved = [0.0 for _ in ranks]
-    start: dict[Task, int] = {}
-    end: dict[Task, int] = {}
-
-    def admits(head: int) -> bool:
-        if in_chain[head] >= limit[head]:
-            return False
-        return cap is None or all(reserved[r] + x <= cap * (1 + 1e-9) for r, x in enumerate(need[head]))
-
-    def pick(r: int) -> tuple[int, tuple, Task] | None:
-        """Rank r's earliest (start, priority, task), or None while it can run nothing."""
-        best = None
-        for t, at in ready[r].items():
-            if t[1] is Kind.F and t[0] in need and not admits(t[0]):
-                continue
-            key = (max(at, free_at[r]), (_PRIORITY[t[1]], at, t[2], t[0]), t)
-            if best is None or key[:2] < best[:2]:
-                best = key
-        return best
-
+    state = _initial_state(problem, chains)
     # ---- dispatch: always the earliest start over all ranks -------------------------------------
-    picks = [pick(r) for r in ranks]
-    for _ in range(len(waiting)):
+    picks = [_pick(problem, chains, state, r) for r in range(problem.num_ranks)]
+    for _ in range(len(state.waiting)):
         # Never empty: the cap is at least one micro-batch's need on every rank (build_problem
         # checks it), so with nothing reserved a head is admitted; an admitted one runs on.
         (at, _, t), r = min(((p, r) for r, p in enumerate(picks) if p is not None), key=lambda pr: pr[0][:2])
-        del ready[r][t]
-        start[t], end[t] = at, at + problem.duration(t)
-        free_at[r] = end[t]
-        touched = {r}
-        if t[1] is Kind.F and t[0] in need:
-            in_chain[t[0]] += 1
-            for k, x in enumerate(need[t[0]]):
-                reserved[k] += x
-            touched |= heads
-        elif t[1] is Kind.W:
-            reserved[r] -= problem.activation(t[0])
-            touched |= heads
-            if t[0] in finished_by:
-                in_chain[finished_by[t[0]]] -= 1
-        for q, _ in succ[t]:
-            waiting[q] -= 1
-            if waiting[q] == 0:
-                rq = problem.rank(q[0])
-                ready[rq][q] = max(end[p] + d for p, d in problem.predecessors(q))
-                touched.add(rq)
-        for k in touched:
-            picks[k] = pick(k)
-    return Timetable(start=start, end=end)
+        for k in _run(problem, chains, state, succ, t, at, r):
+            picks[k] = _pick(problem, chains, state, k)
+    return Timetable(start=state.start, end=state.end)
+
+
+def _chains(problem: Problem, window: bool) -> _Chains:
+    need = {chain[0]: chain_activation(problem.skeleton, problem.costs, chain) for chain in problem.skeleton.chains}
+    return _Chains(
+        need=need,
+        heads={problem.rank(s) for s in need},
+        limit={chain[0]: len(chain) if window else len(problem.microbatches) for chain in problem.skeleton.chains},
+        finished_by={chain[-1]: chain[0] for chain in problem.skeleton.chains},
+    )
+
+
+def _initial_state(problem: Problem, chains: _Chains) -> _State:
+    ranks = range(problem.num_ranks)
+    waiting = {t: len(problem.predecessors(t)) for t in problem.tasks()}
+    ready: list[dict[Task, int]] = [{} for _ in ranks]
+    for t, n in waiting.items():
+        if n == 0:
+            ready[problem.rank(t[0])][t] = 0
+    return _State(ready=ready, waiting=waiting, free_at=[0 for _ in ranks], reserved=[0.0 for _ in ranks],
+                  in_chain={head: 0 for head in chains.need})
+
+
+def _admits(problem: Problem, chains: _Chains, state: _State, head: int) -> bool:
+    """(memory, window) a new micro-batch may enter the chain starting at stage `head`."""
+    if state.in_chain[head] >= chains.limit[head]:
+        return False
+    cap = problem.memory_cap
+    return cap is None or all(state.reserved[r] + x <= cap * (1 + 1e-9) for r, x in enumerate(chains.need[head]))
+
+
+def _pick(problem: Problem, chains: _Chains, state: _State, r: int) -> tuple[int, tuple, Task] | None:
+    """(priority) rank r's earliest (start, priority, task), or None while it can run nothing."""
+    best = None
+    for t, at in state.ready[r].items():
+        if t[1] is Kind.F and t[0] in chains.need and not _admits(problem, chains, state, t[0]):
+            continue
+        key = (max(at, state.free_at[r]), (_PRIORITY[t[1]], at, t[2], t[0]), t)
+        if best is None or key[:2] < best[:2]:
+            best = key
+    return best
+
+
+def _run(problem: Problem, chains: _Chains, state: _State, succ: dict[Task, list[tuple[Task, int]]],
+         t: Task, at: int, r: int) -> set[int]:
+    """Start t on rank r at `at`: reserve or release memory, make its successors ready.
+    Returns the ranks whose pick may have changed."""
+    del state.ready[r][t]
+    state.start[t], state.end[t] = at, at + problem.duration(t)
+    state.free_at[r] = state.end[t]
+    touched = {r}
+    if t[1] is Kind.F and t[0] in chains.need:
+        state.in_chain[t[0]] += 1
+        for k, x in enumerate(chains.need[t[0]]):
+            state.reserved[k] += x
+        touched |= chains.heads
+    elif t[1] is Kind.W:
+        state.reserved[r] -= problem.activation(t[0])
+        touched |= chains.heads
+        if t[0] in chains.finished_by:
+            state.in_chain[chains.finished_by[t[0]]] -= 1
+    for q, _ in succ[t]:
+        state.waiting[q] -= 1
+        if state.waiting[q] == 0:
+            rq = problem.rank(q[0])
+            state.ready[rq][q] = max(state.end[p] + d for p, d in problem.predecessors(q))
+            touched.add(rq)
+    return touched

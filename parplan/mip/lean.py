@@ -12,7 +12,8 @@ size; `api._memory_pass` runs them before CP-SAT minimises the peak exactly:
   ranks with the highest peaks, a later W (or such a B; F&B cells stay whole) is moved
   to just before the F where the rank first reaches its peak; the move is kept when the
   simulated makespan does not grow and (largest peak, sum of peaks) falls. It stops at a
-  local optimum or the deadline.
+  local optimum or after a fixed number of simulated moves (a work bound, so the result
+  does not depend on the machine).
 """
 
 from __future__ import annotations
@@ -60,10 +61,12 @@ def leaner_list_schedule(problem: Problem, makespan: float, peak: float) -> tupl
     return best
 
 
-def pull_frees_forward(schedule: Schedule, costs: PipelineCosts, *, makespan: float,
-                       deadline: float) -> tuple[Schedule, SimResult] | None:
+def pull_frees_forward(schedule: Schedule, costs: PipelineCosts, *, makespan: float, max_trials: int,
+                       deadline: float | None = None) -> tuple[Schedule, SimResult] | None:
     """A reordering of `schedule` no longer than `makespan` whose largest per-rank
-    activation peak is strictly lower, with its simulation, or None (module docstring)."""
+    activation peak is strictly lower, with its simulation, or None (module docstring).
+    At most `max_trials` reorderings are simulated; `deadline` (a `time.perf_counter()`
+    value) is only a safety stop."""
     staged = costs_for_schedule(schedule, costs)
     split = split_pairs(schedule)
     sim = simulate(schedule, costs)
@@ -90,12 +93,18 @@ def pull_frees_forward(schedule: Schedule, costs: PipelineCosts, *, makespan: fl
         top = max(levels)
         return next(k for k, v in enumerate(levels) if v >= top - tolerance)
 
+    trials = 0
+
+    def out_of_work() -> bool:
+        return trials >= max_trials or (deadline is not None and time.perf_counter() > deadline)
+
     def improving_move(rank: int) -> tuple[Schedule, SimResult] | None:
+        nonlocal trials
         order = schedule.orders[rank]
         p = first_peak(order)
         backward_done = {(a.stage, a.microbatch) for x in order[:p] for a in x.atoms if a.kind is Kind.I}
         for q in range(p + 1, len(order)):
-            if time.perf_counter() > deadline:
+            if out_of_work():
                 return None
             action = order[q]
             if not frees(action) or (action.kind is Kind.W and (action.stage, action.microbatch) not in backward_done):
@@ -103,6 +112,7 @@ def pull_frees_forward(schedule: Schedule, costs: PipelineCosts, *, makespan: fl
             moved = order[:p] + (action,) + order[p:q] + order[q + 1:]
             candidate = dataclasses.replace(schedule, orders=schedule.orders[:rank] + (moved,)
                                             + schedule.orders[rank + 1:])
+            trials += 1
             try:
                 trial = simulate(candidate, costs)
             except ParplanError:  # a B moved ahead of a gradient it waits for: deadlock
@@ -114,7 +124,7 @@ def pull_frees_forward(schedule: Schedule, costs: PipelineCosts, *, makespan: fl
     # A rank whose scan failed is skipped until no other rank can move; then all are
     # scanned again (moves elsewhere change the timing), so the result is a local optimum.
     stuck: set[int] = set()
-    while time.perf_counter() < deadline:
+    while not out_of_work():
         peaks = sim.peak_activation_per_rank
         ranks = [r for r in sorted(range(schedule.num_ranks), key=lambda r: (-peaks[r], r)) if r not in stuck]
         moved = False

@@ -13,10 +13,13 @@ its warm start within a minute on two cores; the same model with all but a windo
   objective   the makespan (a secondary "sum of ends" term made each step a weak-bound
               search that never finished; with the makespan alone a window that cannot
               help is proven so in ~0.1 s)
-  solve       CP-SAT from the incumbent as a complete hint, a short time limit
+  solve       CP-SAT from the incumbent as a complete hint, a slice of deterministic time
   accept      a strictly better makespan; the window stays while it pays, moves inwards
               when proven exhausted (restarting 1.5× larger past the middle), and shrinks
-              after a step that timed out without gain
+              after a step that used its slice without gain
+
+The budget is deterministic work (a number of windows and CP-SAT deterministic seconds),
+so the same incumbent gives the same result on any machine.
 
 The model is built once (`cpsat.build_model`) and cloned per step. The incumbent never
 gets worse, so the result is never worse than the warm start.
@@ -31,6 +34,7 @@ from typing import Callable
 
 from ortools.sat.python import cp_model
 
+from parplan.budget import clock_stopped
 from parplan.mip.cpsat import CpSatOptions, ProgressEvent, build_model, extract_timetable
 from parplan.mip.problem import Problem, Task
 from parplan.mip.timetable import Cell, Timetable
@@ -38,7 +42,6 @@ from parplan.schedule.ir import Kind
 
 __all__ = ["LnsOutcome", "improve"]
 
-_OVERRUN_PER_TASK = 1e-3  # seconds a sub-solve may run past its limit, per task, until one is measured
 # Above this many tasks the sub-solves run without CP-SAT's LP relaxation: on a 6,144-task
 # window model the LP workers (default_lp, feasibility_pump) sat 15–18 s in loading it,
 # past a 3–5 s limit and without a single branch; the LP-free portfolio keeps the limit.
@@ -53,6 +56,8 @@ class LnsOutcome:
     steps: int
     improving_steps: int
     seconds: float
+    work: float  # deterministic seconds spent in the sub-solves
+    clock_stopped: bool  # the wall-clock safety stop ended the search before its work budget
 
 
 def improve(
@@ -60,12 +65,16 @@ def improve(
     incumbent: Timetable,
     *,
     options: CpSatOptions,
-    deadline: float,
+    work: float,
+    deadline: float | None = None,
     target: int = 150,
-    step_limit: float = 5.0,
+    step_work: float = 0.5,
+    max_steps: int = 400,
     progress: Callable[[ProgressEvent], None] | None = None,
 ) -> LnsOutcome:
-    """Windowed re-optimisation of `incumbent` until `deadline` (a `time.perf_counter()` value)."""
+    """Windowed re-optimisation of `incumbent` for `work` deterministic seconds of CP-SAT
+    (at most `max_steps` windows, `step_work` each); `deadline` (a `time.perf_counter()`
+    value) is only a safety stop. Same inputs, same windows, same result."""
     started = time.perf_counter()
     # ---- data: one model, horizon = the incumbent's makespan --------------------------------
     model, v, _ = build_model(problem, incumbent, dataclasses.replace(options, whole_model_symmetry=False))
@@ -73,59 +82,34 @@ def improve(
     best = incumbent
     best_value = first_value = _value(problem, best, options)
     steps = improving = 0
+    spent = 0.0
+    stopped = False
     target = min(target, len(tasks))
     offset = {"tail": 0, "head": 0}
     side = "tail"
-    # Longest time a step took to clone and pin the model, and longest overrun of a sub-solve
-    # past its limit (on ~3,000-task models CP-SAT can sit in one propagation for seconds,
-    # measured up to ~1.1 ms per task): both are kept back from the time a step may use, so
-    # the call ends by its deadline.
-    setup, overrun = 0.0, _OVERRUN_PER_TASK * len(tasks)
-    while True:
-        step_started = time.perf_counter()
-        if deadline - step_started < 0.3 + setup + overrun:
+    while steps < max_steps and work - spent >= 0.01:
+        if deadline is not None and time.perf_counter() >= deadline:
+            stopped = True
             break
-        # ---- window: `target` tasks by start, `offset` tasks in from one end ------------------
-        order = sorted(tasks, key=lambda t: (best.start[t], best.end[t]))
-        if side == "tail":
-            order.reverse()
-        lo = min(offset[side], max(0, len(order) - target))
-        free = set(order[lo:lo + target])
-        # ---- pin everything else ---------------------------------------------------------------
-        sub = model.clone()
-        sub.clear_hints()
-        var = lambda x: sub.get_int_var_from_proto_index(x.Index())  # noqa: E731
-        t0 = min(best.start[t] for t in free)
-        for t in tasks:
-            if t not in free and best.end[t] <= t0:
-                sub.Add(var(v.start[t]) == best.start[t])
-        _pin_order(problem, best, free, sub, v, var)
-        hinted = set(best.cells)
-        for cell, lit in v.cell.items():
-            if not all(p in free for p in _parts(cell)):
-                sub.Add(var(lit) == int(cell in hinted))
-        for t, alone in v.alone.items():
-            if alone is not True and t not in free:
-                sub.Add(var(alone) == int(not any(_touches(c, t) for c in hinted)))
-        sub.Minimize(var(v.objective))
-        _hint(sub, problem, best, v, var, options)
-        # ---- solve: with the time left once the window is set up ------------------------------------
-        setup = max(setup, time.perf_counter() - step_started)
-        left = deadline - time.perf_counter() - 0.2 - overrun
-        if left < 0.05:
-            break
+        sub, var = _window_model(problem, model, v, best, _window(tasks, best, side, offset[side], target), options)
+        # ---- solve: one window, a slice of the work ---------------------------------------------
         steps += 1
         solver = cp_model.CpSolver()
         params = solver.parameters
-        params.max_time_in_seconds = min(step_limit, left)
+        params.max_deterministic_time = min(step_work, work - spent)
+        if deadline is not None:
+            params.max_time_in_seconds = max(0.01, deadline - time.perf_counter())
         params.num_workers = options.workers
         params.random_seed = options.seed + steps
+        params.interleave_search = options.deterministic and options.workers > 1
+        params.interleave_batch_size = options.workers
         if len(tasks) > _NO_LP_TASKS:
             params.subsolvers.append("no_lp")
             params.ignore_subsolvers.append("feasibility_pump")
-        solve_started = time.perf_counter()
         code = solver.Solve(sub)
-        overrun = max(overrun, time.perf_counter() - solve_started - params.max_time_in_seconds)
+        spent += min(solver.response_proto.deterministic_time, params.max_deterministic_time)
+        stopped = stopped or clock_stopped(solver, code, params.max_time_in_seconds if deadline is not None
+                                           else None, params.max_deterministic_time)
         found = code in (cp_model.OPTIMAL, cp_model.FEASIBLE)
         better = False
         if found:
@@ -148,7 +132,41 @@ def improve(
         if not better:
             side = "head" if side == "tail" else "tail"
     return LnsOutcome(timetable=best, objective=best_value, improved=best_value < first_value, steps=steps,
-                      improving_steps=improving, seconds=time.perf_counter() - started)
+                      improving_steps=improving, seconds=time.perf_counter() - started, work=spent,
+                      clock_stopped=stopped)
+
+
+def _window(tasks: list[Task], best: Timetable, side: str, offset: int, target: int) -> set[Task]:
+    """`target` consecutive tasks by start, `offset` tasks in from one end of the incumbent."""
+    order = sorted(tasks, key=lambda t: (best.start[t], best.end[t]))
+    if side == "tail":
+        order.reverse()
+    lo = min(offset, max(0, len(order) - target))
+    return set(order[lo:lo + target])
+
+
+def _window_model(problem: Problem, model: cp_model.CpModel, v, best: Timetable, free: set[Task],
+                  options: CpSatOptions) -> tuple[cp_model.CpModel, Callable]:
+    """A clone of the full model with everything outside the window pinned, and `var`,
+    which maps the full model's variables to the clone's."""
+    sub = model.clone()
+    sub.clear_hints()
+    var = lambda x: sub.get_int_var_from_proto_index(x.Index())  # noqa: E731
+    t0 = min(best.start[t] for t in free)
+    for t in problem.tasks():
+        if t not in free and best.end[t] <= t0:
+            sub.Add(var(v.start[t]) == best.start[t])
+    _pin_order(problem, best, free, sub, v, var)
+    hinted = set(best.cells)
+    for cell, lit in v.cell.items():
+        if not all(p in free for p in _parts(cell)):
+            sub.Add(var(lit) == int(cell in hinted))
+    for t, alone in v.alone.items():
+        if alone is not True and t not in free:
+            sub.Add(var(alone) == int(not any(_touches(c, t) for c in hinted)))
+    sub.Minimize(var(v.objective))
+    _hint(sub, problem, best, v, var, options)
+    return sub, var
 
 
 def _value(problem: Problem, timetable: Timetable, options: CpSatOptions) -> int:

@@ -32,7 +32,7 @@ def plan_with_report(
 ) -> tuple[Plan, PlanResult]:
     """Plan `model` (fed `example_inputs`, one micro-batch) on `cluster`.
 
-    `options` are `PlannerConfig` fields (memory_limit in bytes, time_limit, mode,
+    `options` are `PlannerConfig` fields (memory_limit in bytes, work, time_limit, mode,
     objective, degrees, families, use_mip, seed, workers). Returns the plan and the full
     report (every baseline, both levels' solver reports).
     """
@@ -70,10 +70,11 @@ def to_plan(result: PlanResult, model, example_inputs: tuple, cluster: ClusterPr
                     for r, name in enumerate(placed.gpu_names))
     solver = {
         "upper": {"degrees": str(degrees), "placement": placed.family.name, "reports": result.reports["upper"]},
-        "lower": dict(best.solver),
+        "lower": {**best.solver, **(best.mip.as_dict() if best.mip is not None else {})},
         "comparison": {"parplan": evaluated_summary(best),
                        **{e.label: evaluated_summary(e) for e in result.baselines}},
         "planning": {"seconds": result.planning_seconds, "notes": list(result.notes),
+                     "work": config.work, "stopped_early": list(result.stopped_early),
                      "memory_cap_bytes": result.memory_cap, "dp_sync_s": placed.dp_sync_s,
                      "data_parallel": degrees.dp, "tensor_parallel": degrees.tp},
     }
@@ -102,8 +103,15 @@ def evaluated_summary(e: Evaluated) -> dict:
 def parse_degrees(pp: int | None, tp: int | None, cluster: ClusterProfile) -> Degrees | None:
     if pp is None and tp is None:
         return None
-    tp = tp or 1
     total = cluster.num_gpus
+    for flag, value in (("--pp", pp), ("--tp", tp)):
+        if value is not None and value < 1:
+            raise ParplanError(f"{flag} {value} is invalid: a parallel degree is an integer >= 1 "
+                               f"(leave it out to search)")
+        if value is not None and value > total:
+            raise ParplanError(f"{flag} {value} is larger than the {total} GPUs of {cluster.name}; "
+                               f"choose a degree that divides {total}")
+    tp = tp or 1
     pp = pp or total // tp
     if total % (pp * tp):
         raise ParplanError(

@@ -4,19 +4,27 @@
    moves: the expert baselines on a contiguous *layer* split balanced by cost (what a
    careful engineer writes by hand), and parplan's own *operator-level*, device-aware split
    under the same schedules.
-2. Refine the most promising parplan placements with the upper-level CP-SAT model (units
-   may cross layer boundaries and branches may reorder; rank loads balanced, memory capped).
-3. Run the lower-level MIP on the best placement, warm-started from the best schedule on it.
+2. Refine the most promising parplan placements: boundary moves, then the upper-level
+   CP-SAT model (units may cross layer boundaries and branches may reorder; rank loads
+   balanced, memory capped).
+3. Run the lower-level MIP on the best placement of each family, warm-started from the
+   best schedule on it.
 4. Keep the best plan that fits memory — the baselines are candidates too, so the result is
    never worse than the best of them.
+
+Every phase is bounded by work (`PlannerConfig.work`, CP-SAT deterministic seconds shared
+out by fixed fractions; trial and candidate counts for the heuristics), so the same input
+gives the same plan on any machine; `time_limit` is a wall-clock safety stop, and the
+notes say which phases it cut when it fires.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
+from parplan.budget import EFFORT_LEVELS, SafetyStop, check_work
 from parplan.cost.hardware import ClusterProfile
 from parplan.errors import ParplanError
 from parplan.planner.costing import Coster
@@ -30,12 +38,23 @@ from parplan.trace.graph import TracedGraph
 
 __all__ = ["PlannerConfig", "PlanResult", "plan_traced"]
 
+# Shares of the work: the upper-level MIP gets _UPPER_SHARE of it for each of the
+# _REFINED_TAGS most promising (family, degrees), the memory pass keeps _MEMORY_SHARE, the
+# lower-level MIPs share the rest.
+_UPPER_SHARE = 1 / 24
+_MEMORY_SHARE = 0.2
+_REFINED_TAGS = 2
+_MAX_DEGREES = 16  # degree candidates screened, most promising first
+_BOUNDARY_TRIALS = 60  # boundary moves tried per refined placement
+_SCREEN_SLACK = 1.1  # not simulated: candidates whose busiest rank alone is 10 % above the best
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PlannerConfig:
     microbatches: int = 16
     memory_limit: float | None = None  # bytes per device; default: the smallest device's HBM
-    time_limit: float = 60.0
+    work: float = EFFORT_LEVELS["normal"]  # CP-SAT deterministic seconds for the whole search
+    time_limit: float | None = None  # wall-clock safety stop, seconds (None: none)
     mode: Literal["train", "inference"] = "train"
     objective: Literal["makespan", "utilization", "latency"] = "makespan"
     memory: MemoryModel = field(default_factory=MemoryModel)
@@ -46,19 +65,21 @@ class PlannerConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        if self.microbatches < 1:
-            raise ParplanError(f"--microbatches {self.microbatches} is invalid: need >= 1")
-        if self.time_limit <= 0:
-            raise ParplanError(f"--time-limit {self.time_limit} is invalid: need > 0 seconds")
+        if isinstance(self.microbatches, bool) or not isinstance(self.microbatches, int) or self.microbatches < 1:
+            raise ParplanError(f"--microbatches {self.microbatches} is invalid: need an integer >= 1")
+        check_work(self.work, "--effort")
+        SafetyStop(seconds=self.time_limit)  # validates it
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ParplanError(f"--workers {self.workers!r} is invalid: need an integer >= 1")
         if self.objective not in ("makespan", "utilization", "latency"):
             raise ParplanError(f"--objective {self.objective!r} is unknown; use makespan, utilization or latency")
+        if self.mode not in ("train", "inference"):
+            raise ParplanError(f"--mode {self.mode!r} is unknown; use train or inference")
         unknown = [f for f in self.families if f not in FAMILIES]
         if unknown:
             raise ParplanError(f"placement family {unknown[0]!r} is unknown; use {', '.join(FAMILIES)}")
         if self.memory.mode != self.mode:
-            object.__setattr__(self, "memory", MemoryModel(
-                mode=self.mode, grad_bytes_per_param_byte=self.memory.grad_bytes_per_param_byte,
-                optimizer_bytes_per_param=self.memory.optimizer_bytes_per_param, zero1=self.memory.zero1))
+            object.__setattr__(self, "memory", replace(self.memory, mode=self.mode))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -70,6 +91,7 @@ class PlanResult:
     planning_seconds: float
     reports: dict
     notes: tuple[str, ...]
+    stopped_early: tuple[str, ...] = ()  # phases the wall-clock safety stop cut (empty: reproducible)
 
 
 Progress = Callable[[str], None]
@@ -83,171 +105,223 @@ def _key(config: PlannerConfig) -> Callable[[Evaluated], tuple]:
     return lambda e: (not e.fits, e.step_time_s)
 
 
+@dataclass(kw_only=True, slots=True)
+class _Search:
+    """What every step of one planning run shares."""
+
+    traced: TracedGraph
+    cluster: ClusterProfile
+    config: PlannerConfig
+    cap: float
+    layers: UnitGraph
+    ops: UnitGraph
+    stop: SafetyStop
+    say: Progress
+    key: Callable[[Evaluated], tuple]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True, slots=True)
+class _Screened:
+    baselines: dict[str, Evaluated]
+    ours: list[tuple[Evaluated, Coster]]
+    screened: int
+    pruned: int
+    skipped: list[str]
+    considered: list[str]
+
+
 def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerConfig,
                 progress: Progress | None = None) -> PlanResult:
-    start = time.perf_counter()
-    say = progress or (lambda message: None)
-    key = _key(config)
-    layers = coarsen(traced, Granularity.LAYER)
-    ops = coarsen(traced, Granularity.OPERATOR)
+    """screen → refine → lower-level MIP → choose (module docstring)."""
+    stop = SafetyStop(seconds=config.time_limit)
     cap = config.memory_limit if config.memory_limit is not None else min(g.gpu.hbm_bytes for g in cluster.groups)
-    families = [FAMILIES[f] for f in config.families]
-    if config.mode == "inference":
-        families = [FAMILIES["chain"]]
-    degree_list = candidate_degrees(cluster, microbatches=config.microbatches, max_pp=len(layers),
+    run = _Search(traced=traced, cluster=cluster, config=config, cap=cap, layers=coarsen(traced, Granularity.LAYER),
+                  ops=coarsen(traced, Granularity.OPERATOR), stop=stop, say=progress or (lambda message: None),
+                  key=_key(config))
+    screened = _screen(run)
+    refined, upper_reports = _refine_best(run, screened)
+    reports: dict = {"upper": upper_reports, "lower": None, "screened": screened.screened,
+                     "pruned": screened.pruned, "degrees_skipped": screened.skipped,
+                     "degrees_considered": screened.considered}
+    lower_work = config.work * (1 - _MEMORY_SHARE) - sum(r.get("work", 0.0) for r in upper_reports)
+    mips = _lower_all(run, refined, screened.ours, work=max(0.05, lower_work)) if (
+        config.use_mip and config.mode == "train" and refined) else []
+    if mips:
+        reports["lower_all"] = [m.mip.as_dict() for m in mips]
+        reports["lower"] = min(mips, key=run.key).mip.as_dict()
+    spent = sum(r.get("work", 0.0) for r in upper_reports) + sum(m.mip.work for m in mips)
+    best = _choose(run, refined + mips, screened, work=config.work - spent)  # the memory pass: what is left
+    if stop.cut:
+        run.notes.append(stop.note)
+    reports["stopped_early"] = list(stop.cut)
+    return PlanResult(best=best, baselines=tuple(screened.baselines[n] for n in sorted(screened.baselines)),
+                      units=run.ops, memory_cap=cap, planning_seconds=time.perf_counter() - stop.started,
+                      reports=reports, notes=tuple(dict.fromkeys(run.notes)), stopped_early=tuple(stop.cut))
+
+
+def _screen(run: _Search) -> _Screened:
+    """Step 1: every degree candidate (the _MAX_DEGREES most promising) × family: the
+    baselines on layer splits, parplan on operator splits. A schedule cannot beat its
+    busiest rank's work, so candidates whose bound is already 10 % above the best
+    simulated step of their kind are not simulated."""
+    config, cluster = run.config, run.cluster
+    families = [FAMILIES["chain"]] if config.mode == "inference" else [FAMILIES[f] for f in config.families]
+    degree_list = candidate_degrees(cluster, microbatches=config.microbatches, max_pp=len(run.layers),
                                     fixed=config.degrees)
     if not degree_list:
         raise ParplanError(
             f"no PP × DP × TP split of {cluster.num_gpus} GPUs divides {config.microbatches} micro-batches "
             f"among the replicas; use a micro-batch count divisible by the data-parallel degree"
         )
-    degree_list = _promising_first(degree_list, traced, cluster, config, cap)
-    say(f"traced {len(traced.nodes)} operators → {len(layers)} layer units, {len(ops)} operator units; "
-        f"{len(degree_list)} degree candidates")
-
-    # ---- 1. screen: baselines on layer splits, parplan on operator splits --------------
-    # A schedule cannot beat its busiest rank's work, so candidates whose bound is already
-    # 10 % above the best simulated step of their kind are not simulated.
-    baselines: dict[str, Evaluated] = {}
-    ours: list[tuple[Evaluated, Coster]] = []
-    screened = pruned = 0
+    degree_list = _promising_first(degree_list, run.traced, cluster, config, run.cap)
+    out = _Screened(baselines={}, ours=[], screened=0, pruned=0, skipped=[str(d) for d in degree_list[_MAX_DEGREES:]],
+                    considered=[str(d) for d in degree_list])
+    run.say(f"traced {len(run.traced.nodes)} operators → {len(run.layers)} layer units, {len(run.ops)} operator "
+            f"units; {len(degree_list)} degree candidates")
     best_ours = float("inf")
-    skipped: list[str] = []
-    longest = 0.0  # the slowest degree screened so far: one more may take as long
-    for degrees in degree_list:
-        began = time.perf_counter()
-        if best_ours < float("inf") and began - start + longest > 0.5 * config.time_limit:
-            # A plan that fits exists; the rest of the budget refines it (a degree started
-            # just before half-time used to run past it and leave the MIP no time).
-            skipped.append(str(degrees))
+    for degrees in degree_list[:_MAX_DEGREES]:
+        if run.stop.expired():
+            run.stop.fired("screening")
+            out.skipped.append(str(degrees))
             continue
-        micro = config.microbatches // degrees.dp
-        tp_link = degrees.tp_link(cluster)
-        coster = Coster(traced, tp=degrees.tp, tp_link=tp_link)  # one cost function for every grouping
+        coster = Coster(run.traced, tp=degrees.tp, tp_link=degrees.tp_link(cluster))  # one cost function
         for family in families:
-            stages = family.num_stages(degrees.pp)
-            if stages > len(layers):
-                continue
-            layer_split = _contiguous(layers, coster, cluster, degrees, family, aware=False,
-                                      memory=config.memory, cap=cap)
-            op_split = _contiguous(ops, coster, cluster, degrees, family, aware=True, memory=config.memory, cap=cap)
-            op_even = _contiguous(ops, coster, cluster, degrees, family, aware=True, memory=config.memory, cap=cap,
-                                  by_rank=False)
-            # parplan also starts from the hand split seen at operator level, so its own
-            # search space contains the baseline's placement
-            candidates = [("baseline", layers, layer_split), ("parplan", ops, op_split),
-                          ("parplan", ops, _refine_units(layer_split, layers, ops))]
-            if op_even != op_split:
-                candidates.append(("parplan", ops, op_even))
-            for label, graph, split in candidates:
-                if split is None:
-                    continue
-                placed = place(graph, coster, cluster, degrees, family, split, config.memory)
-                for name, schedule in baseline_schedules(placed, micro, config.mode):
-                    rival = baselines[name].step_time_s if label == "baseline" and name in baselines else best_ours
-                    if _busiest_rank_bound(placed, schedule) > 1.1 * rival:
-                        pruned += 1
-                        continue
-                    result = evaluate_schedule(name if label == "baseline" else "parplan", placed, schedule, cap,
-                                               {"schedule": name, "placement": family.name,
-                                                "degrees": str(degrees)})
-                    screened += 1
-                    if label == "baseline":
-                        if name not in baselines or key(result) < key(baselines[name]):
-                            baselines[name] = result
-                    else:
-                        ours.append((result, coster))
-                        if result.fits:
-                            best_ours = min(best_ours, result.step_time_s)
-        longest = max(longest, time.perf_counter() - began)
-    if not ours and not baselines:
+            for label, placed in _screen_candidates(run, coster, degrees, family):
+                best_ours = _screen_one(run, out, label, placed, coster, best_ours)
+    if not out.ours and not out.baselines:
         raise ParplanError("no placement fits the model on this cluster; use more GPUs or fewer stages")
-    say(f"screened {screened} (placement, schedule) pairs, pruned {pruned} by their bound, "
-        f"in {time.perf_counter() - start:.1f}s")
+    if out.skipped:
+        run.notes.append(f"{len(out.skipped)} degree candidates not screened ({', '.join(out.skipped[:4])}"
+                         f"{', …' if len(out.skipped) > 4 else ''}): the {_MAX_DEGREES} most promising were; "
+                         f"fix --pp/--tp to plan one of the others")
+    run.say(f"screened {out.screened} (placement, schedule) pairs, pruned {out.pruned} by their bound, "
+            f"in {time.perf_counter() - run.stop.started:.1f}s")
+    return out
 
-    # ---- 2. refine the most promising placements: boundary moves, then the upper MIP ----
-    # Refine where the best plans are, baselines included: that is the bar to clear.
+
+def _screen_candidates(run: _Search, coster: Coster, degrees: Degrees, family: Family):
+    """(label, placement) to screen: the baseline's layer split; parplan's operator split
+    by rank and by stage, and the hand split seen at operator level (so its own search
+    space contains the baseline's placement)."""
+    if family.num_stages(degrees.pp) > len(run.layers):
+        return
+    split = lambda graph, **kw: _contiguous(graph, coster, run.cluster, degrees, family,  # noqa: E731
+                                            memory=run.config.memory, cap=run.cap, **kw)
+    layer_split = split(run.layers, aware=False)
+    op_split = split(run.ops, aware=True)
+    op_even = split(run.ops, aware=True, by_rank=False)
+    candidates = [("baseline", run.layers, layer_split), ("parplan", run.ops, op_split),
+                  ("parplan", run.ops, _refine_units(layer_split, run.layers, run.ops))]
+    if op_even != op_split:
+        candidates.append(("parplan", run.ops, op_even))
+    for label, graph, stage_of_unit in candidates:
+        if stage_of_unit is not None and not graph.pieceless_stages(stage_of_unit):
+            yield label, place(graph, coster, run.cluster, degrees, family, stage_of_unit, run.config.memory)
+
+
+def _screen_one(run: _Search, out: _Screened, label: str, placed: Placed, coster: Coster, best_ours: float) -> float:
+    micro = run.config.microbatches // placed.degrees.dp
+    for name, schedule in baseline_schedules(placed, micro, run.config.mode):
+        rival = out.baselines[name].step_time_s if label == "baseline" and name in out.baselines else best_ours
+        if _busiest_rank_bound(placed, schedule) > _SCREEN_SLACK * rival:
+            out.pruned += 1
+            continue
+        result = evaluate_schedule(name if label == "baseline" else "parplan", placed, schedule, run.cap,
+                                   {"schedule": name, "placement": placed.family.name,
+                                    "degrees": str(placed.degrees)})
+        out.screened += 1
+        if label == "baseline":
+            if name not in out.baselines or run.key(result) < run.key(out.baselines[name]):
+                out.baselines[name] = result
+        else:
+            out.ours.append((result, coster))
+            if result.fits:
+                best_ours = min(best_ours, result.step_time_s)
+    return best_ours
+
+
+def _tag(e: Evaluated) -> tuple[str, str]:
+    return e.placed.family.name, str(e.placed.degrees)
+
+
+def _refine_best(run: _Search, screened: _Screened) -> tuple[list[Evaluated], list[dict]]:
+    """Step 2: boundary moves, then the upper MIP, on the _REFINED_TAGS most promising
+    (family, degrees), ordered by the best plan on them, baselines included: that is the
+    bar to clear."""
     best_of_tag: dict[tuple, tuple] = {}
-    for e in [e for e, _ in ours] + list(baselines.values()):
-        tag = (e.placed.family.name, str(e.placed.degrees))
-        best_of_tag[tag] = min(best_of_tag.get(tag, key(e)), key(e))
-    ours.sort(key=lambda pair: (best_of_tag[(pair[0].placed.family.name, str(pair[0].placed.degrees))], key(pair[0])))
-    reports: dict = {"upper": [], "lower": None, "screened": screened, "pruned": pruned,
-                     "degrees_skipped": skipped,
-                     "degrees_considered": [str(d) for d in degree_list]}
-    refined: list[Evaluated] = [e for e, _ in ours[:8]]
-    budget = config.time_limit
+    for e in [e for e, _ in screened.ours] + list(screened.baselines.values()):
+        best_of_tag[_tag(e)] = min(best_of_tag.get(_tag(e), run.key(e)), run.key(e))
+    screened.ours.sort(key=lambda pair: (best_of_tag[_tag(pair[0])], run.key(pair[0])))
+    refined: list[Evaluated] = [e for e, _ in screened.ours[:8]]
+    reports: list[dict] = []
     seen: set = set()
-    for result, coster in ours:
-        tag = (result.placed.family.name, str(result.placed.degrees))
+    for result, coster in screened.ours:
+        tag = _tag(result)
         if tag in seen:
             continue
         seen.add(tag)
-        if len(seen) > 2:  # the rest of the budget goes to the lower-level MIP
+        if len(seen) > _REFINED_TAGS:
             break
-        left = budget - (time.perf_counter() - start)
-        if left < 2:
+        if run.stop.expired():
+            run.stop.fired("refinement")
             break
-        moved = _local_search(result, ops, coster, cluster, config, cap, max_trials=int(4 * budget) + 20,
-                              deadline=time.perf_counter() + left / 4)
-        if moved is not None and key(moved) < key(result):
-            say(f"boundary moves: {tag[0]} {tag[1]} step {result.step_time_s:.4g}s → {moved.step_time_s:.4g}s")
+        moved = _local_search(result, coster, run)
+        if moved is not None and run.key(moved) < run.key(result):
+            run.say(f"boundary moves: {tag[0]} {tag[1]} step {result.step_time_s:.4g}s → {moved.step_time_s:.4g}s")
             refined.append(moved)
             result = moved
-        improved, report = _refine(result, ops, coster, cluster, config, cap, min(budget / 12, 10.0))
-        reports["upper"].append(report)
+        improved, report = _refine(result, coster, run)
+        reports.append(report)
         if improved is not None:
             refined.append(improved)
-            say(f"upper MIP {report['status']}: {tag[0]} {tag[1]} "
-                f"step {result.step_time_s:.4g}s → {improved.step_time_s:.4g}s")
+            run.say(f"upper MIP {report['status']}: {tag[0]} {tag[1]} "
+                    f"step {result.step_time_s:.4g}s → {improved.step_time_s:.4g}s")
+    return refined, reports
 
-    # ---- 3. lower-level MIP on the best placement of each family ----------------------
-    # The MIP changes the ranking: DualPipe's placement with its cells split halves its
-    # bubble, a V under ZB-V's order may stall. So every family's best placement gets a
-    # share of the time; families the MIP settles early (proven optimal) hand theirs on.
-    refined.sort(key=key)
-    notes: list[str] = []
-    if config.use_mip and config.mode == "train" and refined:
-        per_family: dict[str, Evaluated] = {}
-        for e in refined + [e for e, _ in ours]:
-            name = e.placed.family.name
-            if e.fits and (name not in per_family or key(e) < key(per_family[name])):
-                per_family[name] = e
-        starts = sorted(per_family.values(), key=key)
-        reports["lower_all"] = []
-        for k, first in enumerate(starts):
-            left = budget - (time.perf_counter() - start)
-            mip = _lower_mip(first, config, cap, left / (len(starts) - k), notes)
-            if mip is None:
-                continue
-            reports["lower_all"].append(mip.solver)
-            refined.append(mip)
-            say(f"lower MIP {mip.solver.get('status')} on {first.placed.family.name}: "
+
+def _lower_all(run: _Search, refined: list[Evaluated], ours: list[tuple[Evaluated, Coster]], *,
+               work: float) -> list[Evaluated]:
+    """Step 3: the lower-level MIP on the best placement of each family. The MIP changes
+    the ranking: DualPipe's placement with its cells split halves its bubble, a V under
+    ZB-V's order may stall. So every family's best placement gets a share of the work;
+    families the MIP settles early (proven optimal) hand the rest of theirs on."""
+    per_family: dict[str, Evaluated] = {}
+    for e in refined + [e for e, _ in ours]:
+        name = e.placed.family.name
+        if e.fits and (name not in per_family or run.key(e) < run.key(per_family[name])):
+            per_family[name] = e
+    starts = sorted(per_family.values(), key=run.key)
+    out = []
+    for k, first in enumerate(starts):
+        share = work / (len(starts) - k)
+        mip = _lower_mip(first, run, share)
+        if mip is None:
+            continue
+        work -= mip.mip.work
+        out.append(mip)
+        run.say(f"lower MIP {mip.mip.status} on {first.placed.family.name}: "
                 f"step {first.step_time_s:.4g}s → {mip.step_time_s:.4g}s")
-        mips = [e for e in refined if e.solver.get("schedule") == "mip"]
-        if mips:
-            reports["lower"] = min(mips, key=key).solver
+    return out
 
-    # ---- 4. keep the best, baselines included ------------------------------------------
-    pool = refined + list(baselines.values())
-    best = min(pool, key=key)
+
+def _choose(run: _Search, refined: list[Evaluated], screened: _Screened, *, work: float) -> Evaluated:
+    """Step 4: the best plan that fits, baselines included; a MIP plan then gets the memory
+    pass (the same step time at a lower peak)."""
+    pool = refined + list(screened.baselines.values())
+    best = min(pool, key=run.key)
     if not best.fits:
         smallest = min(max(e.peak_memory_bytes) for e in pool)
         raise ParplanError(
-            f"no plan fits the memory cap of {cap / 2**30:.2f} GiB per device; the smallest peak any "
+            f"no plan fits the memory cap of {run.cap / 2**30:.2f} GiB per device; the smallest peak any "
             f"candidate needs is {smallest / 2**30:.2f} GiB — raise --memory-limit to at least that, "
             f"add GPUs, or shrink the micro-batch"
         )
-    if best.solver.get("schedule") == "mip":
-        best = _leaner(best, config, cap, budget - (time.perf_counter() - start), notes)
-    if skipped:
-        notes.append(f"time limit: {len(skipped)} degree candidates not screened ({', '.join(skipped[:4])}"
-                     f"{', …' if len(skipped) > 4 else ''}); raise --time-limit to screen them")
+    if best.mip is not None:
+        best = _leaner(best, run, work)
     if best.label != "parplan":
-        notes.append(f"no parplan placement beat the {best.label} baseline; the plan is that baseline")
-    return PlanResult(best=best, baselines=tuple(baselines[n] for n in sorted(baselines)), units=ops,
-                      memory_cap=cap, planning_seconds=time.perf_counter() - start, reports=reports,
-                      notes=tuple(dict.fromkeys(notes)))
+        run.notes.append(f"no parplan placement beat the {best.label} baseline; the plan is that baseline")
+    return best
 
 
 def _promising_first(degree_list: list[Degrees], traced: TracedGraph, cluster: ClusterProfile,
@@ -320,118 +394,123 @@ def _contiguous(graph: UnitGraph, coster: Coster, cluster: ClusterProfile, degre
         return None
 
 
-def _refine(result: Evaluated, graph: UnitGraph, coster: Coster, cluster: ClusterProfile,
-            config: PlannerConfig, cap: float, time_limit: float) -> tuple[Evaluated | None, dict]:
+def _refine(result: Evaluated, coster: Coster, run: _Search) -> tuple[Evaluated | None, dict]:
     placed: Placed = result.placed
-    degrees, family = placed.degrees, placed.family
-    cost, static = _unit_functions(graph, coster, stage_gpus(cluster, degrees, family).__getitem__, config.memory,
-                                   degrees.dp)
-    units = graph.units
+    degrees, family, config, graph = placed.degrees, placed.family, run.config, run.ops
+    cost, static = _unit_functions(graph, coster, stage_gpus(run.cluster, degrees, family).__getitem__,
+                                   config.memory, degrees.dp)
     split, report = place_units(
-        num_units=len(units), edges=list(graph.edges), family=family, num_ranks=degrees.pp, cost=cost,
-        static=static, static_cap=cap, hint=list(placed.stage_of_unit), time_limit=time_limit,
-        seed=config.seed, workers=config.workers,
+        num_units=len(graph.units), edges=list(graph.edges), family=family, num_ranks=degrees.pp, cost=cost,
+        static=static, static_cap=run.cap, hint=list(placed.stage_of_unit), work=_UPPER_SHARE * config.work,
+        safety_seconds=None if run.stop.seconds is None else max(0.01, run.stop.left()),
+        seed=config.seed, workers=config.workers, anchored=graph.anchored,
     )
+    if report.get("clock_stopped"):
+        run.stop.fired("the upper-level MIP")
     report = {**report, "family": family.name, "degrees": str(degrees)}
     if list(split) == list(placed.stage_of_unit):
         return None, report
-    new = place(graph, coster, cluster, degrees, family, split, config.memory)
-    return _best_on(new, config, cap, {"upper": report}), report
+    new = place(graph, coster, run.cluster, degrees, family, split, config.memory)
+    return _best_on(new, run, {"upper": report}), report
 
 
-def _best_on(placed: Placed, config: PlannerConfig, cap: float, extra: dict) -> Evaluated | None:
+def _best_on(placed: Placed, run: _Search, extra: dict) -> Evaluated | None:
     best = None
-    for name, schedule in baseline_schedules(placed, config.microbatches // placed.degrees.dp, config.mode):
-        candidate = evaluate_schedule("parplan", placed, schedule, cap,
+    for name, schedule in baseline_schedules(placed, run.config.microbatches // placed.degrees.dp, run.config.mode):
+        candidate = evaluate_schedule("parplan", placed, schedule, run.cap,
                                       {"schedule": name, "placement": placed.family.name,
                                        "degrees": str(placed.degrees), **extra})
-        if best is None or _key(config)(candidate) < _key(config)(best):
+        if best is None or run.key(candidate) < run.key(best):
             best = candidate
     return best
 
 
-def _local_search(start: Evaluated, graph: UnitGraph, coster: Coster, cluster: ClusterProfile,
-                  config: PlannerConfig, cap: float, *, max_trials: int, deadline: float) -> Evaluated | None:
+def _local_search(start: Evaluated, coster: Coster, run: _Search) -> Evaluated | None:
     """Move one stage boundary at a time (by 1, 2, 4, 8 units) while the simulated step time drops.
 
     Proxies such as the largest rank load miss what a fixed expert order does with uneven
     stages; the simulator does not, so every move is judged by it. The search is bounded
-    by a trial count (deterministic); the deadline only guards a slow machine.
+    by a trial count (deterministic); the safety stop only guards a runaway run.
     """
     split = list(start.placed.stage_of_unit)
     if any(b < a for a, b in zip(split, split[1:])):
         return None  # only contiguous splits have boundaries to move
-    placed = start.placed
-    key = _key(config)
+    placed, graph = start.placed, run.ops
     best, moves, trials = start, 0, 0
     improved = True
-    while improved and trials < max_trials and time.perf_counter() < deadline:
+    while improved and trials < _BOUNDARY_TRIALS:
         improved = False
         for boundary in range(1, max(split) + 1):
             first = split.index(boundary)  # first unit of stage `boundary`
             for step in (1, -1, 2, -2, 4, -4, 8, -8):
                 cut = first + step
-                if not 0 < cut < len(split) or trials >= max_trials or time.perf_counter() >= deadline:
+                if not 0 < cut < len(split) or trials >= _BOUNDARY_TRIALS:
                     continue
+                if run.stop.expired():
+                    run.stop.fired("boundary moves")
+                    return best if moves else None
                 trial = [boundary - 1 if u < cut else s for u, s in enumerate(split)] if step > 0 else \
                     [boundary if u >= cut and s == boundary - 1 else s for u, s in enumerate(split)]
-                if len(set(trial)) != len(set(split)):
-                    continue  # a stage would become empty
+                if len(set(trial)) != len(set(split)) or graph.pieceless_stages(trial):
+                    continue  # a stage would become empty, or hold no module of its own
                 trials += 1
-                candidate = _best_on(place(graph, coster, cluster, placed.degrees, placed.family, trial,
-                                           config.memory), config, cap, {"refined": "boundary moves"})
-                if candidate is not None and key(candidate) < key(best):
+                candidate = _best_on(place(graph, coster, run.cluster, placed.degrees, placed.family, trial,
+                                           run.config.memory), run, {"refined": "boundary moves"})
+                if candidate is not None and run.key(candidate) < run.key(best):
                     best, split, improved, moves = candidate, trial, True, moves + 1
                     break
     return best if moves else None
 
 
-def _leaner(best: Evaluated, config: PlannerConfig, cap: float, left: float, notes: list[str]) -> Evaluated:
+def _leaner(best: Evaluated, run: _Search, work: float) -> Evaluated:
     """The kept plan's step time at less activation memory (the MIP's makespan objective
-    does not see memory below the cap), in the time left, at most a quarter of the limit.
-    Run once, on the plan kept: each MIP call doing it would take time from the next."""
+    does not see memory below the cap), with the memory pass's share of the work. Run
+    once, on the plan kept: each MIP call doing it would take work from the next."""
     from parplan.mip import lower_memory
 
-    placed = best.placed
+    placed, config = best.placed, run.config
     lean = lower_memory(best.schedule, costs=placed.costs, placement=placed.family.name,
-                        memory_cap=cap - max(placed.static_bytes),
-                        time_limit=min(left, 0.25 * config.time_limit), seed=config.seed, workers=config.workers)
-    leaner = evaluate_schedule(best.label, placed, lean.schedule, cap, best.solver) if lean.lowered else best
+                        memory_cap=run.cap - max(placed.static_bytes), work=max(0.05, work),
+                        time_limit=None if run.stop.seconds is None else max(1e-6, run.stop.left()),
+                        seed=config.seed, workers=config.workers)
+    if lean.ran and run.stop.expired():
+        run.stop.fired("the memory pass")
+    leaner = replace(best, schedule=lean.schedule, simulation=evaluate_schedule(
+        best.label, placed, lean.schedule, run.cap).simulation) if lean.lowered else best
     if leaner.step_time_s > best.step_time_s + 1e-12 or not leaner.fits:
         leaner = best
-    if not lean.ran:
-        notes.append(lean.note)
+    if not lean.ran:  # only the safety stop keeps the pass from running
+        if run.stop.seconds is not None:
+            run.stop.fired("the memory pass")
+        run.notes.append(lean.note)
     elif leaner is best:
-        notes.append(f"{lean.head}: no lower peak memory at this step time")
+        run.notes.append(f"{lean.head}: no lower peak memory at this step time")
     else:  # the pass counts activation bytes; say it per device (parameters included) in GiB
         before, after = max(best.peak_memory_bytes) / 2**30, max(leaner.peak_memory_bytes) / 2**30
-        notes.append(f"{lean.head}: peak memory per device {before:.1f} -> {after:.1f} GiB at the same step time")
+        run.notes.append(f"{lean.head}: peak memory per device {before:.1f} -> {after:.1f} GiB at the same step time")
     return leaner
 
 
-def _lower_mip(start: Evaluated, config: PlannerConfig, cap: float, time_limit: float,
-               notes: list[str]) -> Evaluated | None:
+def _lower_mip(start: Evaluated, run: _Search, work: float) -> Evaluated | None:
+    from parplan.mip import MipOptions, solve_schedule
+
+    placed, config = start.placed, run.config
+    if run.stop.expired():
+        run.stop.fired(f"the lower-level MIP on {placed.family.name}")
+        return None
+    options = MipOptions(placement=placed.family.name, memory_cap=run.cap - max(placed.static_bytes),
+                         work=max(0.05, work), seed=config.seed, workers=config.workers,
+                         time_limit=None if run.stop.seconds is None else max(1e-6, run.stop.left()))
     try:
-        from parplan.mip import solve_schedule
-    except ImportError:
-        notes.append("lower-level MIP unavailable (parplan.mip not installed); schedules are the best expert order")
+        result = solve_schedule(num_ranks=placed.degrees.pp, num_microbatches=config.microbatches // placed.degrees.dp,
+                                costs=placed.costs, options=options)
+    except ParplanError as err:
+        run.notes.append(f"lower-level MIP skipped on {placed.family.name}: {err}")
         return None
-    placed = start.placed
-    if time_limit < 2:
-        notes.append("no time left for the lower-level MIP; raise --time-limit")
-        return None
-    activation_cap = cap - max(placed.static_bytes)
-    try:
-        result = solve_schedule(
-            num_ranks=placed.degrees.pp, num_microbatches=config.microbatches // placed.degrees.dp,
-            costs=placed.costs, placement=placed.family.name, memory_cap=activation_cap,
-            time_limit=time_limit, seed=config.seed, workers=config.workers,
-        )
-    except (ParplanError, TypeError, ValueError) as err:
-        notes.append(f"lower-level MIP skipped on {placed.family.name}: {err}")
-        return None
-    report = {"schedule": "mip", "placement": placed.family.name, "degrees": str(placed.degrees),
-              "status": result.status, "objective": result.objective, "bound": result.bound, "gap": result.gap,
-              "solve_seconds": result.solve_seconds, "warm_start": result.warm_start}
-    notes.extend(result.notes)
-    return evaluate_schedule("parplan", placed, result.schedule, cap, report)
+    if result.stopped_early:
+        run.stop.fired(f"the lower-level MIP on {placed.family.name}")
+    report = result.report(degrees=str(placed.degrees))
+    run.notes.extend(n for n in result.notes if not n.startswith("stopped early"))
+    return evaluate_schedule("parplan", placed, result.schedule, run.cap,
+                             {"schedule": "mip", "placement": placed.family.name, "degrees": str(placed.degrees)},
+                             mip=report)

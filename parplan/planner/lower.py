@@ -10,6 +10,7 @@ lower-level MIP warm-started from the best of them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from parplan.baselines import build_baseline
 from parplan.cost.hardware import ClusterProfile, GPUProfile
@@ -24,6 +25,9 @@ from parplan.planner.units import UnitGraph
 from parplan.schedule.ir import Action, Kind, Schedule
 from parplan.schedule.simulate import SimResult
 from parplan.schedule.validate import validate
+
+if TYPE_CHECKING:
+    from parplan.mip import SolverReport
 
 __all__ = ["Placed", "Evaluated", "place", "stage_gpus", "evaluate_schedule", "forward_only_schedule"]
 
@@ -49,7 +53,8 @@ class Evaluated:
     schedule: Schedule
     simulation: SimResult
     memory_cap: float
-    solver: dict = field(default_factory=dict)
+    solver: dict = field(default_factory=dict)  # how it was made: schedule, placement, degrees, refinement
+    mip: "SolverReport | None" = None  # the lower-level MIP's report when the MIP made the schedule
 
     @property
     def step_time_s(self) -> float:
@@ -142,10 +147,10 @@ def forward_only_schedule(num_ranks: int, num_microbatches: int) -> Schedule:
 
 
 def evaluate_schedule(label: str, placed: Placed, schedule: Schedule, memory_cap: float,
-                      solver: dict | None = None) -> Evaluated:
+                      solver: dict | None = None, mip: "SolverReport | None" = None) -> Evaluated:
     sim = validate(schedule, placed.costs)
     return Evaluated(label=label, placed=placed, schedule=schedule, simulation=sim, memory_cap=memory_cap,
-                     solver=solver or {})
+                     solver=solver or {}, mip=mip)
 
 
 def baseline_schedules(placed: Placed, microbatches: int, mode: str) -> list[tuple[str, Schedule]]:

@@ -198,12 +198,20 @@ def place_units(
     static_cap: float | None,
     hint: Sequence[int],
     window: int = 2,
-    time_limit: float = 5.0,
+    work: float = 2.0,
+    safety_seconds: float | None = None,
     seed: int = 0,
     workers: int = 2,
+    anchored: Sequence[bool] | None = None,
 ) -> tuple[list[int], dict]:
-    """The upper-level CP-SAT placement. Returns (stage of each unit, solver report)."""
+    """The upper-level CP-SAT placement. Returns (stage of each unit, solver report).
+
+    `work` is CP-SAT deterministic seconds (the same answer on any machine);
+    `safety_seconds` a wall-clock stop. `anchored[u]`: unit u owns parameters; every stage
+    must hold one, since a stage is run as the modules it owns (`stage_pieces`)."""
     from ortools.sat.python import cp_model
+
+    from parplan.budget import clock_stopped
 
     # ---- data -------------------------------------------------------------------------
     num_stages = family.num_stages(num_ranks)
@@ -222,8 +230,8 @@ def place_units(
         model.Add(stage[u] == sum(s * on[u, s] for s in allowed[u]))
     for u, v in edges:  # acyclic stage graph: data flows to the same or a later stage
         model.Add(stage[u] <= stage[v])
-    for s in range(num_stages):  # no empty stage
-        model.AddBoolOr([on[u, s] for u in range(num_units) if (u, s) in on])
+    for s in range(num_stages):  # no empty stage, and none without a module of its own
+        model.AddBoolOr([on[u, s] for u in range(num_units) if (u, s) in on and (anchored is None or anchored[u])])
     share = 0.5 if family.name == "dualpipe" else 1.0
     rank_load = []
     for r in range(num_ranks):
@@ -247,14 +255,19 @@ def place_units(
 
     # ---- solve & extract ----------------------------------------------------------------
     solver = cp_model.CpSolver()
-    # Deterministic time keeps the answer independent of machine load (same seed, same
-    # plan); the wall-clock cap only guards against a slow machine.
-    solver.parameters.max_deterministic_time = time_limit
-    solver.parameters.max_time_in_seconds = 3 * time_limit
+    # Deterministic time and interleaved workers keep the answer independent of machine
+    # load (same seed, same plan); the wall-clock cap only guards against a slow machine.
+    solver.parameters.max_deterministic_time = work
+    if safety_seconds is not None:
+        solver.parameters.max_time_in_seconds = max(0.01, safety_seconds)
     solver.parameters.num_workers = workers
+    solver.parameters.interleave_search = workers > 1
+    solver.parameters.interleave_batch_size = workers
     solver.parameters.random_seed = seed
     status = solver.Solve(model)
     report = {"status": solver.StatusName(status), "seconds": solver.WallTime(),
+              "work": solver.response_proto.deterministic_time,
+              "clock_stopped": clock_stopped(solver, status, safety_seconds, work),
               "objective": solver.ObjectiveValue() if status in (cp_model.OPTIMAL, cp_model.FEASIBLE) else None,
               "bound": solver.BestObjectiveBound(), "units": num_units, "stages": num_stages, "window": window}
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):

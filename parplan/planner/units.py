@@ -54,6 +54,18 @@ class UnitGraph:
     def __len__(self) -> int:
         return len(self.units)
 
+    @property
+    def anchored(self) -> tuple[bool, ...]:
+        """Per unit: it holds a module a stage can be run as (`param_owners`). A stage of
+        unanchored units only would have no pieces, so no placement may make one."""
+        owners = param_owners(self.traced)
+        return tuple(any(self.traced.node(op).module_path in owners for op in u.ops) for u in self.units)
+
+    def pieceless_stages(self, stage_of_unit: list[int]) -> list[int]:
+        """Stages of `stage_of_unit` (0 … its largest) that hold no anchored unit."""
+        held = {s for s, anchored in zip(stage_of_unit, self.anchored) if anchored}
+        return [s for s in range(max(stage_of_unit) + 1) if s not in held]
+
     def cut_bytes(self, stage_of_unit: list[int]) -> dict[int, int]:
         """Bytes crossing each stage boundary s → s+1 when stages form a chain.
 
@@ -115,9 +127,10 @@ def coarsen(traced: TracedGraph, granularity: Granularity = Granularity.OPERATOR
     owners = param_owners(traced)
     runs: list[tuple[str, list[str], str | None]] = []
     layer_of_run: list[str] = []
+    leading: list[str] = []  # pathless glue before any module (an arange of positions) joins the first unit
     for node in traced.nodes:
-        if runs and not node.module_path:
-            runs[-1][1].append(node.name)  # pathless glue joins the unit before it
+        if not node.module_path:
+            (runs[-1][1] if runs else leading).append(node.name)  # pathless glue joins the unit before it
             continue
         layer = _key(node, Granularity.LAYER)
         if granularity is Granularity.OPERATOR:
@@ -134,7 +147,8 @@ def coarsen(traced: TracedGraph, granularity: Granularity = Granularity.OPERATOR
         if runs and runs[-1][0] == key:
             runs[-1][1].append(node.name)
         else:
-            runs.append((key, [node.name], node.block_instance))
+            runs.append((key, [*leading, node.name], node.block_instance))
+            leading = []
             layer_of_run.append(layer)
     seen: dict[str, int] = {}
     units = []

@@ -8,7 +8,7 @@ richer plans through the same `Plan` dataclasses.
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
@@ -22,6 +22,9 @@ from parplan.plan import (
     model_fingerprint,
 )
 from parplan.schedule.ir import Schedule
+
+if TYPE_CHECKING:
+    from parplan.mip import MipOptions
 
 __all__ = ["plan_chain", "balanced_split", "local_cpu_cluster", "load_plan_model", "plan_from_schedule"]
 
@@ -104,16 +107,13 @@ def _build_schedule(schedule: str | Schedule, num_ranks, num_microbatches, num_c
     return build_baseline(schedule, num_ranks, num_microbatches, num_chunks=num_chunks)
 
 
-def _solve_mip(num_ranks: int, num_microbatches: int, costs: PipelineCosts, options: dict) -> tuple[Schedule, dict]:
-    try:
-        from parplan.mip import solve_schedule
-    except ImportError as err:
-        raise ParplanError(f"schedule 'mip' needs parplan.mip, which is not importable here ({err})") from None
-    result = solve_schedule(num_ranks=num_ranks, num_microbatches=num_microbatches, costs=costs, **options)
-    report = {k: getattr(result, k) for k in ("status", "objective", "bound", "gap", "solve_seconds", "placement")
-              if hasattr(result, k)}
-    report["notes"] = list(getattr(result, "notes", ()))
-    return result.schedule, report
+def _solve_mip(num_ranks: int, num_microbatches: int, costs: PipelineCosts,
+               options: "MipOptions | None") -> tuple[Schedule, dict]:
+    from parplan.mip import MipOptions, solve_schedule
+
+    result = solve_schedule(num_ranks=num_ranks, num_microbatches=num_microbatches, costs=costs,
+                            options=options or MipOptions(placement="v"))
+    return result.schedule, result.report().as_dict()
 
 
 def plan_chain(
@@ -129,7 +129,7 @@ def plan_chain(
     piece_costs: dict[str, float] | None = None,
     costs: CostSource | PipelineCosts = "params",
     cluster: ClusterSummary | None = None,
-    mip_options: dict | None = None,
+    mip_options: "MipOptions | None" = None,
     time_unit: str = "unit",
     memory_unit: str = "unit",
 ) -> Plan:
@@ -205,7 +205,7 @@ def plan_chain(
     # ---- schedule ---------------------------------------------------------------------------
     solver: dict[str, dict] = {}
     if fixed is None:
-        fixed, solver["schedule"] = _solve_mip(num_ranks, num_microbatches, stage_costs, dict(mip_options or {}))
+        fixed, solver["schedule"] = _solve_mip(num_ranks, num_microbatches, stage_costs, mip_options)
     return plan_from_schedule(
         model=model, model_spec=model_spec, batch=batch, seq=seq, schedule=fixed,
         model_stage_pieces=groups, costs=stage_costs, time_unit=time_unit, memory_unit=memory_unit,

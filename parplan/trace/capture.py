@@ -270,6 +270,35 @@ def _moe_notes(model: nn.Module) -> list[str]:
     return notes
 
 
+@dataclass(frozen=True, slots=True)
+class _Params:
+    """The model's parameters; tied ones (one tensor, two names) are one parameter."""
+
+    canonical: dict[int, str]  # id(tensor) -> its first name
+    by_name: dict[str, nn.Parameter]  # every name, tied names included
+    unique: dict[str, nn.Parameter]  # canonical name -> parameter
+
+    @classmethod
+    def of(cls, model: nn.Module) -> _Params:
+        canonical: dict[int, str] = {}
+        by_name: dict[str, nn.Parameter] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            canonical.setdefault(id(p), name)
+            by_name[name] = p
+        return cls(canonical, by_name, {canonical[id(p)]: p for p in by_name.values()})
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One tensor-producing node, normalised: its `OpCall` and what the OpNode needs besides."""
+
+    node: torch.fx.Node
+    call: OpCall
+    target: str  # printable target
+    stack: tuple[tuple[str, str], ...]  # (module path, class) outermost first
+    ref: _Ref
+
+
 def _build(
     model: nn.Module,
     gm: torch.fx.GraphModule,
@@ -278,105 +307,160 @@ def _build(
     seconds: float,
     notes: list[str],
 ) -> TracedGraph:
-    # Canonical parameter names: tied parameters (one tensor, two names) are one parameter.
-    canonical: dict[int, str] = {}
-    param_objs: dict[str, nn.Parameter] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        canonical.setdefault(id(p), name)
-        param_objs[name] = p
-    all_params = {canonical[id(p)]: p for p in param_objs.values()}
+    params = _Params.of(model)
+    # pass 2: a value record per node, an OpCall per call that does tensor work
+    refs, calls = _normalise(gm, inputs_to_params, params)
 
+    # pass 3: storage sizes and gradient fan-in; the costed nodes; repeated blocks; the DAG
+    storage_bytes = _storage_sizes(refs, params.unique)
+    consumers = _gradient_consumers(calls, refs)
+    attributed: set[str] = set()  # parameters already counted: each goes to its first user, in program order
+    nodes = []
+    for c in calls:
+        nodes.append(_op_node(c, storage_bytes, consumers, params.unique, attributed, type(model).__name__))
+    members, classes = _block_members(calls, nodes)
+    blocks, instance_block = find_repeated_blocks(members, classes)
+    tagged = _tag_blocks(nodes, [tuple(p for p, _ in c.stack) for c in calls], instance_block)
+    graph = _dag(tagged, calls, refs)
+
+    all_params = params.unique.values()
+    return TracedGraph(
+        graph=graph,
+        nodes=tuple(tagged),
+        capture=capture,
+        capture_seconds=seconds,
+        param_count=sum(p.numel() for p in all_params),
+        param_bytes=sum(p.numel() * p.element_size() for p in all_params),
+        unattributed_params=tuple(sorted(set(params.unique) - attributed)),
+        unknown_ops=tuple(sorted({n.op for n in nodes if n.kind is OpKind.UNKNOWN})),
+        blocks=tuple(blocks),
+        notes=tuple(notes + _moe_notes(model)),
+        storage_bytes=storage_bytes,
+    )
+
+
+# ---- pass 2: normalise ------------------------------------------------------------------------
+
+
+def _normalise(gm: torch.fx.GraphModule, inputs_to_params: dict[str, str],
+               params: _Params) -> tuple[dict[str, _Ref], list[_Call]]:
+    """A `_Ref` per node name in program order, and the calls that do tensor work."""
     refs: dict[str, _Ref] = {}
-    calls: list[tuple[torch.fx.Node, OpCall, str, tuple, _Ref]] = []
-    graph = nx.DiGraph()
-
+    calls: list[_Call] = []
     for node in gm.graph.nodes:
         value = _node_value(node)
         if node.op == "placeholder":
-            meta = _tensor_meta(value)
-            fqn = inputs_to_params.get(node.name)
-            param = canonical[id(param_objs[fqn])] if fqn in param_objs else None
-            rg = bool(all_params[param].requires_grad) if param else bool(getattr(value, "requires_grad", False))
-            refs[node.name] = _Ref(metas=(meta,), storages=(param or node.name,), param=param, requires_grad=rg)
-            continue
-        if node.op == "get_attr":
-            target = node.target
-            param = canonical.get(id(param_objs[target])) if target in param_objs else None
-            obj = getattr(gm, target, None) if param is None else all_params[param]
-            meta = _tensor_meta(obj) or _tensor_meta(value)
-            rg = bool(param and all_params[param].requires_grad)
-            refs[node.name] = _Ref(metas=(meta,), storages=(param or node.name,), param=param, requires_grad=rg)
-            continue
-        if node.op == "output":
-            continue
+            refs[node.name] = _placeholder_ref(node, value, inputs_to_params, params)
+        elif node.op == "get_attr":
+            refs[node.name] = _attr_ref(node, value, gm, params)
+        elif node.op != "output":
+            refs[node.name], call = _normalise_call(node, value, gm, refs, params)
+            if call is not None:
+                calls.append(call)
+    return refs, calls
 
-        op, target_str = _op_name(node, gm)
-        arg_nodes = [n for n in _tensor_args(node) if n.name in refs]
-        # getitem picks one output of a multi-output op
-        if op == "getitem" and arg_nodes and len(refs[arg_nodes[0].name].metas) > 1 and isinstance(node.args[1], int):
-            parent = refs[arg_nodes[0].name]
-            i = node.args[1]
-            refs[node.name] = _Ref(
-                metas=(parent.metas[i],), storages=(parent.storages[i],), param=parent.param,
-                requires_grad=parent.requires_grad and parent.metas[i] is not None
-                and parent.metas[i].dtype.startswith(("float", "bfloat")),
-            )
-            continue
 
-        values = _flatten_values(value)
-        metas = tuple(_tensor_meta(v) for v in values)
-        if not any(m is not None for m in metas):
-            # a shape or scalar computation (x.size(), sym ints): no tensor work
-            refs[node.name] = _Ref(metas=(None,), storages=(node.name,), param=None, requires_grad=False)
-            continue
+def _placeholder_ref(node: torch.fx.Node, value: Any, inputs_to_params: dict[str, str], params: _Params) -> _Ref:
+    """A graph input: a parameter (torch.export lifts them to inputs) or a user input."""
+    meta = _tensor_meta(value)
+    fqn = inputs_to_params.get(node.name)
+    param = params.canonical[id(params.by_name[fqn])] if fqn in params.by_name else None
+    rg = bool(params.unique[param].requires_grad) if param else bool(getattr(value, "requires_grad", False))
+    return _Ref(metas=(meta,), storages=(param or node.name,), param=param, requires_grad=rg)
 
-        tensors: list[ArgTensor] = []
-        module_params: list[str] = []
-        for n in arg_nodes:
-            r = refs[n.name]
-            if r.metas[0] is None:
-                continue
-            tensors.append(ArgTensor(meta=r.metas[0], storage=r.storages[0], storage_bytes=0,
-                                     param=r.param, requires_grad=r.requires_grad))
-        if node.op == "call_module":
-            module = gm.get_submodule(node.target)
-            for pname, p in module.named_parameters():
-                full = canonical.get(id(p), f"{node.target}.{pname}")
-                meta = _tensor_meta(p)
-                tensors.append(ArgTensor(meta=meta, storage=full, storage_bytes=meta.nbytes,
-                                         param=full, requires_grad=p.requires_grad))
-                module_params.append(full)
-            if op == "embedding":  # module inputs are (indices); rules expect (weight, indices)
-                tensors = tensors[1:] + tensors[:1]
 
-        viewlike = op in _VIEWLIKE
-        base = refs[arg_nodes[0].name] if (viewlike and arg_nodes) else None
-        rg = (
-            op not in _NON_DIFFERENTIABLE
-            and any(t.requires_grad for t in tensors)
-            and any(m is not None and m.dtype.startswith(("float", "bfloat")) for m in metas)
-        )
-        storages = tuple(base.storages[0] if base else (node.name if len(metas) == 1 else f"{node.name}.{i}")
-                         for i in range(len(metas)))
-        refs[node.name] = _Ref(
-            metas=metas, storages=storages, param=base.param if base else None, requires_grad=rg,
-        )
-        stack = node.meta.get("nn_module_stack") or {}
-        stack_items = tuple((path, _short_class(cls)) for path, cls in stack.values())
-        if node.op == "call_module" and (not stack_items or stack_items[-1][0] != node.target):
-            stack_items += ((node.target, type(gm.get_submodule(node.target)).__name__),)
-        input_value = _node_value(arg_nodes[0]) if arg_nodes else None
-        call = OpCall(
-            name=node.name,
-            op=op,
-            tensors=tuple(tensors),
-            outputs=tuple(m for m in metas if m is not None),
-            scalars=_scalars(node, op, gm),
-            input_contiguous=_is_contiguous(input_value),
-        )
-        calls.append((node, call, target_str, stack_items, refs[node.name]))
+def _attr_ref(node: torch.fx.Node, value: Any, gm: torch.fx.GraphModule, params: _Params) -> _Ref:
+    """A module attribute read: a parameter, or a buffer or constant (no gradient)."""
+    target = node.target
+    param = params.canonical.get(id(params.by_name[target])) if target in params.by_name else None
+    obj = getattr(gm, target, None) if param is None else params.unique[param]
+    meta = _tensor_meta(obj) or _tensor_meta(value)
+    rg = bool(param and params.unique[param].requires_grad)
+    return _Ref(metas=(meta,), storages=(param or node.name,), param=param, requires_grad=rg)
 
-    # storage sizes: a view's storage is its base's
+
+def _normalise_call(node: torch.fx.Node, value: Any, gm: torch.fx.GraphModule, refs: dict[str, _Ref],
+                    params: _Params) -> tuple[_Ref, _Call | None]:
+    """The node's value record, and its `_Call` unless it does no tensor work."""
+    op, target = _op_name(node, gm)
+    arg_nodes = [n for n in _tensor_args(node) if n.name in refs]
+    # getitem picks one output of a multi-output op
+    if op == "getitem" and arg_nodes and len(refs[arg_nodes[0].name].metas) > 1 and isinstance(node.args[1], int):
+        return _picked_output(refs[arg_nodes[0].name], node.args[1]), None
+    metas = tuple(_tensor_meta(v) for v in _flatten_values(value))
+    if not any(m is not None for m in metas):
+        # a shape or scalar computation (x.size(), sym ints): no tensor work
+        return _Ref(metas=(None,), storages=(node.name,), param=None, requires_grad=False), None
+    tensors = _call_tensors(node, op, gm, [refs[n.name] for n in arg_nodes], params)
+    ref = _output_ref(node.name, op, metas, tensors, refs[arg_nodes[0].name] if arg_nodes else None)
+    call = OpCall(
+        name=node.name,
+        op=op,
+        tensors=tuple(tensors),
+        outputs=tuple(m for m in metas if m is not None),
+        scalars=_scalars(node, op, gm),
+        input_contiguous=_is_contiguous(_node_value(arg_nodes[0]) if arg_nodes else None),
+    )
+    return ref, _Call(node=node, call=call, target=target, stack=_module_stack(node, gm), ref=ref)
+
+
+def _is_floating(meta: TensorMeta) -> bool:
+    return meta.dtype.startswith(("float", "bfloat"))
+
+
+def _picked_output(parent: _Ref, i: int) -> _Ref:
+    """Output i of a multi-output op; it needs a gradient only when floating point."""
+    meta = parent.metas[i]
+    return _Ref(metas=(meta,), storages=(parent.storages[i],), param=parent.param,
+                requires_grad=parent.requires_grad and meta is not None and _is_floating(meta))
+
+
+def _call_tensors(node: torch.fx.Node, op: str, gm: torch.fx.GraphModule, arg_refs: list[_Ref],
+                  params: _Params) -> list[ArgTensor]:
+    """The call's tensor inputs in the order the rules expect; a called module's own
+    parameters count as inputs (sized now: they are their own storage)."""
+    tensors = [ArgTensor(meta=r.metas[0], storage=r.storages[0], storage_bytes=0, param=r.param,
+                         requires_grad=r.requires_grad) for r in arg_refs if r.metas[0] is not None]
+    if node.op == "call_module":
+        for pname, p in gm.get_submodule(node.target).named_parameters():
+            full = params.canonical.get(id(p), f"{node.target}.{pname}")
+            meta = _tensor_meta(p)
+            tensors.append(ArgTensor(meta=meta, storage=full, storage_bytes=meta.nbytes,
+                                     param=full, requires_grad=p.requires_grad))
+        if op == "embedding":  # module inputs are (indices); rules expect (weight, indices)
+            tensors = tensors[1:] + tensors[:1]
+    return tensors
+
+
+def _output_ref(name: str, op: str, metas: tuple[TensorMeta | None, ...], tensors: list[ArgTensor],
+                first_arg: _Ref | None) -> _Ref:
+    """A call's outputs: a view shares its first input's storage; the outputs need a
+    gradient when the op is differentiable, an input needs one and an output is floating."""
+    base = first_arg if op in _VIEWLIKE else None
+    rg = (
+        op not in _NON_DIFFERENTIABLE
+        and any(t.requires_grad for t in tensors)
+        and any(m is not None and _is_floating(m) for m in metas)
+    )
+    storages = tuple(base.storages[0] if base else (name if len(metas) == 1 else f"{name}.{i}")
+                     for i in range(len(metas)))
+    return _Ref(metas=metas, storages=storages, param=base.param if base else None, requires_grad=rg)
+
+
+def _module_stack(node: torch.fx.Node, gm: torch.fx.GraphModule) -> tuple[tuple[str, str], ...]:
+    """(path, class) of the modules the node runs in; a called leaf module is the innermost."""
+    stack = node.meta.get("nn_module_stack") or {}
+    items = tuple((path, _short_class(cls)) for path, cls in stack.values())
+    if node.op == "call_module" and (not items or items[-1][0] != node.target):
+        items += ((node.target, type(gm.get_submodule(node.target)).__name__),)
+    return items
+
+
+# ---- pass 3: attribute, cost, find blocks, build the DAG ----------------------------------------
+
+
+def _storage_sizes(refs: dict[str, _Ref], all_params: dict[str, nn.Parameter]) -> dict[str, int]:
+    """Bytes per storage: a view's storage is its base's; a parameter's is the whole tensor."""
     storage_bytes: dict[str, int] = {}
     for r in refs.values():  # program order: a base is seen before its views
         for s, m in zip(r.storages, r.metas):
@@ -384,101 +468,106 @@ def _build(
                 storage_bytes.setdefault(s, m.nbytes)
     for p, obj in all_params.items():
         storage_bytes[p] = obj.numel() * obj.element_size()
+    return storage_bytes
 
-    # gradient accumulation: a tensor used by k > 1 differentiable consumers sums k gradients
+
+def _gradient_consumers(calls: list[_Call], refs: dict[str, _Ref]) -> dict[str, int]:
+    """Differentiable consumers per non-parameter tensor: one used by k > 1 sums k gradients."""
     consumers: dict[str, int] = defaultdict(int)
-    for node, call, *_ in calls:
-        for n in {a.name for a in _tensor_args(node)}:
+    for c in calls:
+        for n in {a.name for a in _tensor_args(c.node)}:
             r = refs.get(n)
-            if r is not None and r.requires_grad and r.param is None and call.op not in ("getitem",):
+            if r is not None and r.requires_grad and r.param is None and c.call.op not in ("getitem",):
                 consumers[n] += 1
+    return consumers
 
-    attributed: set[str] = set()
-    nodes: list[OpNode] = []
+
+def _arg_shapes(call: OpCall) -> tuple:
+    return tuple((t.meta.shape, t.meta.dtype, t.param is not None) for t in call.tensors)
+
+
+def _op_node(c: _Call, storage_bytes: dict[str, int], consumers: dict[str, int],
+             all_params: dict[str, nn.Parameter], attributed: set[str], root_class: str) -> OpNode:
+    """The costed node of one call. Its parameters are those not yet `attributed` to an
+    earlier call (added to it); summing k > 1 input gradients adds (k − 1) · 3 output-sized
+    transfers (read two, write one) to its backward-input bytes."""
+    call = replace(c.call, tensors=tuple(replace(t, storage_bytes=storage_bytes.get(t.storage, t.meta.nbytes))
+                                         for t in c.call.tensors))
+    result = apply_rule(call)
+    params = []
+    for t in call.tensors:
+        if t.param is not None and t.param not in attributed:
+            attributed.add(t.param)
+            params.append(t.param)
+    extra_i = 0
+    if consumers.get(c.node.name, 0) > 1:
+        extra_i = (consumers[c.node.name] - 1) * 3 * call.outputs[0].nbytes
+    shapes = _arg_shapes(call)
+    path, cls = c.stack[-1] if c.stack else ("", root_class)
+    return OpNode(
+        name=c.node.name,
+        op=call.op,
+        target=c.target,
+        kind=result.kind,
+        module_path=path,
+        module_class=cls,
+        inputs=tuple(t.meta for t in call.tensors),
+        outputs=call.outputs,
+        forward_flops=result.forward_flops,
+        backward_input_flops=result.backward_input_flops,
+        backward_weight_flops=result.backward_weight_flops,
+        bytes_read=result.bytes_read,
+        bytes_written=result.bytes_written,
+        backward_input_bytes=result.backward_input_bytes + extra_i,
+        backward_weight_bytes=result.backward_weight_bytes,
+        param_bytes=sum(storage_bytes[p] for p in params),
+        param_count=sum(all_params[p].numel() for p in params if p in all_params),
+        params=tuple(params),
+        saved=tuple(dict(result.saved).items()),
+        gemms=result.gemms,
+        attention=result.attention,
+        requires_grad=c.ref.requires_grad,
+        input_flags=tuple((t.param is not None, t.requires_grad) for t in call.tensors),
+        signature=f"{c.target}|{shapes}|{sorted(call.scalars.items())}|rg={[t.requires_grad for t in call.tensors]}",
+    )
+
+
+def _block_members(calls: list[_Call], nodes: list[OpNode]
+                   ) -> tuple[dict[str, list[tuple[str, int]]], dict[str, str]]:
+    """Per module path, the (operator key, forward FLOPs) of every node run inside it, and
+    its class: what `find_repeated_blocks` compares to find identical instances."""
     members: dict[str, list[tuple[str, int]]] = defaultdict(list)
     classes: dict[str, str] = {}
-    node_paths: list[tuple[str, ...]] = []
-    unknown: set[str] = set()
-    for node, call, target_str, stack_items, ref in calls:
-        call = replace(call, tensors=tuple(replace(t, storage_bytes=storage_bytes.get(t.storage, t.meta.nbytes))
-                                           for t in call.tensors))
-        result = apply_rule(call)
-        if result.kind is OpKind.UNKNOWN:
-            unknown.add(call.op)
-        params = []
-        for t in call.tensors:
-            if t.param is not None and t.param not in attributed:
-                attributed.add(t.param)
-                params.append(t.param)
-        extra_i = 0
-        if consumers.get(node.name, 0) > 1:
-            extra_i = (consumers[node.name] - 1) * 3 * call.outputs[0].nbytes
-        p_bytes = sum(storage_bytes[p] for p in params)
-        p_count = sum(all_params[p].numel() for p in params if p in all_params)
-        shapes = tuple((t.meta.shape, t.meta.dtype, t.param is not None) for t in call.tensors)
-        signature = f"{target_str}|{shapes}|{sorted(call.scalars.items())}|rg={[t.requires_grad for t in call.tensors]}"
-        path, cls = stack_items[-1] if stack_items else ("", type(model).__name__)
-        op_node = OpNode(
-            name=node.name,
-            op=call.op,
-            target=target_str,
-            kind=result.kind,
-            module_path=path,
-            module_class=cls,
-            inputs=tuple(t.meta for t in call.tensors),
-            outputs=call.outputs,
-            forward_flops=result.forward_flops,
-            backward_input_flops=result.backward_input_flops,
-            backward_weight_flops=result.backward_weight_flops,
-            bytes_read=result.bytes_read,
-            bytes_written=result.bytes_written,
-            backward_input_bytes=result.backward_input_bytes + extra_i,
-            backward_weight_bytes=result.backward_weight_bytes,
-            param_bytes=p_bytes,
-            param_count=p_count,
-            params=tuple(params),
-            saved=tuple(dict(result.saved).items()),
-            gemms=result.gemms,
-            attention=result.attention,
-            requires_grad=ref.requires_grad,
-            input_flags=tuple((t.param is not None, t.requires_grad) for t in call.tensors),
-            signature=signature,
-        )
-        nodes.append(op_node)
-        key = (call.op, shapes, tuple(m.shape for m in call.outputs))
-        for p, c in stack_items:
-            members[p].append((repr(key), result.forward_flops))
-            classes.setdefault(p, c)
-        node_paths.append(tuple(p for p, _ in stack_items))
+    for c, op_node in zip(calls, nodes):
+        key = (c.call.op, _arg_shapes(c.call), tuple(m.shape for m in c.call.outputs))
+        for p, cls in c.stack:
+            members[p].append((repr(key), op_node.forward_flops))
+            classes.setdefault(p, cls)
+    return members, classes
 
-    blocks, instance_block = find_repeated_blocks(members, classes)
+
+def _tag_blocks(nodes: list[OpNode], node_paths: list[tuple[str, ...]],
+                instance_block: dict[str, int]) -> list[OpNode]:
+    """Each node tagged with the outermost repeated-block instance it runs in, if any."""
     tagged: list[OpNode] = []
     for op_node, paths in zip(nodes, node_paths):
         instance = next((p for p in paths if p in instance_block), None)
         if instance is not None:
             op_node = replace(op_node, block=instance_block[instance], block_instance=instance)
         tagged.append(op_node)
-        graph.add_node(op_node.name, op=op_node)
+    return tagged
 
-    producer = {n.name for n in tagged}
-    for node, call, *_ in calls:
-        for arg in {a.name for a in _tensor_args(node)}:
+
+def _dag(nodes: list[OpNode], calls: list[_Call], refs: dict[str, _Ref]) -> nx.DiGraph:
+    """Operators as nodes; an edge per tensor passed from one to another, with its bytes."""
+    graph = nx.DiGraph()
+    for op_node in nodes:
+        graph.add_node(op_node.name, op=op_node)
+    producer = {n.name for n in nodes}
+    for c in calls:
+        for arg in {a.name for a in _tensor_args(c.node)}:
             if arg in producer:
                 m = refs[arg].metas[0]
-                graph.add_edge(arg, node.name, bytes=m.nbytes if m is not None else 0)
+                graph.add_edge(arg, c.node.name, bytes=m.nbytes if m is not None else 0)
     assert nx.is_directed_acyclic_graph(graph), "a captured program is always acyclic"
-
-    unattributed = tuple(sorted(set(all_params) - attributed))
-    return TracedGraph(
-        graph=graph,
-        nodes=tuple(tagged),
-        capture=capture,
-        capture_seconds=seconds,
-        param_count=sum(p.numel() for p in all_params.values()),
-        param_bytes=sum(p.numel() * p.element_size() for p in all_params.values()),
-        unattributed_params=unattributed,
-        unknown_ops=tuple(sorted(unknown)),
-        blocks=tuple(blocks),
-        notes=tuple(notes + _moe_notes(model)),
-        storage_bytes=storage_bytes,
-    )
+    return graph
