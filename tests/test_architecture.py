@@ -22,19 +22,20 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "parplan"
 ALLOWED: dict[str, set[str]] = {
     "parplan": {"errors", "schedule"},
     "errors": set(),
+    "budget": {"errors"},
     "io": {"errors"},
     "schedule": {"errors"},
     "trace": {"errors"},
     "zoo": {"errors"},
     "baselines": {"errors", "schedule"},
-    "mip": {"errors", "schedule", "baselines"},
+    "mip": {"errors", "budget", "schedule", "baselines"},
     "cost": {"errors", "schedule", "trace"},
     "plan": {"errors", "io", "schedule"},
     "compare": {"errors", "schedule", "baselines", "mip"},
     "runtime": {"errors", "io", "schedule", "baselines", "mip", "plan", "zoo"},
     "render": {"errors", "schedule", "plan", "runtime"},
-    "planner": {"errors", "io", "schedule", "baselines", "mip", "cost", "trace", "zoo", "plan", "runtime"},
-    "cli": {"errors", "io", "schedule", "baselines", "mip", "cost", "trace", "zoo", "plan", "compare",
+    "planner": {"errors", "budget", "io", "schedule", "baselines", "mip", "cost", "trace", "zoo", "plan", "runtime"},
+    "cli": {"errors", "budget", "io", "schedule", "baselines", "mip", "cost", "trace", "zoo", "plan", "compare",
             "runtime", "render", "planner"},
 }
 # Data modules: what they import (directly or through other modules) must not reach these.
