@@ -108,3 +108,18 @@ def test_tied_embeddings_are_refused_when_split():
     tied = GPT.replace("tie_embeddings=false", "tie_embeddings=true")
     with pytest.raises(ParplanError, match="tied weights"):
         plan_chain(tied, "1f1b", batch=8, seq=8, num_ranks=2, num_microbatches=4)
+
+
+def test_chain_plans_are_built_by_the_planners_function():
+    import parplan.planner.api as planner_api
+    import parplan.runtime.chain as chain
+
+    assert chain.plan_from_schedule is planner_api.plan_from_schedule
+
+
+def test_mip_chain_plan_defaults_to_the_v_placement():
+    """`plan_chain(..., "mip")` splits for placement V (2N model stages) and asks the MIP for V."""
+    pytest.importorskip("ortools")
+    plan = plan_chain(GPT, "mip", batch=8, seq=8, num_ranks=2, num_microbatches=4)
+    assert plan.solver["schedule"]["placement"] == "v" and len(plan.stages) == 4
+    assert plan.schedule.stage_to_rank == (0, 1, 1, 0)

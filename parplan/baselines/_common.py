@@ -40,7 +40,7 @@ def one_f_one_b_order(
     comes the W of backward b − L (zero-bubble's delayed weight gradients, FIFO); the W's
     still pending at the end drain in order.
     """
-    assert 0 <= warmup <= num_ops
+    assert 0 <= warmup <= num_ops, f"warm-up {warmup} outside 0..{num_ops}"
     next_mb: dict[tuple[int, Kind], int] = defaultdict(int)
 
     def take(stage: int, kind: Kind) -> Action:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from parplan.baselines._common import reject_chunks, require
 from parplan.baselines._dualpipe_steps import rank_order
 from parplan.schedule.ir import Schedule
+from parplan.schedule.placement import FAMILIES
 
 
 def build(num_ranks: int, num_microbatches: int, *, num_chunks: int | None = None) -> Schedule:
@@ -35,12 +36,12 @@ def build(num_ranks: int, num_microbatches: int, *, num_chunks: int | None = Non
     for r in range(n_ranks):
         near, far = (forward(r), reverse(r)) if r < n else (reverse(r), forward(r))
         orders.append(rank_order(n=n, rho=min(r, n_ranks - 1 - r), m=m // 2, near=near, far=far))
-    stage_to_rank = tuple(range(n_ranks)) + tuple(n_ranks - 1 - k for k in range(n_ranks))
+    placement = FAMILIES["dualpipe"]
     return Schedule(
         name="dualpipe",
-        stage_to_rank=stage_to_rank,
+        stage_to_rank=placement.stage_to_rank(n_ranks),
         microbatches_per_chain=m // 2,
         orders=orders,
-        chains=(tuple(range(n_ranks)), tuple(range(n_ranks, 2 * n_ranks))),
-        model_stage=tuple(range(n_ranks)) + tuple(range(n_ranks)),
+        chains=placement.chains(n_ranks),
+        model_stage=placement.model_stage(n_ranks),
     )

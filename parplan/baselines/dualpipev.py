@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from parplan.baselines._common import reject_chunks, require
 from parplan.baselines._dualpipe_steps import rank_order
-from parplan.baselines.zb_v import v_stage_to_rank
 from parplan.schedule.ir import Schedule
+from parplan.schedule.placement import FAMILIES
 
 
 def build(num_ranks: int, num_microbatches: int, *, num_chunks: int | None = None) -> Schedule:
@@ -24,7 +24,7 @@ def build(num_ranks: int, num_microbatches: int, *, num_chunks: int | None = Non
     )
     return Schedule(
         name="dualpipev",
-        stage_to_rank=v_stage_to_rank(n),
+        stage_to_rank=FAMILIES["v"].stage_to_rank(n),
         microbatches_per_chain=m,
         orders=[rank_order(n=n, rho=r, m=m, near=r, far=2 * n - 1 - r) for r in range(n)],
     )

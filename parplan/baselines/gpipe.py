@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from parplan.baselines._common import reject_chunks
 from parplan.schedule.ir import Action, Kind, Schedule
+from parplan.schedule.placement import FAMILIES
 
 
 def build(num_ranks: int, num_microbatches: int, *, num_chunks: int | None = None) -> Schedule:
@@ -14,6 +15,6 @@ def build(num_ranks: int, num_microbatches: int, *, num_chunks: int | None = Non
         for r in range(num_ranks)
     ]
     return Schedule(
-        name="gpipe", stage_to_rank=tuple(range(num_ranks)),
+        name="gpipe", stage_to_rank=FAMILIES["chain"].stage_to_rank(num_ranks),
         microbatches_per_chain=num_microbatches, orders=orders,
     )

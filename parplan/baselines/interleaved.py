@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from parplan.baselines._common import one_f_one_b_order, require
 from parplan.schedule.ir import Schedule
+from parplan.schedule.placement import FAMILIES
 
 
 def rounds(num_ranks: int, num_microbatches: int, name: str) -> int:
@@ -39,7 +40,7 @@ def loop_schedule(name: str, num_ranks: int, num_microbatches: int, num_chunks: 
             weight_lag=r if zero_bubble else None,
         ))
     return Schedule(
-        name=name, stage_to_rank=tuple(s % n for s in range(v * n)),
+        name=name, stage_to_rank=FAMILIES["loop"].stage_to_rank(n, num_chunks=v),
         microbatches_per_chain=m, orders=orders,
     )
 

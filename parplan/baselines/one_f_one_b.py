@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from parplan.baselines._common import one_f_one_b_order, reject_chunks, require
 from parplan.schedule.ir import Schedule
+from parplan.schedule.placement import FAMILIES
 
 
 def build(num_ranks: int, num_microbatches: int, *, num_chunks: int | None = None) -> Schedule:
@@ -28,6 +29,6 @@ def build(num_ranks: int, num_microbatches: int, *, num_chunks: int | None = Non
         for r in range(num_ranks)
     ]
     return Schedule(
-        name="1f1b", stage_to_rank=tuple(range(num_ranks)),
+        name="1f1b", stage_to_rank=FAMILIES["chain"].stage_to_rank(num_ranks),
         microbatches_per_chain=num_microbatches, orders=orders,
     )

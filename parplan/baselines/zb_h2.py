@@ -16,6 +16,7 @@ from collections import deque
 
 from parplan.baselines._common import reject_chunks, require
 from parplan.schedule.ir import Action, Kind, Schedule
+from parplan.schedule.placement import FAMILIES
 
 
 def _orders(n: int, m: int) -> list[list[Action]]:
@@ -54,6 +55,6 @@ def build(num_ranks: int, num_microbatches: int, *, num_chunks: int | None = Non
         f"Use --microbatches {num_ranks} or more",
     )
     return Schedule(
-        name="zb-h2", stage_to_rank=tuple(range(num_ranks)), microbatches_per_chain=num_microbatches,
+        name="zb-h2", stage_to_rank=FAMILIES["chain"].stage_to_rank(num_ranks), microbatches_per_chain=num_microbatches,
         orders=_orders(num_ranks, num_microbatches),
     )

@@ -14,12 +14,7 @@ from collections import defaultdict
 
 from parplan.baselines._common import reject_chunks
 from parplan.schedule.ir import Action, Kind, Schedule
-
-
-def v_stage_to_rank(num_ranks: int) -> tuple[int, ...]:
-    """Stage s on rank s for the down-arm, on rank 2N−1−s for the up-arm."""
-    n = num_ranks
-    return tuple(s if s < n else 2 * n - 1 - s for s in range(2 * n))
+from parplan.schedule.placement import FAMILIES
 
 
 def _rank_order(n: int, r: int, num_microbatches: int) -> list[Action]:
@@ -65,7 +60,7 @@ def build(num_ranks: int, num_microbatches: int, *, num_chunks: int | None = Non
     reject_chunks("zb-v", num_chunks, allowed=2)
     return Schedule(
         name="zb-v",
-        stage_to_rank=v_stage_to_rank(num_ranks),
+        stage_to_rank=FAMILIES["v"].stage_to_rank(num_ranks),
         microbatches_per_chain=num_microbatches,
         orders=[_rank_order(num_ranks, r, num_microbatches) for r in range(num_ranks)],
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from parplan.cost.contiguous import balanced_contiguous
 from parplan.cost.hardware import GPUProfile, LinkProfile
 from parplan.cost.model import OpCost, op_cost, transfer_time
 from parplan.errors import ParplanError
@@ -71,23 +72,15 @@ def group_costs(
 
 
 def split_contiguous(traced: TracedGraph, num_groups: int, gpu: GPUProfile) -> list[list[str]]:
-    """Cut the program order into `num_groups` contiguous runs of roughly equal F + I + W."""
+    """Cut the program order into `num_groups` contiguous runs balanced by F + I + W
+    (`balanced_contiguous`: the largest group as small as the operators allow)."""
     if not 1 <= num_groups <= len(traced.nodes):
         raise ParplanError(f"num_groups={num_groups} must be in [1, {len(traced.nodes)}] (the operator count)")
     costs = [c.forward_s + c.backward_s for c in (op_cost(n, gpu) for n in traced.nodes)]
-    total = sum(costs) or 1.0
+    stage_of_op = balanced_contiguous(len(costs), num_groups, lambda u, s: costs[u])
     groups: list[list[str]] = [[] for _ in range(num_groups)]
-    running = 0.0
-    for n, c in zip(traced.nodes, costs):
-        # the op's midpoint decides its group, so one huge op does not empty its neighbours
-        g = min(num_groups - 1, int((running + c / 2) / total * num_groups))
+    for n, g in zip(traced.nodes, stage_of_op):
         groups[g].append(n.name)
-        running += c
-    if any(not g for g in groups):
-        raise ParplanError(
-            f"cannot split {len(traced.nodes)} operators into {num_groups} non-empty groups of similar cost; "
-            f"use fewer groups"
-        )
     return groups
 
 
@@ -109,24 +102,13 @@ def groups_by_module(traced: TracedGraph, prefixes: Sequence[Sequence[str]]) -> 
 
 
 def pipeline_costs(groups: Sequence[GroupCost], gpu: GPUProfile):
-    """`parplan.schedule.costs.PipelineCosts` for stages = groups, in seconds and bytes.
+    """`parplan.schedule.costs.PipelineCosts` for stages = groups, in seconds and bytes, one chain
+    (`placement_costs` folds the transfers' contention into F and I)."""
+    from parplan.schedule.stage_costs import StageCost, placement_costs  # the schedule layer's type
 
-    Transfers stay delays (PipelineCosts' contract); the compute they slow down is folded
-    in: stage s's F grows by contention x its outgoing transfer, its backward (I) by
-    contention x the gradient it sends back (the size of the previous boundary).
-    """
-    from parplan.schedule.costs import PipelineCosts  # the schedule layer's type
-
-    kappa = gpu.efficiency.transfer_contention
-    n = len(groups)
-    return PipelineCosts(
-        forward=tuple(g.forward_s + kappa * (g.transfer_s if s < n - 1 else 0.0) for s, g in enumerate(groups)),
-        backward_input=tuple(
-            g.backward_input_s + kappa * (groups[s - 1].transfer_s if s > 0 else 0.0) for s, g in enumerate(groups)
-        ),
-        backward_weight=tuple(g.backward_weight_s for g in groups),
-        transfer=tuple(g.transfer_s for g in groups),
-        activation=tuple(float(g.activation_bytes) for g in groups),
-        params=tuple(float(g.param_bytes) for g in groups),
-        overlap_ratio=gpu.efficiency.fb_overlap_ratio,
+    return placement_costs(
+        [StageCost(forward=g.forward_s, backward_input=g.backward_input_s, backward_weight=g.backward_weight_s,
+                   activation=float(g.activation_bytes), params=float(g.param_bytes), transfer=g.transfer_s)
+         for g in groups],
+        transfer_contention=gpu.efficiency.transfer_contention, overlap_ratio=gpu.efficiency.fb_overlap_ratio,
     )

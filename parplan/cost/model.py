@@ -25,7 +25,7 @@ from typing import Mapping
 from parplan.cost.hardware import GPUProfile, LinkProfile
 from parplan.trace.graph import GemmShape, OpKind, OpNode
 
-__all__ = ["OpCost", "op_cost", "transfer_time", "overlapped_time", "gemm_time", "TILE"]
+__all__ = ["OpCost", "op_cost", "cost_key", "transfer_time", "overlapped_time", "gemm_time", "TILE"]
 
 TILE = 128  # tensor-core tile edge: a GEMM's M and N are padded to it
 
@@ -106,6 +106,17 @@ def _attention_cost(node: OpNode, gpu: GPUProfile) -> tuple[float, float]:
     if node.backward_input_flops:
         i = gpu.launch_floor_s + 1.25 * node.backward_input_flops / (peak * eff.attention_backward)
     return f, i
+
+
+def cost_key(node: OpNode) -> tuple:
+    """Every field of `node` that `op_cost` reads: operators with equal keys cost the same on
+    one GPU. The signature alone is not enough — it leaves out what the trace adds per node,
+    such as the gradient-accumulation bytes of a tensor read by several consumers and the
+    parameter bytes attributed to a shared weight's first user."""
+    return (node.signature, node.kind, node.inputs, node.forward_flops, node.backward_input_flops,
+            node.backward_weight_flops, node.bytes_read, node.bytes_written, node.backward_input_bytes,
+            node.backward_weight_bytes, node.saved_bytes, node.param_bytes, node.gemms, node.attention,
+            node.requires_grad)
 
 
 def op_cost(node: OpNode, gpu: GPUProfile, *, measured: Mapping[str, "OpCost"] | None = None) -> OpCost:

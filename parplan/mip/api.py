@@ -31,6 +31,7 @@ from parplan.mip.lean import if_leaner, leaner_list_schedule, pull_frees_forward
 from parplan.mip.problem import PLACEMENTS, Problem, build_problem, check_param_cap, num_model_stages
 from parplan.mip.timetable import Timetable, canonical, from_schedule, to_schedule, without_cells
 from parplan.schedule.ir import Action, Kind, Schedule
+from parplan.schedule.placement import FAMILIES
 from parplan.schedule.simulate import SimResult
 from parplan.schedule.validate import ScheduleError, validate
 
@@ -38,12 +39,7 @@ __all__ = ["MemoryPass", "MipOptions", "MipResult", "SolverReport", "ProgressEve
            "lower_memory", "serial_schedule", "WARM_STARTS"]
 
 # Baselines that run on each placement (same stage→rank map, so they can seed the model).
-WARM_STARTS: dict[str, tuple[str, ...]] = {
-    "dualpipe": ("dualpipe",),
-    "v": ("dualpipev", "zb-v"),
-    "loop": ("interleaved-1f1b",),
-    "chain": ("1f1b", "zb-h1", "zb-h2", "gpipe"),
-}
+WARM_STARTS: dict[str, tuple[str, ...]] = {name: f.schedules for name, f in FAMILIES.items()}
 
 # `cells=`: which F&B cells the model may form (CpSatOptions.cell_kinds; True = full B).
 # DualPipe's cells run a full B; an (F;I) cell leaves the W free to fill a bubble later.
@@ -280,7 +276,7 @@ def _placements(placement: str, num_ranks: int, num_microbatches: int, costs: Pi
                 rank_costs) -> tuple[str, ...]:
     if placement != "auto":
         return (placement,)
-    chosen = tuple(p for p in PLACEMENTS if not (p == "dualpipe" and (num_ranks % 2 or num_microbatches % 2)))
+    chosen = tuple(p for p in PLACEMENTS if FAMILIES[p].accepts(num_ranks, num_microbatches))
     if rank_costs is None:
         chosen = tuple(p for p in chosen if num_model_stages(p, num_ranks) == costs.num_stages)
     if not chosen:

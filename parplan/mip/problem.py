@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.schedule.ir import Kind, Schedule
+from parplan.schedule.placement import FAMILIES, PLACEMENTS, family
+from parplan.schedule.placement import PlacementName as Placement
 
 __all__ = ["Placement", "PLACEMENTS", "Task", "Problem", "placement_skeleton", "build_problem", "num_model_stages"]
-
-Placement = Literal["dualpipe", "v", "loop", "chain"]
-PLACEMENTS: tuple[str, ...] = ("dualpipe", "v", "loop", "chain")
 
 # (stage, kind, micro-batch) of one plain task; kind is F, I or W (a B is an I and a W run together).
 Task = tuple[int, Kind, int]
@@ -37,8 +35,8 @@ _SCALES = (1, 2, 4, 5, 8, 10, 20, 25, 40, 50, 100, 200, 250, 500, 1000)
 
 def num_model_stages(placement: str, num_ranks: int) -> int:
     """DualPipe holds the N-stage model twice, chain runs it once (stage s on rank s); V and
-    loop cut the model into 2N stages."""
-    return num_ranks if placement in ("dualpipe", "chain") else 2 * num_ranks
+    loop cut the model into 2N stages (the registry, `parplan.schedule.placement`)."""
+    return family(placement).num_stages(num_ranks)
 
 
 def placement_skeleton(placement: str, num_ranks: int, num_microbatches: int) -> Schedule:
@@ -48,29 +46,16 @@ def placement_skeleton(placement: str, num_ranks: int, num_microbatches: int) ->
         raise ParplanError(f"placement {placement!r} is unknown; choose one of {', '.join(PLACEMENTS)} or auto")
     if n < 1 or m < 1:
         raise ParplanError(f"ranks = {n}, micro-batches = {m}: both must be >= 1")
-    empty = tuple(() for _ in range(n))
-    if placement == "dualpipe":
-        if n % 2 or m % 2:
-            raise ParplanError(
-                f"placement 'dualpipe' needs an even number of ranks and of micro-batches (half the "
-                f"micro-batches enter at each end, rank r pairs with N−1−r); got N={n}, M={m}. "
-                f"Use even values, or --placement v"
-            )
-        return Schedule(
-            name="mip",
-            stage_to_rank=tuple(range(n)) + tuple(n - 1 - k for k in range(n)),
-            microbatches_per_chain=m // 2,
-            orders=empty,
-            chains=(tuple(range(n)), tuple(range(n, 2 * n))),
-            model_stage=tuple(range(n)) + tuple(range(n)),
-        )
-    if placement == "chain":
-        return Schedule(name="mip", stage_to_rank=tuple(range(n)), microbatches_per_chain=m, orders=empty)
-    if placement == "v":
-        stage_to_rank = tuple(s if s < n else 2 * n - 1 - s for s in range(2 * n))
-    else:
-        stage_to_rank = tuple(s % n for s in range(2 * n))
-    return Schedule(name="mip", stage_to_rank=stage_to_rank, microbatches_per_chain=m, orders=empty)
+    family = FAMILIES[placement]
+    family.check(n, m)
+    return Schedule(
+        name="mip",
+        stage_to_rank=family.stage_to_rank(n),
+        microbatches_per_chain=m // family.model_copies,
+        orders=tuple(() for _ in range(n)),
+        chains=family.chains(n),
+        model_stage=family.model_stage(n),
+    )
 
 
 _RESOLUTION = 2000  # integer ticks given to the longest duration when times must be rounded

@@ -1,19 +1,32 @@
-"""`parplan.plan`: model + cluster in, a `Plan` out — the Python entry the CLI also uses."""
+"""`parplan.plan`: model + cluster in, a `Plan` out — the Python entry the CLI also uses.
+
+`plan_from_schedule` is the one way a placed schedule becomes a `Plan`: the bi-level
+planner's `to_plan` and the runtime's chain planner (`plan_chain`) both call it."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from parplan.cost.hardware import ClusterProfile, load_cluster
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
-from parplan.plan import ClusterSummary, Plan
+from parplan.plan import (
+    ClusterSummary,
+    ModelSummary,
+    Plan,
+    PlannedAction,
+    PredictedMetrics,
+    StagePlan,
+    model_fingerprint,
+)
 from parplan.planner.bilevel import PlannerConfig, PlanResult, plan_traced
 from parplan.planner.degrees import Degrees
 from parplan.planner.lower import Evaluated
 from parplan.planner.units import stage_pieces
+from parplan.schedule.ir import Schedule
 
-__all__ = ["plan", "plan_with_report", "evaluated_summary"]
+__all__ = ["plan", "plan_with_report", "plan_from_schedule", "local_cpu_cluster", "evaluated_summary"]
 
 
 def _cluster(cluster: str | ClusterProfile) -> ClusterProfile:
@@ -58,8 +71,6 @@ def _micro_shape(example_inputs: tuple) -> tuple[int, int]:
 
 def to_plan(result: PlanResult, model, example_inputs: tuple, cluster: ClusterProfile, config: PlannerConfig,
             spec: str | None) -> Plan:
-    from parplan.runtime.chain import plan_from_schedule
-
     best = result.best
     placed = best.placed
     schedule = best.schedule
@@ -86,6 +97,65 @@ def to_plan(result: PlanResult, model, example_inputs: tuple, cluster: ClusterPr
     if config.mode == "inference":
         out = dataclasses.replace(out, mode="inference")
     return out
+
+
+def local_cpu_cluster(num_ranks: int) -> ClusterSummary:
+    return ClusterSummary(name="local-cpu", devices=tuple({"name": f"cpu:{r}", "kind": "cpu"} for r in range(num_ranks)))
+
+
+def plan_from_schedule(
+    *,
+    model,
+    model_spec: str,
+    batch: int,
+    seq: int,
+    schedule: Schedule,
+    model_stage_pieces: Sequence[Sequence[str]],
+    costs: PipelineCosts,
+    time_unit: str,
+    memory_unit: str,
+    cluster: ClusterSummary | None = None,
+    solver: dict | None = None,
+    stage_extras: Sequence[tuple[Sequence[str], Sequence[str]]] | None = None,
+) -> Plan:
+    """Validate and simulate `schedule` under `costs` and wrap everything into a `Plan`.
+
+    `model_stage_pieces[m]` are model stage m's pieces; schedule stage s runs
+    `model_stage_pieces[schedule.model_stage[s]]`. `stage_extras[s]` = (receives, passes)
+    names the extra tensors of schedule stage s (branches; default none).
+    """
+    from parplan.schedule.validate import validate
+
+    sim = validate(schedule, costs)
+    extras = stage_extras or [((), ())] * schedule.num_stages
+    stages = tuple(
+        StagePlan(index=s, rank=schedule.stage_to_rank[s], pieces=tuple(model_stage_pieces[schedule.model_stage[s]]),
+                  receives=tuple(extras[s][0]), passes=tuple(extras[s][1]))
+        for s in range(schedule.num_stages)
+    )
+    if cluster is None:
+        cluster = local_cpu_cluster(schedule.num_ranks)
+    return Plan(
+        model=ModelSummary(
+            spec=model_spec, batch=batch, seq=seq,
+            num_parameters=sum(p.numel() for p in model.parameters()), fingerprint=model_fingerprint(model),
+        ),
+        cluster=cluster,
+        mode="train",
+        num_microbatches=schedule.total_microbatches,
+        stages=stages,
+        schedule=schedule,
+        costs=costs,
+        time_unit=time_unit,
+        memory_unit=memory_unit,
+        timeline=tuple(tuple(PlannedAction(action=t.action, start=t.start, end=t.end) for t in row)
+                       for row in sim.timeline),
+        predicted=PredictedMetrics(
+            step_time=sim.makespan, bubble_ratio=sim.bubble_ratio,
+            peak_activation_per_rank=sim.peak_activation_per_rank, params_per_rank=sim.params_per_rank,
+        ),
+        solver=dict(solver or {}),
+    )
 
 
 def evaluated_summary(e: Evaluated) -> dict:

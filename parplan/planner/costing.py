@@ -3,7 +3,9 @@
 Every placement is costed operator by operator — a stage costs the sum of its operators
 and holds the activations its operators save (each storage once) — so a layer-level and
 an operator-level placement that put the same operators on the same stage cost the same.
-Operators with equal signatures cost the same, so repeated blocks are costed once.
+The caches are keyed on every input that changes a cost (`cost_key`: the signature plus
+what the trace adds per node, such as gradient-accumulation bytes), so repeated blocks are
+costed once and two operators that merely share a signature are not.
 
 Tensor parallelism inside a node (degree t) is modelled the Megatron way: operators inside
 a repeated block (a layer) and operators holding parameters (the vocabulary-sized head and
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from parplan.cost.hardware import GPUProfile, LinkProfile
-from parplan.cost.model import op_cost
+from parplan.cost.model import cost_key, op_cost
 from parplan.planner.units import Unit
 from parplan.trace.graph import TracedGraph
 
@@ -47,7 +49,7 @@ def ring_allreduce_s(nbytes: float, ranks: int, link: LinkProfile) -> float:
 
 
 class Coster:
-    """Memoised costs of operators (by signature), units (by tie) and stages (by op set)."""
+    """Memoised costs of operators and units, keyed on everything their costs read."""
 
     def __init__(self, traced: TracedGraph, *, tp: int = 1, tp_link: LinkProfile | None = None):
         self.traced = traced
@@ -60,13 +62,29 @@ class Coster:
         self._layer_last = set(last.values())
         self._ops: dict[tuple, tuple[float, float, float, float, float]] = {}
         self._units: dict[tuple, UnitCost] = {}
+        self._key_of_op: dict[str, int] = {}  # operator → id of its cost inputs (equal inputs, one id)
+        self._key_ids: dict[tuple, int] = {}
+        self._key_of_unit: dict[tuple[str, ...], tuple] = {}
+
+    def _op_key(self, name: str) -> int:
+        """What one operator's cost depends on, besides the GPU: the cost model's inputs
+        (`cost_key`) and, for tensor parallelism, whether it splits and pays the layer's
+        all-reduces (parameter count, output bytes, last in its layer). Numbered once, so
+        the caches hash small keys."""
+        key = self._key_of_op.get(name)
+        if key is None:
+            node = self.traced.node(name)
+            inputs = (cost_key(node), node.param_count, node.block_instance is not None,
+                      sum(o.nbytes for o in node.outputs), name in self._layer_last)
+            key = self._key_of_op[name] = self._key_ids.setdefault(inputs, len(self._key_ids))
+        return key
 
     def op(self, name: str, gpu: GPUProfile) -> tuple[float, float, float, float, float]:
         """(F s, I s, W s, parameter bytes, parameter count) of one operator."""
-        node = self.traced.node(name)
-        key = (node.signature, node.block_instance is not None, gpu.name, name in self._layer_last)
+        key = (self._op_key(name), gpu.name)
         hit = self._ops.get(key)
         if hit is None:
+            node = self.traced.node(name)
             c = op_cost(node, gpu)
             f, i, w, pb, pc = c.forward_s, c.backward_input_s, c.backward_weight_s, c.param_bytes, node.param_count
             t = self.tp
@@ -90,9 +108,20 @@ class Coster:
                         param_bytes=pb, param_count=pc)
 
     def unit(self, unit: Unit, gpu: GPUProfile) -> UnitCost:
-        key = (unit.tie, gpu.name, tuple(op in self._layer_last for op in unit.ops))
+        inputs = self._key_of_unit.get(unit.ops)
+        if inputs is None:
+            inputs = (tuple(self._op_key(op) for op in unit.ops), self._saved_pattern(unit.ops))
+            self._key_of_unit[unit.ops] = inputs
+        key = (inputs, gpu.name)
         hit = self._units.get(key)
         if hit is None:
             hit = self.ops(unit.ops, gpu)
             self._units[key] = hit
         return hit
+
+    def _saved_pattern(self, names: tuple[str, ...]) -> tuple:
+        """The unit's saved activations with storages numbered by first use: equal patterns
+        hold equal bytes (a storage saved by two operators counts once)."""
+        ids: dict[str, int] = {}
+        return tuple((ids.setdefault(storage, len(ids)), nbytes)
+                     for name in names for storage, nbytes in self.traced.node(name).saved)

@@ -20,10 +20,11 @@ from parplan.errors import ParplanError
 from parplan.planner.costing import Coster, ring_allreduce_s
 from parplan.planner.degrees import Degrees, slowest
 from parplan.planner.memory import MemoryModel
-from parplan.planner.partition import Family
 from parplan.planner.units import UnitGraph
 from parplan.schedule.ir import Action, Kind, Schedule
+from parplan.schedule.placement import Family
 from parplan.schedule.simulate import SimResult
+from parplan.schedule.stage_costs import StageCost, placement_costs
 from parplan.schedule.validate import validate
 
 if TYPE_CHECKING:
@@ -104,26 +105,20 @@ def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: De
     for u, s in enumerate(stage_of_unit):
         members[s].append(u)
     cut = units.cut_bytes(list(stage_of_unit))
-    f, i, w, act, params, counts, xfer = ([0.0] * num_stages for _ in range(7))
+    stage_costs: list[StageCost] = []
+    params, counts = [0.0] * num_stages, [0.0] * num_stages
     for s in range(num_stages):
         c = coster.ops((op for u in members[s] for op in units.units[u].ops), device[s])
-        f[s], i[s], w[s] = c.forward_s, c.backward_input_s, c.backward_weight_s
-        act[s], params[s], counts[s] = c.activation_bytes, c.param_bytes, c.param_count
+        params[s], counts[s] = c.param_bytes, c.param_count
+        xfer = 0.0
         if s + 1 < num_stages and rank_of[s] != rank_of[s + 1]:
-            xfer[s] = transfer_time(cut.get(s, 0), degrees.pp_link(cluster, rank_of[s], rank_of[s + 1]))
-    kappa = gpus[0].efficiency.transfer_contention
-    if memory.mode == "inference":
-        i, w = [0.0] * num_stages, [0.0] * num_stages
-    costs = PipelineCosts(
-        forward=tuple(f[s] + kappa * xfer[s] for s in range(num_stages)),
-        backward_input=tuple(i[s] + (kappa * xfer[s - 1] if s and memory.mode == "train" else 0.0)
-                             for s in range(num_stages)),
-        backward_weight=tuple(w),
-        transfer=tuple(xfer),
-        activation=tuple(act),
-        params=tuple(params),
-        overlap_ratio=gpus[0].efficiency.fb_overlap_ratio,
-    )
+            xfer = transfer_time(cut.get(s, 0), degrees.pp_link(cluster, rank_of[s], rank_of[s + 1]))
+        stage_costs.append(StageCost(forward=c.forward_s, backward_input=c.backward_input_s,
+                                     backward_weight=c.backward_weight_s, activation=c.activation_bytes,
+                                     params=c.param_bytes, transfer=xfer))
+    efficiency = gpus[0].efficiency
+    costs = placement_costs(stage_costs, transfer_contention=efficiency.transfer_contention,
+                            overlap_ratio=efficiency.fb_overlap_ratio, mode=memory.mode)
     static = [0.0] * n
     grad_bytes = [0.0] * n
     for s in range(num_stages):

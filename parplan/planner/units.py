@@ -13,8 +13,9 @@ what `parplan.runtime` splits the exported graph by (longest path prefix wins). 
 unit graph is acyclic by construction, and a stage = a set of units closed under the
 order stays acyclic too.
 
-Repeated units share a tie key (the tuple of their operators' signatures), so their cost
-is computed once and reused: one solve serves all copies.
+Repeated units share a tie key (the tuple of their operators' signatures). Costs are
+memoised on more than the tie (`Coster` keys on every cost input, e.g. gradient
+accumulation), so equal copies are costed once and look-alikes are not merged.
 """
 
 from __future__ import annotations

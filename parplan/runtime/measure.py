@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from parplan.schedule.costs import PipelineCosts
+from parplan.schedule.stage_costs import StageCost, placement_costs
 
 __all__ = ["measure_stage_costs", "GLOO_LOOPBACK_LATENCY_S", "GLOO_LOOPBACK_BYTES_PER_S"]
 
@@ -56,7 +57,7 @@ def _measure(model_spec: str, groups, *, batch: int, seq: int, repeats: int, see
     zoo = load_model(model_spec, batch=batch, seq=seq, device="cpu")
     inputs, _ = synthetic_batch(zoo.model, zoo.example_inputs, seed=seed + 1)
     graphs = split_graph(export_graph(zoo.model, inputs), [list(g) for g in groups])
-    forward, backward_input, backward_weight, transfer, activation = [], [], [], [], []
+    stages: list[StageCost] = []
     values = inputs
     for g in graphs:
         args = tuple(v.detach().requires_grad_(v.is_floating_point() and g.index > 0) for v in values)
@@ -73,10 +74,10 @@ def _measure(model_spec: str, groups, *, batch: int, seq: int, repeats: int, see
         def outputs_of(result):
             return result if isinstance(result, tuple) else (result,)
 
-        forward.append(_median_time(run, repeats))
+        f = _median_time(run, repeats)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             outs = outputs_of(run())
-        activation.append(float(sum(saved)))
+        activation = float(sum(saved))
         diff_outs = [o for o in outs if o.requires_grad]
         float_args = [a for a in args if a.requires_grad]
 
@@ -89,16 +90,13 @@ def _measure(model_spec: str, groups, *, batch: int, seq: int, repeats: int, see
             if float_args:
                 torch.autograd.grad(o, float_args, [torch.ones_like(x) for x in o], allow_unused=True)
 
-        f = forward[-1]
         b = max(_median_time(full, repeats) - f, 0.0)
         i = max(_median_time(inputs_only, repeats) - f, 0.0) if float_args else 0.0
-        backward_input.append(min(i, b))
-        backward_weight.append(max(b - i, 0.0))
         out_bytes = sum(o.numel() * o.element_size() for o in diff_outs)
-        transfer.append(GLOO_LOOPBACK_LATENCY_S + out_bytes / GLOO_LOOPBACK_BYTES_PER_S)
+        stages.append(StageCost(
+            forward=f, backward_input=min(i, b), backward_weight=max(b - i, 0.0), activation=activation,
+            params=float(sum(p.numel() * p.element_size() for p in params)),
+            transfer=GLOO_LOOPBACK_LATENCY_S + out_bytes / GLOO_LOOPBACK_BYTES_PER_S,
+        ))
         values = tuple(o.detach() for o in outs)
-    params = [float(sum(p.numel() * p.element_size() for p in g.module.parameters())) for g in graphs]
-    return PipelineCosts(
-        forward=tuple(forward), backward_input=tuple(backward_input), backward_weight=tuple(backward_weight),
-        transfer=tuple(transfer), activation=tuple(activation), params=tuple(params),
-    )
+    return placement_costs(stages)  # no contention folded: each stage was timed alone, as before

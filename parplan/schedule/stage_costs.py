@@ -1,0 +1,56 @@
+"""A placement's `PipelineCosts` from its stages' own costs: the one place contention is folded.
+
+Every path that prices a pipeline — the cost layer's operator groups
+(`parplan.cost.pipeline_costs`), the planner's placed partitions (`planner/lower.py:place`)
+and the chain planner's abstract or measured stages (`parplan.runtime`) — sums its stages'
+compute and memory its own way, then hands the per-stage numbers here.
+
+Transfers stay delays (the `PipelineCosts` contract); the compute they slow down is folded
+in: stage s's F grows by contention × the transfer of its output to stage s+1, its I by
+contention × the gradient it sends back to stage s−1 (the size of the previous boundary).
+The last stage sends nothing on, so its F gets no share. Inference runs no backward: I and
+W are 0 and so is their contention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from parplan.schedule.costs import PipelineCosts
+from parplan.errors import ParplanError
+
+__all__ = ["StageCost", "placement_costs"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StageCost:
+    """One model stage before contention: compute per micro-batch, memory, outgoing transfer."""
+
+    forward: float
+    backward_input: float
+    backward_weight: float
+    activation: float
+    params: float
+    transfer: float = 0.0  # output to stage s+1; 0 when the next stage is on the same rank
+
+
+def placement_costs(stages: Sequence[StageCost], *, transfer_contention: float = 0.0,
+                    overlap_ratio: float = 1.0,
+                    mode: Literal["train", "inference"] = "train") -> PipelineCosts:
+    if mode not in ("train", "inference"):
+        raise ParplanError(f"mode {mode!r} is unknown; use train or inference")
+    kappa, last = transfer_contention, len(stages) - 1
+    train = mode == "train"
+    return PipelineCosts(
+        forward=tuple(g.forward + (kappa * g.transfer if s < last else 0.0) for s, g in enumerate(stages)),
+        backward_input=tuple(
+            (g.backward_input + (kappa * stages[s - 1].transfer if s > 0 else 0.0)) if train else 0.0
+            for s, g in enumerate(stages)
+        ),
+        backward_weight=tuple(g.backward_weight if train else 0.0 for g in stages),
+        transfer=tuple(g.transfer for g in stages),
+        activation=tuple(g.activation for g in stages),
+        params=tuple(g.params for g in stages),
+        overlap_ratio=overlap_ratio,
+    )
