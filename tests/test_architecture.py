@@ -32,9 +32,9 @@ ALLOWED: dict[str, set[str]] = {
     "cost": {"errors", "schedule", "trace"},
     "plan": {"errors", "io", "schedule"},
     "compare": {"errors", "schedule", "baselines", "mip"},
-    "runtime": {"errors", "io", "schedule", "baselines", "mip", "plan", "zoo"},
+    "runtime": {"errors", "io", "schedule", "baselines", "mip", "cost", "planner", "plan", "zoo"},
     "render": {"errors", "schedule", "plan", "runtime"},
-    "planner": {"errors", "budget", "io", "schedule", "baselines", "mip", "cost", "trace", "zoo", "plan", "runtime"},
+    "planner": {"errors", "budget", "io", "schedule", "baselines", "mip", "cost", "trace", "zoo", "plan"},
     "cli": {"errors", "budget", "io", "schedule", "baselines", "mip", "cost", "trace", "zoo", "plan", "compare",
             "runtime", "render", "planner"},
 }
