@@ -25,7 +25,7 @@ import sys
 import time
 
 from parplan.baselines import BASELINES, build_baseline
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.mip import MipOptions, solve_schedule
 from parplan.schedule.simulate import simulate

@@ -24,7 +24,7 @@ def train() -> None:
     import torch.distributed as dist
 
     from parplan.plan import Plan
-    from parplan.runtime import load_plan_model, plan_chain, stages_for_rank
+    from parplan.runtime import load_plan_model, plan_chain, stages_for_rank, torch_schedule
     from parplan.runtime.stages import synthetic_batch, token_cross_entropy
 
     dist.init_process_group("gloo")
@@ -41,7 +41,7 @@ def train() -> None:
     torch.manual_seed(0)
     zoo = load_plan_model(SPEC, batch=BATCH, seq=SEQ, device="cpu")
     stages = stages_for_rank(zoo.model, plan, rank, example_inputs=zoo.example_inputs)
-    schedule = plan.to_torch_schedule(stages, loss_fn=token_cross_entropy)
+    schedule = torch_schedule(plan, stages, loss_fn=token_cross_entropy)
     optimizer = torch.optim.SGD([p for s in stages for p in s.submod.parameters()], lr=0.5)
     inputs, target = synthetic_batch(zoo.model, zoo.example_inputs, seed=1)
     has_first = any(s.is_first for s in stages)

@@ -8,7 +8,7 @@ first use, so `import parplan` stays light.
 
 from importlib import import_module
 
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.schedule import Action, Kind, Schedule
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from parplan.baselines import BASELINES, build_baseline
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.schedule.ir import Schedule
 from parplan.schedule.simulate import SimResult

@@ -1,8 +1,9 @@
 """The plan file: what to run where and when, as nested frozen dataclasses (`plan.json`).
 
-A plan is data only — the algorithms that produce it (`plan_chain` below for chain plans,
-the bi-level planner of issue #5) and the runtime that executes it read and write these
-classes and nothing else. `Plan.save` / `Plan.load` round-trip exactly; the format is
+A plan is data only — the algorithms that produce it (`parplan.runtime.chain.plan_chain`
+for chain plans, the bi-level planner in `parplan.planner`), the runtime that executes it
+and the renderers that draw it (`parplan.render`) read and write these classes; this
+module imports none of them. `Plan.save` / `Plan.load` round-trip exactly; the format is
 versioned and documented field by field in docs/plan-format.md.
 
 Units: times are in the plan's `time_unit` ("s" when the costs were measured or come
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.schedule.ir import Action, Schedule
 
@@ -297,24 +298,3 @@ class Plan:
         except OSError as err:
             raise ParplanError(f"plan file {str(path)!r} cannot be read: {err.strerror}") from None
         return cls.from_json(text, source=f"plan file {str(path)!r}")
-
-    # ---- conveniences for launchers (thin wrappers over parplan.runtime / charts) ------
-    def to_torch_csv(self) -> str:
-        from parplan.runtime.export import torch_csv
-
-        return torch_csv(self.schedule)
-
-    def to_torch_schedule(self, stages: list, *, loss_fn=None, scale_grads: bool = True):
-        from parplan.runtime.export import torch_schedule
-
-        return torch_schedule(self, stages, loss_fn=loss_fn, scale_grads=scale_grads)
-
-    def gantt(self, *, fmt: str = "png", measured=None) -> bytes:
-        from parplan.plan_chart import render_plan_gantt
-
-        return render_plan_gantt(self, fmt=fmt, measured=measured)
-
-    def chrome_trace(self) -> dict:
-        from parplan.chrome_trace import plan_trace
-
-        return plan_trace(self)

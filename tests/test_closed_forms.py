@@ -3,7 +3,7 @@
 import pytest
 
 from parplan.baselines import build_baseline
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.schedule.simulate import simulate
 
 

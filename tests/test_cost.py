@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.cost import (
     available_profiles,
     group_costs,

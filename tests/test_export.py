@@ -9,7 +9,7 @@ import pytest
 
 from parplan.baselines import BASELINES, build_baseline
 from parplan.cli import main
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.runtime.chain import plan_chain
 from parplan.runtime.export import check_torch_csv, lower_overlap_cells, torch_csv

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from parplan.baselines import build_baseline
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.mip.api import MipOptions
 from parplan.mip.lean import pull_frees_forward
 from parplan.schedule.ir import Action, Kind, Schedule

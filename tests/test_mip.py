@@ -8,7 +8,7 @@ import pytest
 from ortools.sat.python import cp_model
 
 from parplan.baselines import build_baseline
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.mip import MipResult, ProgressEvent, solve_schedule
 from parplan.mip import api as mip_api

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from parplan.baselines import BASELINES, build_baseline
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.mip import solve_schedule
 from parplan.mip.api import WARM_STARTS, serial_schedule
 from parplan.mip.brute import brute_force

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from parplan.cli import main
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.plan import PLAN_FORMAT_VERSION, Plan
 from parplan.runtime.chain import balanced_split, load_plan_model, plan_chain

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from parplan.chrome_trace import plan_trace, plan_transfers
+from parplan.render.chrome_trace import plan_trace, plan_transfers
 from parplan.cli import main
-from parplan.costs import PipelineCosts
-from parplan.plan_chart import memory_over_time
+from parplan.schedule.costs import PipelineCosts
+from parplan.render.plan_chart import memory_over_time
 from parplan.runtime.chain import plan_chain
 
 GPT = "gpt:hidden=32,heads=2,layers=4,vocab=64,max_positions=8,tie_embeddings=false,dtype=float32"

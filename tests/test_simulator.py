@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parplan.baselines import BASELINES, build_baseline
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.schedule.ir import Action, Kind, Schedule
 from parplan.schedule.simulate import DeadlockError, costs_for_schedule, simulate

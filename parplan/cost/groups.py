@@ -102,7 +102,7 @@ def groups_by_module(traced: TracedGraph, prefixes: Sequence[Sequence[str]]) -> 
 
 
 def pipeline_costs(groups: Sequence[GroupCost], gpu: GPUProfile):
-    """`parplan.costs.PipelineCosts` for stages = groups, in seconds and bytes, one chain
+    """`parplan.schedule.costs.PipelineCosts` for stages = groups, in seconds and bytes, one chain
     (`placement_costs` folds the transfers' contention into F and I)."""
     from parplan.schedule.stage_costs import StageCost, placement_costs  # the schedule layer's type
 

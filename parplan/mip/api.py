@@ -21,7 +21,7 @@ from typing import Callable, Literal
 
 from parplan.baselines import build_baseline
 from parplan.budget import SafetyStop, check_work
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.mip.cpsat import (
     CpSatOptions, ProgressEvent, makespan_lower_bound, solve_cpsat,

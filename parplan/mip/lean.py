@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.mip.greedy import greedy_timetable
 from parplan.mip.problem import Problem

@@ -9,7 +9,7 @@ import dataclasses
 from typing import Any, Callable, Sequence
 
 from parplan.cost.hardware import ClusterProfile, load_cluster
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.plan import (
     ClusterSummary,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from parplan.baselines import build_baseline
 from parplan.cost.hardware import ClusterProfile, GPUProfile
 from parplan.cost.model import transfer_time
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.planner.costing import Coster, ring_allreduce_s
 from parplan.planner.degrees import Degrees, slowest

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal, Sequence
 
 from parplan.cost.contiguous import balanced_contiguous
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.plan import ClusterSummary, Plan
 from parplan.planner.api import local_cpu_cluster, plan_from_schedule

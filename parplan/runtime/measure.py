@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.schedule.stage_costs import StageCost, placement_costs
 
 __all__ = ["measure_stage_costs", "GLOO_LOOPBACK_LATENCY_S", "GLOO_LOOPBACK_BYTES_PER_S"]
@@ -49,12 +49,12 @@ def measure_stage_costs(model_spec: str, groups: Sequence[Sequence[str]], *, bat
 
 
 def _measure(model_spec: str, groups, *, batch: int, seq: int, repeats: int, seed: int) -> PipelineCosts:
-    from parplan.runtime.chain import load_plan_model
     from parplan.runtime.split import export_graph, split_graph
     from parplan.runtime.stages import synthetic_batch
+    from parplan.zoo import load_model
 
     torch.manual_seed(seed)
-    zoo = load_plan_model(model_spec, batch=batch, seq=seq, device="cpu")
+    zoo = load_model(model_spec, batch=batch, seq=seq, device="cpu")
     inputs, _ = synthetic_batch(zoo.model, zoo.example_inputs, seed=seed + 1)
     graphs = split_graph(export_graph(zoo.model, inputs), [list(g) for g in groups])
     stages: list[StageCost] = []

@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from parplan.plan import Plan
 from parplan.runtime.chain import load_plan_model
+from parplan.runtime.export import torch_schedule
 from parplan.runtime.stages import stages_for_rank, synthetic_batch, token_cross_entropy
 
 __all__ = ["main", "TimelineRecorder"]
@@ -107,7 +108,7 @@ def _run_plan(plan: Plan, out: Path, *, steps: int, seed: int, lr: float, device
     inputs, target = synthetic_batch(model, zoo.example_inputs, seed=seed + 1)
     inputs, target = tuple(x.to(device) for x in inputs), target.to(device)
     stages = stages_for_rank(model, plan, rank, example_inputs=zoo.example_inputs, device=device)
-    schedule = plan.to_torch_schedule(stages, loss_fn=token_cross_entropy)
+    schedule = torch_schedule(plan, stages, loss_fn=token_cross_entropy)
     params = [p for st in stages for p in st.submod.parameters()]
     optimizer = torch.optim.SGD(params, lr=lr)
     recorder = TimelineRecorder(stages)

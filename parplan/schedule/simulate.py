@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parplan.costs import PipelineCosts
+from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.schedule.ir import Action, Kind, Schedule
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from parplan.errors import ParplanError
-from parplan.zoo._config import config_from_options, parse_options, torch_dtype
+from parplan.zoo._config import ZooModel, config_from_options, parse_options, torch_dtype
 from parplan.zoo.decoder import Decoder, DecoderConfig
 from parplan.zoo.gpt import GPT, GPTConfig
 from parplan.zoo.layers import expected_expert_tokens
@@ -34,14 +34,6 @@ __all__ = [
     "DecoderConfig",
     "TwoTowerConfig",
 ]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ZooModel:
-    name: str
-    model: nn.Module
-    example_inputs: tuple[Any, ...]
-    config: Any = None
 
 
 def _token_inputs(batch: int, seq: int, device: str) -> tuple[torch.Tensor]:

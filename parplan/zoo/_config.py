@@ -1,4 +1,5 @@
-"""Typed model options: parse `gpt:hidden=4096,heads=32` into a frozen config dataclass."""
+"""Typed model options (parse `gpt:hidden=4096,heads=32` into a frozen config dataclass) and
+the built model every zoo builder returns (`ZooModel`)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,20 @@ import dataclasses
 import typing
 
 import torch
+from torch import nn
 
 from parplan.errors import ParplanError
 
-__all__ = ["parse_options", "config_from_options", "torch_dtype"]
+__all__ = ["ZooModel", "parse_options", "config_from_options", "torch_dtype"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class ZooModel:
+    name: str
+    model: nn.Module
+    example_inputs: tuple[typing.Any, ...]
+    config: typing.Any = None
+
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from parplan.errors import ParplanError
-from parplan.zoo._config import torch_dtype
+from parplan.zoo._config import ZooModel, torch_dtype
 
 __all__ = ["build", "HF_MODELS"]
 
@@ -36,8 +36,6 @@ def build(name: str, *, batch: int, seq: int, device: str = "meta", **options: A
         import transformers
     except ImportError:
         raise ParplanError(f"hf:{name} needs the optional extra: pip install 'parplan[hf]' (transformers)") from None
-    from parplan.zoo import ZooModel
-
     if name not in HF_MODELS:
         raise ParplanError(f"hf:{name} is not supported; use one of {', '.join('hf:' + m for m in HF_MODELS)}")
     dtype = torch_dtype(str(options.pop("dtype", "bfloat16")))

@@ -1,40 +1,26 @@
-"""`parplan trace` and `parplan profile`: thin CLI handlers over parplan.trace and parplan.cost.
+"""`parplan profile MODEL`: predicted (or measured) F, I, W seconds and activation bytes per module.
 
-Outputs are built in memory and files written last, so a failing command writes nothing.
+A thin layer over parplan.cost (the cost model and measured mode) and
+parplan.trace.summary.cost_profile. Outputs are built in memory and files written last,
+so a failing command writes nothing.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
 import time
-import warnings
 from pathlib import Path
 
+from parplan.cli.args import model_args
+from parplan.cli.trace import traced_model
 from parplan.errors import ParplanError
 
 __all__ = ["add_parsers"]
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="zoo name with options (gpt:hidden=4096,heads=32,layers=1), "
-                                 "path/to/file.py:factory, or hf:llama")
-    p.add_argument("--batch", type=int, default=1, help="micro-batch size (default 1)")
-    p.add_argument("--seq", type=int, default=1024, help="sequence length (default 1024)")
-    p.add_argument("--leaf", action="append", default=[], metavar="MODULE.CLASS",
-                   help="keep this nn.Module class as one opaque operator (repeatable)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
 def add_parsers(sub) -> None:
-    p = sub.add_parser("trace", help="trace a model into an operator DAG and summarise it")
-    _model_args(p)
-    p.add_argument("-o", "--output", type=Path, help="write the DAG (nodes, edges, summary) as JSON")
-    p.set_defaults(func=_trace_cmd)
-
     p = sub.add_parser("profile", help="predicted F, I, W seconds and activation bytes per module")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--hardware", default=None,
                    help="GPU profile name or .yaml (cluster names use their first GPU); "
                         "default with --measure: the profile matching the local GPU")
@@ -42,72 +28,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--measure", action="store_true", help="time each distinct operator on the local GPU")
     p.add_argument("--cache", type=Path, default=None, help="measurement cache (default ~/.cache/parplan/measured.json)")
     p.add_argument("--repeat", type=int, default=10, help="timed repetitions per operator (median kept)")
-    p.set_defaults(func=_profile_cmd)
+    p.set_defaults(func=run_profile)
 
 
-def _leaf_classes(names: list[str]) -> tuple[type, ...]:
-    out = []
-    for name in names:
-        module, _, cls = name.rpartition(".")
-        try:
-            out.append(getattr(importlib.import_module(module), cls))
-        except (ImportError, AttributeError, ValueError):
-            raise ParplanError(f"--leaf {name!r} is not an importable class; write package.module.ClassName") from None
-    return tuple(out)
-
-
-def _traced(args):
-    from parplan.trace import UnknownOperatorWarning, trace
-    from parplan.zoo import load_model
-
-    if args.batch < 1 or args.seq < 1:
-        raise ParplanError(f"--batch {args.batch} / --seq {args.seq} must be >= 1")
-    zoo = load_model(args.model, batch=args.batch, seq=args.seq)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UnknownOperatorWarning)
-        traced = trace(zoo.model, zoo.example_inputs, leaf_modules=_leaf_classes(args.leaf))
-    return traced, [str(w.message) for w in caught if issubclass(w.category, UnknownOperatorWarning)]
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def _trace_cmd(args) -> int:
-    import sys
-
-    from parplan.trace.summary import graph_json, trace_summary
-
-    traced, warns = _traced(args)
-    summary = trace_summary(traced)
-    payload = json.dumps(graph_json(traced)) if args.output else None
-    for w in warns:
-        print(f"warning: {w}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        s = summary
-        print(f"captured with {s['capture']} in {s['capture_seconds']:.2f} s")
-        print(f"operators: {s['operators']} ({', '.join(f'{k} {v}' for k, v in s['operators_by_kind'].items())})")
-        print(f"parameters: {s['parameters']:,} ({_fmt_bytes(s['parameter_bytes'])})")
-        print(f"FLOPs: forward {s['forward_flops']:.4g}, backward-input (I) {s['backward_input_flops']:.4g}, "
-              f"backward-weight (W) {s['backward_weight_flops']:.4g}")
-        print(f"saved for backward: {_fmt_bytes(s['saved_activation_bytes'])}")
-        for b in s["repeated_blocks"]:
-            print(f"repeated block: {b['instances']} x {b['module_class']} (first {b['first']}, "
-                  f"{b['ops_per_instance']} ops, {b['forward_flops_per_instance']:.4g} forward FLOPs each)")
-        for note in s["notes"]:
-            print(f"note: {note}")
-    if args.output:
-        args.output.write_text(payload)
-    return 0
-
-
-def _profile_cmd(args) -> int:
+def run_profile(args) -> int:
     from parplan.cost import op_cost
     from parplan.cost.hardware import ClusterProfile, GPUProfile, available_profiles, load_gpu, load_profile_file, _resolve
     from parplan.cost.measure import DEFAULT_CACHE, cache_text, load_cache, measure_graph, require_cuda
@@ -127,7 +51,7 @@ def _profile_cmd(args) -> int:
     profile = load_profile_file(_resolve(args.hardware))
     gpu = profile.gpu(0) if isinstance(profile, ClusterProfile) else load_gpu(args.hardware)
     started = time.perf_counter()
-    traced, warns = _traced(args)
+    traced, warns = traced_model(args)
     analytic = {n.name: op_cost(n, gpu) for n in traced.nodes}
     result = {
         "model": args.model, "hardware": gpu.name, "batch": args.batch, "seq": args.seq,

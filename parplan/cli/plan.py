@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from parplan.cli_args import chart_format, format_columns
+from parplan.cli.args import chart_format, format_columns
 from parplan.compare import parse_memory_limit
 from parplan.errors import ParplanError
 from parplan.io import check_writable, write_outputs
@@ -99,7 +99,7 @@ def run_plan(args) -> int:
     if args.output:
         outputs[args.output] = plan.to_json()
     if args.gantt:
-        from parplan.gantt import render_gantt
+        from parplan.render.gantt import render_gantt
 
         rival = min(result.baselines, key=lambda e: (not e.fits, e.step_time_s), default=None)
         sims = [result.best.simulation] + ([rival.simulation] if rival is not None else [])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from parplan.errors import ParplanError
 
-__all__ = ["positive_int", "positive_float", "chart_format", "format_columns"]
+__all__ = ["positive_int", "positive_float", "chart_format", "format_columns", "model_args"]
 
 
 def positive_int(text: str) -> int:
@@ -45,3 +45,14 @@ def format_columns(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def model_args(p: argparse.ArgumentParser) -> None:
+    """The MODEL argument and the shape options `trace` and `profile` share."""
+    p.add_argument("model", help="zoo name with options (gpt:hidden=4096,heads=32,layers=1), "
+                                 "path/to/file.py:factory, or hf:llama")
+    p.add_argument("--batch", type=int, default=1, help="micro-batch size (default 1)")
+    p.add_argument("--seq", type=int, default=1024, help="sequence length (default 1024)")
+    p.add_argument("--leaf", action="append", default=[], metavar="MODULE.CLASS",
+                   help="keep this nn.Module class as one opaque operator (repeatable)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")

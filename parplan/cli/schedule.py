@@ -9,9 +9,9 @@ import sys
 from parplan.baselines import BASELINES
 from parplan.budget import effort_work
 from parplan.compare import ComparisonRow, compare, rank_share_costs
-from parplan.costs import parse_cost_spec
+from parplan.schedule.costs import parse_cost_spec
 from parplan.errors import ParplanError
-from parplan.cli_args import chart_format, format_columns, positive_float, positive_int
+from parplan.cli.args import chart_format, format_columns, positive_float, positive_int
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers"]
@@ -150,7 +150,7 @@ def run_compare(args) -> int:
     rows = _rows(args, names)
     outputs = {}
     if args.gantt:
-        from parplan.gantt import render_gantt
+        from parplan.render.gantt import render_gantt
 
         title = f"{args.ranks} ranks × {args.microbatches} micro-batches, cost {args.cost}"
         outputs[args.gantt] = render_gantt([r.simulation for r in rows], fmt=fmt, title=title)

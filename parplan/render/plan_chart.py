@@ -1,6 +1,6 @@
 """The Gantt chart of a plan: ranks × time with a transfer lane, and memory over time per rank.
 
-Top panel: each rank's compute row (kinds coloured as in `parplan.gantt`, micro-batch
+Top panel: each rank's compute row (kinds coloured as in `parplan.render.gantt`, micro-batch
 numbers on the boxes) with a thin lane under it for the transfers that rank sends.
 Bottom panel: each rank's activation memory over the step (held from an F's start to its
 W's end, or its B's end). With `measured`, a third panel draws the measured step on its
@@ -12,9 +12,9 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
-from parplan.chrome_trace import plan_transfers
+from parplan.render.chrome_trace import plan_transfers
 from parplan.errors import ParplanError
-from parplan.gantt import KIND_COLOURS
+from parplan.render.gantt import KIND_COLOURS
 from parplan.schedule.ir import Kind
 
 if TYPE_CHECKING:

@@ -1,0 +1,74 @@
+"""`parplan run PLAN --nproc N`: execute a plan under torchrun; predicted vs measured step time.
+
+A thin layer over parplan.runtime.launch. The plan is read and checked (format version,
+fields, model fingerprint) before anything else; a bad plan exits 2 before a process is
+launched or a file is written.
+"""
+
+from __future__ import annotations
+
+import json
+
+from parplan.cli.args import chart_format, positive_int
+from parplan.io import check_writable, write_outputs
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("run", help="execute a plan under torchrun and compare predicted with measured step time",
+                       description="Launch torchrun (gloo on CPU, NCCL with CUDA), run training steps of the "
+                                   "plan's schedule on the real model and print predicted vs measured step time.")
+    p.add_argument("plan")
+    p.add_argument("--nproc", type=positive_int, required=True, help="processes (= the plan's ranks)")
+    p.add_argument("--steps", type=positive_int, default=3, help="training steps (default 3; step 0 is warm-up)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default=None, help="run this model spec instead of the plan's (must match the plan)")
+    p.add_argument("--check", action="store_true",
+                   help="also run one step in one process and compare loss and every gradient")
+    p.add_argument("--trace", default=None, metavar="FILE", help="measured Chrome trace (same layout as show's)")
+    p.add_argument("--gantt", default=None, metavar="FILE", help="chart of the plan with the measured step under it")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds before the job counts as hung")
+    p.set_defaults(func=run_run)
+
+
+def run_run(args) -> int:
+    from parplan.plan import Plan
+    from parplan.render.chrome_trace import measured_trace
+    from parplan.render.plan_chart import render_plan_gantt
+    from parplan.runtime.chain import load_plan_model
+    from parplan.runtime.launch import check_runnable, compare_with_reference, launch, reference_step
+    from parplan.runtime.stages import check_model
+
+    fmt = chart_format(args.gantt)
+    check_writable(args.gantt, "--gantt")
+    check_writable(args.trace, "--trace")
+    plan = Plan.load(args.plan)
+    if args.model is not None:
+        zoo = load_plan_model(args.model, batch=plan.model.batch, seq=plan.model.seq)
+        check_model(zoo.model, plan)
+    check_runnable(plan, args.nproc)
+    (measured,) = launch([plan], nproc=args.nproc, steps=args.steps, seed=args.seed, timeout_s=args.timeout)
+    outputs: dict[str, str | bytes] = {}
+    if args.trace:
+        outputs[args.trace] = json.dumps(measured_trace(measured.timeline, schedule_name=plan.schedule.name,
+                                                        step_time=measured.step_time)) + "\n"
+    if args.gantt:
+        outputs[args.gantt] = render_plan_gantt(plan, fmt=fmt, measured=measured)
+    lines = [f"{plan.schedule.name}: {args.nproc} processes on {measured.device}, {args.steps} steps, "
+             f"step times {[round(t, 5) for t in measured.step_seconds]} s"]
+    if plan.time_unit == "s":
+        ratio = measured.step_time / plan.predicted.step_time if plan.predicted.step_time else float("inf")
+        lines.append(f"predicted step time {plan.predicted.step_time:.6g} s, measured {measured.step_time:.6g} s "
+                     f"(median of steps 1..), measured/predicted {ratio:.2f}")
+    else:
+        lines.append(f"predicted step time {plan.predicted.step_time:.6g} cost units (abstract costs: make the plan "
+                     f"with --costs measure for seconds), measured {measured.step_time:.6g} s")
+    lines.append(f"loss {measured.loss:.6f}")
+    if args.check:
+        diff = compare_with_reference(measured, reference_step(plan, seed=args.seed))
+        lines.append(f"single-process check: |loss diff| {diff['loss_diff']:.3g}, max |grad diff| "
+                     f"{diff['max_grad_diff']:.3g} ({diff['worst_parameter']}) over {diff['num_parameters']} parameters")
+    write_outputs(outputs)
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,86 @@
+"""`parplan trace MODEL`: trace a model into an operator DAG and summarise it (parplan.trace).
+
+Outputs are built in memory and files written last, so a failing command writes nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import warnings
+from pathlib import Path
+
+from parplan.cli.args import model_args
+from parplan.errors import ParplanError
+
+__all__ = ["add_parsers", "traced_model"]
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("trace", help="trace a model into an operator DAG and summarise it")
+    model_args(p)
+    p.add_argument("-o", "--output", type=Path, help="write the DAG (nodes, edges, summary) as JSON")
+    p.set_defaults(func=run_trace)
+
+
+def _leaf_classes(names: list[str]) -> tuple[type, ...]:
+    out = []
+    for name in names:
+        module, _, cls = name.rpartition(".")
+        try:
+            out.append(getattr(importlib.import_module(module), cls))
+        except (ImportError, AttributeError, ValueError):
+            raise ParplanError(f"--leaf {name!r} is not an importable class; write package.module.ClassName") from None
+    return tuple(out)
+
+
+def traced_model(args):
+    """The traced graph of `args.model` and the unknown-operator warnings tracing raised."""
+    from parplan.trace import UnknownOperatorWarning, trace
+    from parplan.zoo import load_model
+
+    if args.batch < 1 or args.seq < 1:
+        raise ParplanError(f"--batch {args.batch} / --seq {args.seq} must be >= 1")
+    zoo = load_model(args.model, batch=args.batch, seq=args.seq)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnknownOperatorWarning)
+        traced = trace(zoo.model, zoo.example_inputs, leaf_modules=_leaf_classes(args.leaf))
+    return traced, [str(w.message) for w in caught if issubclass(w.category, UnknownOperatorWarning)]
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def run_trace(args) -> int:
+    import sys
+
+    from parplan.trace.summary import graph_json, trace_summary
+
+    traced, warns = traced_model(args)
+    summary = trace_summary(traced)
+    payload = json.dumps(graph_json(traced)) if args.output else None
+    for w in warns:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        s = summary
+        print(f"captured with {s['capture']} in {s['capture_seconds']:.2f} s")
+        print(f"operators: {s['operators']} ({', '.join(f'{k} {v}' for k, v in s['operators_by_kind'].items())})")
+        print(f"parameters: {s['parameters']:,} ({_fmt_bytes(s['parameter_bytes'])})")
+        print(f"FLOPs: forward {s['forward_flops']:.4g}, backward-input (I) {s['backward_input_flops']:.4g}, "
+              f"backward-weight (W) {s['backward_weight_flops']:.4g}")
+        print(f"saved for backward: {_fmt_bytes(s['saved_activation_bytes'])}")
+        for b in s["repeated_blocks"]:
+            print(f"repeated block: {b['instances']} x {b['module_class']} (first {b['first']}, "
+                  f"{b['ops_per_instance']} ops, {b['forward_flops_per_instance']:.4g} forward FLOPs each)")
+        for note in s["notes"]:
+            print(f"note: {note}")
+    if args.output:
+        args.output.write_text(payload)
+    return 0
