@@ -19,6 +19,7 @@ from pathlib import Path
 
 from parplan.budget import effort_work
 from parplan.cost import load_cluster
+from parplan.plan import without_timing
 from parplan.planner import Degrees, PlannerConfig, plan_traced
 from parplan.planner.api import to_plan
 from parplan.trace import trace
@@ -44,15 +45,6 @@ CASES = [
 ]
 
 
-def _timeless(data):
-    """plan.json without its wall-clock fields."""
-    if isinstance(data, dict):
-        return {k: _timeless(v) for k, v in data.items() if k not in ("seconds", "solve_seconds")}
-    if isinstance(data, list):
-        return [_timeless(v) for v in data]
-    return data
-
-
 def run_case(name, spec, seq, cluster_name, microbatches, degrees, families, work, json_dir=None):
     started = time.perf_counter()
     zoo = load_model(spec, batch=1, seq=seq)
@@ -65,7 +57,7 @@ def run_case(name, spec, seq, cluster_name, microbatches, degrees, families, wor
     if json_dir is not None:
         plan = to_plan(result, zoo.model, zoo.example_inputs, cluster, config, spec)
         out = Path(json_dir) / (name.replace(" ", "_") + ".json")
-        out.write_text(json.dumps(_timeless(plan.to_dict()), indent=1, sort_keys=True))
+        out.write_text(json.dumps(without_timing(plan.to_dict()), indent=1, sort_keys=True))
     best = result.best
     rivals = [e for e in result.baselines if e.fits]
     rival = min(rivals, key=lambda e: e.step_time_s)

@@ -25,6 +25,8 @@ from parplan.schedule.ir import Action, Schedule
 
 __all__ = [
     "PLAN_FORMAT_VERSION",
+    "TIMING_FIELDS",
+    "without_timing",
     "ModelSummary",
     "ClusterSummary",
     "StagePlan",
@@ -39,6 +41,20 @@ PLAN_FORMAT_VERSION = 1
 Mode = Literal["train", "inference"]
 TimeUnit = Literal["s", "unit"]
 MemoryUnit = Literal["bytes", "unit"]
+
+
+# plan.json's wall-clock fields: the only ones that may differ between two runs of the
+# same input (the search is bounded by work, parplan.budget).
+TIMING_FIELDS = ("seconds", "solve_seconds")
+
+
+def without_timing(data):
+    """`Plan.to_dict()` (or any part of it) without its wall-clock fields."""
+    if isinstance(data, dict):
+        return {k: without_timing(v) for k, v in data.items() if k not in TIMING_FIELDS}
+    if isinstance(data, list):
+        return [without_timing(v) for v in data]
+    return data
 
 
 def model_fingerprint(model) -> str:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from parplan.cost import load_cluster
 from parplan.cost.hardware import _resolve
 from parplan.errors import ParplanError
-from parplan.plan import Plan
+from parplan.plan import Plan, without_timing
 from parplan.planner import PlannerConfig
 from parplan.planner.api import parse_degrees, to_plan
 from parplan.planner.bilevel import plan_traced
@@ -91,16 +91,7 @@ def test_the_two_gpu_gpt_that_had_an_empty_stage_plans(cluster_dir):
     assert result.best.placed.degrees == Degrees(pp=2, dp=1, tp=1)
 
 
-def _timeless(data):
-    """plan.json without its wall-clock fields."""
-    if isinstance(data, dict):
-        return {k: _timeless(v) for k, v in data.items() if k not in ("seconds", "solve_seconds")}
-    if isinstance(data, list):
-        return [_timeless(v) for v in data]
-    return data
-
-
 def test_same_input_same_plan(cluster_dir):
     """Two runs of the planner, MIP included, give the same plan.json but for its timing fields."""
     first, second = (_plan("llama", 4, False, 4, 8, FAMILY_SETS[-1], 4, cluster_dir)[1] for _ in range(2))
-    assert _timeless(first.to_dict()) == _timeless(second.to_dict())
+    assert without_timing(first.to_dict()) == without_timing(second.to_dict())
