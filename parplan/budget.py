@@ -32,16 +32,20 @@ EFFORT_LEVELS: dict[str, float] = {"quick": 2.0, "normal": 8.0, "thorough": 32.0
 def effort_work(effort: str | float) -> float:
     """The work budget an `--effort` value names: a level, or a positive number of
     deterministic seconds."""
-    if isinstance(effort, str):
-        if effort in EFFORT_LEVELS:
-            return EFFORT_LEVELS[effort]
-        try:
-            effort = float(effort)
-        except ValueError:
-            raise ParplanError(
-                f"--effort {effort!r} is unknown; use one of {', '.join(EFFORT_LEVELS)} or a positive number "
-                f"of CP-SAT deterministic seconds (normal = {EFFORT_LEVELS['normal']:g})") from None
-    return check_work(effort, "--effort")
+    if not isinstance(effort, str):
+        return check_work(effort, "--effort")
+    if effort in EFFORT_LEVELS:
+        return EFFORT_LEVELS[effort]
+    try:
+        value = float(effort)
+    except ValueError:
+        raise ParplanError(
+            f"--effort {effort!r} is unknown; use one of {', '.join(EFFORT_LEVELS)} or a positive number "
+            f"of CP-SAT deterministic seconds (normal = {EFFORT_LEVELS['normal']:g})") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ParplanError(f"--effort {effort} is invalid: the work budget must be a positive number of "
+                           f"deterministic seconds (e.g. {EFFORT_LEVELS['normal']:g}), or quick, normal, thorough")
+    return value
 
 
 def check_work(work: float, flag: str = "work") -> float:

@@ -70,7 +70,30 @@ BAD_INPUT = [
     (["compare", "-n", "4", "-m", "8", "--schedules", "1f1b,bogus"], "unknown schedule 'bogus'"),
     (["compare", "-n", "4", "-m", "8", "--memory-limit", "lots"], "--memory-limit 'lots' is invalid"),
     (["schedule", "zb-v", "-n", "4", "-m", "8", "--chunks", "3"], "--chunks 3 does not apply"),
+    (["schedule", "mip", "-n", "4", "-m", "8", "--effort", "0"], "--effort 0 is invalid"),
+    (["compare", "-n", "4", "-m", "8", "--schedules", "mip", "--effort", "-3"], "--effort -3 is invalid"),
+    (["schedule", "mip", "-n", "4", "-m", "8", "--effort", "hard"], "--effort 'hard' is unknown"),
 ]
+
+# The planner checks its budget and degrees before it traces the model.
+PLAN_BAD_INPUT = [
+    (["--effort", "0"], "--effort 0 is invalid"),
+    (["--effort", "-1"], "--effort -1 is invalid"),
+    (["--effort", "extreme"], "--effort 'extreme' is unknown; use one of quick, normal, thorough"),
+    (["--time-limit", "0"], "--time-limit 0 is invalid"),
+    (["--time-limit", "-5"], "--time-limit -5 is invalid"),
+    (["--pp", "0"], "--pp 0 is invalid"),
+    (["--pp=-2"], "--pp -2 is invalid"),
+    (["--tp", "16"], "--tp 16 is larger than the 8 GPUs"),
+]
+
+
+@pytest.mark.parametrize("argv,message", PLAN_BAD_INPUT)
+def test_plan_bad_budget_or_degree_exits_2_and_writes_nothing(capsys, tmp_path, argv, message):
+    target = tmp_path / "plan.json"
+    code, out, err = run(capsys, "plan", "gpt:layers=2,hidden=64,heads=2,vocab=128", *argv, "-o", str(target))
+    assert code == 2 and message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("argv,message", BAD_INPUT)
