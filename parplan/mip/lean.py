@@ -82,17 +82,6 @@ def pull_frees_forward(schedule: Schedule, costs: PipelineCosts, *, makespan: fl
         return (action.kind is Kind.W
                 or (action.kind is Kind.B and (action.stage, action.microbatch) not in split))
 
-    def first_peak(order: tuple[Action, ...]) -> int:
-        """Index of the action at whose start the rank's level first reaches its peak."""
-        level, levels = 0.0, []
-        for action in order:
-            atoms = action.atoms
-            level += sum(staged.activation[a.stage] for a in atoms if a.kind is Kind.F)
-            levels.append(level)
-            level -= sum(staged.activation[a.stage] for a in atoms if frees(a))
-        top = max(levels)
-        return next(k for k, v in enumerate(levels) if v >= top - tolerance)
-
     trials = 0
 
     def out_of_work() -> bool:
@@ -101,7 +90,7 @@ def pull_frees_forward(schedule: Schedule, costs: PipelineCosts, *, makespan: fl
     def improving_move(rank: int) -> tuple[Schedule, SimResult] | None:
         nonlocal trials
         order = schedule.orders[rank]
-        p = first_peak(order)
+        p = _first_peak(order, staged.activation, frees, tolerance)
         backward_done = {(a.stage, a.microbatch) for x in order[:p] for a in x.atoms if a.kind is Kind.I}
         for q in range(p + 1, len(order)):
             if out_of_work():
@@ -141,3 +130,15 @@ def pull_frees_forward(schedule: Schedule, costs: PipelineCosts, *, makespan: fl
     if max(sim.peak_activation_per_rank) < start_peak - tolerance:
         return schedule, sim
     return None
+
+
+def _first_peak(order: tuple[Action, ...], activation, frees, tolerance: float) -> int:
+    """Index of the action at whose start the rank's activation level first reaches its peak."""
+    level, levels = 0.0, []
+    for action in order:
+        atoms = action.atoms
+        level += sum(activation[a.stage] for a in atoms if a.kind is Kind.F)
+        levels.append(level)
+        level -= sum(activation[a.stage] for a in atoms if frees(a))
+    top = max(levels)
+    return next(k for k, v in enumerate(levels) if v >= top - tolerance)
