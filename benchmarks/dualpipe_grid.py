@@ -63,7 +63,8 @@ def run_instance(num_ranks: int, num_microbatches: int, kind: str, *, work: floa
     fits = {n: r for n, r in base.items() if max(r.peak_activation_per_rank) <= cap + 1e-9}
     best_name = min(fits, key=lambda n: fits[n].makespan)
     started = time.perf_counter()
-    result = solve_schedule(num_ranks=num_ranks, num_microbatches=num_microbatches, rank_costs=lambda s: costs_for(kind, num_ranks, s), options=MipOptions(placement=placement, memory_cap=cap, work=work, time_limit=time_limit,
+    result = solve_schedule(num_ranks=num_ranks, num_microbatches=num_microbatches, rank_costs=lambda s: costs_for(kind, num_ranks, s),
+                            options=MipOptions(placement=placement, memory_cap=cap, work=work, time_limit=time_limit,
                                                workers=2, cells=cells))
     wall = time.perf_counter() - started
     dp = base["dualpipe"].max_bubble

@@ -32,7 +32,8 @@ def prove(num_ranks: int, num_microbatches: int, kind: str, placement: str, targ
     cap = max(baselines(num_ranks, num_microbatches, kind)["dualpipe"].peak_activation_per_rank)
     costs = costs_for(kind, num_ranks, num_model_stages(placement, num_ranks))
     if target is None:
-        target = solve_schedule(num_ranks=num_ranks, num_microbatches=num_microbatches, costs=costs, options=MipOptions(placement=placement, memory_cap=cap, work=12)).objective
+        target = solve_schedule(num_ranks=num_ranks, num_microbatches=num_microbatches, costs=costs,
+                                options=MipOptions(placement=placement, memory_cap=cap, work=12)).objective
     prep = _prepare(placement=placement, num_ranks=num_ranks, num_microbatches=num_microbatches, costs=costs,
                     memory_cap=cap, param_cap=None, objective="makespan", link_contention=False)
     scale = prep.problem.time_scale

@@ -66,7 +66,8 @@ def test_mip_schedule_passes_pytorch():
 
     costs = PipelineCosts.uniform(6, f=1, i=1.5, w=0.5, c=0.25)
     for placement in ("v", "loop"):
-        result = solve_schedule(num_ranks=3, num_microbatches=6, costs=costs, options=MipOptions(placement=placement, work=1))
+        result = solve_schedule(num_ranks=3, num_microbatches=6, costs=costs,
+                                options=MipOptions(placement=placement, work=1))
         _check(result.schedule)
 
 

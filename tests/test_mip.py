@@ -60,7 +60,8 @@ def test_dualpipe_8x20_unit_costs_optimal_at_half_the_bubble():
     cap = dualpipe_cap(8, 20, costs)
     assert cap == 9
     dualpipe = simulate(build_baseline("dualpipe", 8, 20), costs)
-    result = solve_schedule(num_ranks=8, num_microbatches=20, costs=costs, options=MipOptions(placement="dualpipe", memory_cap=cap, work=6, workers=2))
+    result = solve_schedule(num_ranks=8, num_microbatches=20, costs=costs,
+                            options=MipOptions(placement="dualpipe", memory_cap=cap, work=6, workers=2))
     check(result, costs, cap)
     assert result.status == "OPTIMAL" and result.gap == 0
     assert result.simulation.max_bubble <= 0.5 * dualpipe.max_bubble + 1e-9  # 3 vs 6
@@ -85,7 +86,8 @@ def test_unequal_costs_and_transfers_simulated_equals_solver(placement, num_rank
     costs = uneven(stages)
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs)
     cap = problem.smallest_feasible_cap() + 2.0
-    result = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, options=MipOptions(placement=placement, memory_cap=cap, work=6))
+    result = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs,
+                            options=MipOptions(placement=placement, memory_cap=cap, work=6))
     check(result, costs, cap)
     assert result.status == "OPTIMAL"
     assert result.objective == pytest.approx(result.bound)  # the solver's optimum is the simulated makespan
@@ -94,7 +96,8 @@ def test_unequal_costs_and_transfers_simulated_equals_solver(placement, num_rank
 
 def test_tight_memory_cap_is_respected_and_warm_start_never_beaten_by_worse():
     costs = PipelineCosts.uniform(4, f=1, i=1.2, w=0.8)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(placement="dualpipe", memory_cap=2, work=4))
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs,
+                            options=MipOptions(placement="dualpipe", memory_cap=2, work=4))
     check(result, costs, 2)
     assert max(result.simulation.peak_activation_per_rank) <= 2
     serial = simulate(mip_api.serial_schedule(build_problem(
@@ -107,7 +110,8 @@ def test_f_and_b_cells_when_they_are_shorter():
     costs = PipelineCosts.uniform(4, f=1, i=1, w=1, c=0.2, fb=2.4)
     cap = dualpipe_cap(4, 8, costs)
     dualpipe = simulate(build_baseline("dualpipe", 4, 8), costs)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(placement="dualpipe", memory_cap=cap, work=3))
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs,
+                            options=MipOptions(placement="dualpipe", memory_cap=cap, work=3))
     check(result, costs, cap)
     assert result.objective <= dualpipe.makespan + 1e-9
     assert any(a.kind is Kind.OVERLAP_F_B for o in result.schedule.orders for a in o)
@@ -196,8 +200,10 @@ def test_cpsat_highs_and_brute_force_agree_on_tiny_instances(placement, num_rank
     costs = uneven(stages)
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, memory_cap=cap)
     brute, _ = brute_force(problem)
-    cp = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, options=MipOptions(placement=placement, memory_cap=cap, work=4))
-    hi = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, options=MipOptions(placement=placement, memory_cap=cap, work=4, solver="highs"))
+    cp = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs,
+                        options=MipOptions(placement=placement, memory_cap=cap, work=4))
+    hi = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs,
+                        options=MipOptions(placement=placement, memory_cap=cap, work=4, solver="highs"))
     for result in (cp, hi):
         check(result, costs, cap)
         assert result.status == "OPTIMAL"
@@ -219,7 +225,8 @@ def test_cpsat_and_highs_agree_on_about_thirty_tasks(placement, num_ranks, num_m
 # ---- API behaviour ------------------------------------------------------------------------------
 def test_same_seed_and_workers_give_the_same_schedule():
     costs = PipelineCosts.uniform(8, f=1, i=1.2, w=0.8).scaled(0.5)
-    runs = [solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(placement="v", work=6, seed=3))
+    runs = [solve_schedule(num_ranks=4, num_microbatches=8, costs=costs,
+                           options=MipOptions(placement="v", work=6, seed=3))
             for _ in range(2)]
     assert runs[0].schedule.to_text() == runs[1].schedule.to_text()
 
@@ -239,14 +246,17 @@ def test_both_portfolios_are_deterministic_and_agree_on_the_optimum(portfolio, w
 
 def test_cap_below_one_microbatch_fails_at_once_with_the_smallest_feasible_cap():
     with pytest.raises(ParplanError, match="smallest feasible cap is 1"):
-        solve_schedule(num_ranks=4, num_microbatches=8, costs=PipelineCosts.uniform(8).scaled(0.5), options=MipOptions(placement="v", memory_cap=0.9))
+        solve_schedule(num_ranks=4, num_microbatches=8, costs=PipelineCosts.uniform(8).scaled(0.5),
+                       options=MipOptions(placement="v", memory_cap=0.9))
     with pytest.raises(ParplanError, match="smallest feasible cap is 2"):
-        solve_schedule(num_ranks=2, num_microbatches=4, costs=uneven(2), options=MipOptions(placement="dualpipe", memory_cap=1.5))
+        solve_schedule(num_ranks=2, num_microbatches=4, costs=uneven(2),
+                       options=MipOptions(placement="dualpipe", memory_cap=1.5))
 
 
 def test_param_cap_too_small_is_an_error():
     with pytest.raises(ParplanError, match="parameter cap"):
-        solve_schedule(num_ranks=4, num_microbatches=8, costs=PipelineCosts.uniform(4), options=MipOptions(param_cap=1.5))
+        solve_schedule(num_ranks=4, num_microbatches=8, costs=PipelineCosts.uniform(4),
+                       options=MipOptions(param_cap=1.5))
 
 
 def test_time_limit_without_a_solution_returns_the_warm_start(monkeypatch):
@@ -256,7 +266,8 @@ def test_time_limit_without_a_solution_returns_the_warm_start(monkeypatch):
     monkeypatch.setattr(mip_api, "solve_cpsat", nothing)
     # Capped: uncapped, the greedy warm start meets the lower bound and no search runs.
     costs = PipelineCosts.uniform(4, f=1, i=1.2, w=0.8)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(memory_cap=5, work=0.2, lns=False))
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs,
+                            options=MipOptions(memory_cap=5, work=0.2, lns=False))
     assert result.status == "WARM_START_ONLY"
     assert any("without a solution; returning the warm start" in n for n in result.notes)
     check(result, costs, 5)
@@ -265,10 +276,12 @@ def test_time_limit_without_a_solution_returns_the_warm_start(monkeypatch):
 def test_progress_events_and_model_dumps(tmp_path):
     events: list[ProgressEvent] = []
     costs = PipelineCosts.uniform(4, f=1, i=1.2, w=0.8)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, progress=events.append, options=MipOptions(work=4, dump_model=str(tmp_path / "model.pbtxt")))
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, progress=events.append,
+                            options=MipOptions(work=4, dump_model=str(tmp_path / "model.pbtxt")))
     assert (tmp_path / "model.pbtxt").stat().st_size > 0
     assert events and events[-1].incumbent == pytest.approx(result.objective)
-    solve_schedule(num_ranks=2, num_microbatches=2, costs=uneven(2), options=MipOptions(solver="highs", work=2, dump_model=str(tmp_path / "model.lp")))
+    solve_schedule(num_ranks=2, num_microbatches=2, costs=uneven(2),
+                   options=MipOptions(solver="highs", work=2, dump_model=str(tmp_path / "model.lp")))
     assert "cmax" in (tmp_path / "model.lp").read_text()
 
 
@@ -276,7 +289,8 @@ def test_placement_auto_tries_each_and_keeps_the_best():
     def rank_costs(num_stages: int) -> PipelineCosts:
         return PipelineCosts.uniform(num_stages, f=1, i=1.2, w=0.8).scaled(4 / num_stages)
 
-    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs, options=MipOptions(placement="auto", work=6))
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=rank_costs,
+                            options=MipOptions(placement="auto", work=6))
     assert result.placement in ("dualpipe", "v", "loop")
     assert any("placement auto tried" in n for n in result.notes)
     check(result, rank_costs(num_model_stages(result.placement, 4)), None)
@@ -299,7 +313,8 @@ def test_auto_is_optimal_only_when_no_placement_can_do_better(monkeypatch, other
     monkeypatch.setattr(mip_api, "_search", search)
     # No cap: under one the static bounds of v and loop (24.5, 24.7) exceed what dualpipe's
     # round 1 often reaches (24.2), and whether they are searched at all became timing.
-    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs, options=MipOptions(placement="auto", work=1.2))
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs,
+                            options=MipOptions(placement="auto", work=1.2))
     assert result.placement == "dualpipe" and result.status == status
     assert result.bound == (0.0 if other_bound == 0.0 else result.objective)
 
@@ -319,7 +334,8 @@ def test_auto_skips_a_placement_the_round_1_best_already_beats(monkeypatch):
         return result
 
     monkeypatch.setattr(mip_api, "_search", search)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs, options=MipOptions(placement="auto", memory_cap=5, work=0.8))
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs,
+                            options=MipOptions(placement="auto", memory_cap=5, work=0.8))
     assert set(searched) == {"dualpipe"}
     notes = " ".join(result.notes)
     assert "placement chain skipped: its lower bound 25.4 is no better than the best warm start 25.4" in notes
@@ -329,7 +345,8 @@ def test_auto_skips_a_placement_the_round_1_best_already_beats(monkeypatch):
 
 def test_throughput_objective_minimises_the_longest_rank_span():
     costs = PipelineCosts.uniform(4, f=1, i=1.2, w=0.8)
-    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(objective="throughput", work=4))
+    result = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs,
+                            options=MipOptions(objective="throughput", work=4))
     spans = [row[-1].end - row[0].start for row in result.simulation.timeline]
     assert result.objective == pytest.approx(max(spans))
 
@@ -350,7 +367,8 @@ def test_grid_4x8_cell_row_is_proven_within_its_minute():
     """The grid's 4 × 8 row with F&B cells (C=0.2, FB=0.8·(F+B)) under DualPipe's cap: 24.2,
     certified over every placement inside the 60 s call (34.5 s on the 2-core box)."""
     cap = dualpipe_cap(4, 8, cell_rank_costs(4))
-    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs, options=MipOptions(memory_cap=cap, work=12))
+    result = solve_schedule(num_ranks=4, num_microbatches=8, rank_costs=cell_rank_costs,
+                            options=MipOptions(memory_cap=cap, work=12))
     check(result, cell_rank_costs(num_model_stages(result.placement, 4)), cap)
     assert result.status == "OPTIMAL" and result.bound == pytest.approx(result.objective)
     assert result.objective == pytest.approx(24.2)

@@ -59,7 +59,8 @@ def fitting_baselines(names, num_ranks, num_mb, costs, cap):
 def test_chain_placement_never_worse_than_its_warm_starts():
     costs = uneven(4)
     cap = max(simulate(build_baseline("1f1b", 4, 6), costs).peak_activation_per_rank)  # GPipe and ZB-H2 need more
-    result = solve_schedule(num_ranks=4, num_microbatches=6, costs=costs, options=MipOptions(placement="chain", memory_cap=cap, work=3))
+    result = solve_schedule(num_ranks=4, num_microbatches=6, costs=costs,
+                            options=MipOptions(placement="chain", memory_cap=cap, work=3))
     check(result, costs, cap)
     assert result.placement == "chain" and result.schedule.stage_to_rank == (0, 1, 2, 3)
     warm = fitting_baselines(WARM_STARTS["chain"], 4, 6, costs, cap)
@@ -73,7 +74,8 @@ def test_chain_placement_agrees_with_brute_force():
     costs = uneven(2)
     problem = build_problem(placement="chain", num_ranks=2, num_microbatches=2, costs=costs, memory_cap=2.0)
     brute, _ = brute_force(problem)
-    result = solve_schedule(num_ranks=2, num_microbatches=2, costs=costs, options=MipOptions(placement="chain", memory_cap=2.0, work=2))
+    result = solve_schedule(num_ranks=2, num_microbatches=2, costs=costs,
+                            options=MipOptions(placement="chain", memory_cap=2.0, work=2))
     check(result, costs, 2.0)
     assert result.status == "OPTIMAL" and result.objective == pytest.approx(brute)
 
@@ -336,7 +338,8 @@ def test_memory_pass_keeps_the_makespan_and_lowers_the_peak(placement, costs_kin
     4×8 instances whose makespan-optimal schedules hold more than they need."""
     stages = num_model_stages(placement, 4)
     costs = uneven(stages) if costs_kind == "uneven" else PipelineCosts.uniform(stages, f=1, i=1.2, w=0.8, c=0.1)
-    plain = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(placement=placement, memory_cap=cap, work=4))
+    plain = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs,
+                           options=MipOptions(placement=placement, memory_cap=cap, work=4))
     lean = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs,
                           options=MipOptions(placement=placement, memory_cap=cap, work=4, minimise_memory=True))
     assert lean.work <= 4
@@ -350,10 +353,12 @@ def test_memory_pass_optimum_is_the_least_memory_at_that_makespan():
     """chain 4×8, uneven costs: the pass proves peak 8 at makespan 36.5 (plain: 16). Checked
     with the makespan model: under a cap just below 8 the best makespan is longer."""
     costs = uneven(4)
-    lean = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(placement="chain", work=4, minimise_memory=True))
+    lean = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs,
+                          options=MipOptions(placement="chain", work=4, minimise_memory=True))
     peak = max(lean.simulation.peak_activation_per_rank)
     assert "memory pass (OPTIMAL" in lean.notes[-1]
-    tighter = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs, options=MipOptions(placement="chain", work=4, memory_cap=peak - 0.5))  # activations are multiples of 0.5
+    tighter = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs,
+                             options=MipOptions(placement="chain", work=4, memory_cap=peak - 0.5))  # activations are multiples of 0.5
     assert tighter.status == "OPTIMAL" and tighter.objective > lean.objective + 1e-9
 
 
@@ -363,7 +368,8 @@ def test_memory_pass_matches_brute_force_least_memory_optimum(placement, num_ran
     problem = build_problem(placement=placement, num_ranks=num_ranks, num_microbatches=num_mb, costs=costs)
     makespan, schedule = brute_force(problem, least_memory=True)
     least = max(validate(schedule, costs).peak_activation_per_rank)
-    lean = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs, options=MipOptions(placement=placement, work=4, minimise_memory=True))
+    lean = solve_schedule(num_ranks=num_ranks, num_microbatches=num_mb, costs=costs,
+                          options=MipOptions(placement=placement, work=4, minimise_memory=True))
     assert lean.objective == pytest.approx(makespan)
     assert max(lean.simulation.peak_activation_per_rank) == pytest.approx(least)
 
@@ -382,7 +388,8 @@ def test_memory_pass_list_schedules_work_without_cp_sat(monkeypatch):
     monkeypatch.setattr(mip_api, "solve_cpsat", no_memory_search)
     costs = uneven(4)
     plain = solve_schedule(num_ranks=4, num_microbatches=16, costs=costs, options=MipOptions(placement="chain", work=1))
-    lean = solve_schedule(num_ranks=4, num_microbatches=16, costs=costs, options=MipOptions(placement="chain", work=1, minimise_memory=True))
+    lean = solve_schedule(num_ranks=4, num_microbatches=16, costs=costs,
+                          options=MipOptions(placement="chain", work=1, minimise_memory=True))
     check(lean, costs, None)
     assert lean.objective == pytest.approx(plain.objective)
     assert max(plain.simulation.peak_activation_per_rank) == 32

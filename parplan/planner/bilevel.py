@@ -144,13 +144,14 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
     reports: dict = {"upper": upper_reports, "lower": None, "screened": screened.screened,
                      "pruned": screened.pruned, "degrees_skipped": screened.skipped,
                      "degrees_considered": screened.considered}
-    lower_work = config.work * (1 - _MEMORY_SHARE) - sum(r.get("work", 0.0) for r in upper_reports)
-    mips = _lower_all(run, refined, screened.ours, work=max(0.05, lower_work)) if (
+    upper_work = sum(r["work"] for r in upper_reports)
+    lower_work = max(0.05, config.work * (1 - _MEMORY_SHARE) - upper_work)
+    mips = _lower_all(run, refined, screened.ours, work=lower_work) if (
         config.use_mip and config.mode == "train" and refined) else []
     if mips:
         reports["lower_all"] = [m.mip.as_dict() for m in mips]
         reports["lower"] = min(mips, key=run.key).mip.as_dict()
-    spent = sum(r.get("work", 0.0) for r in upper_reports) + sum(m.mip.work for m in mips)
+    spent = upper_work + sum(m.mip.work for m in mips)
     best = _choose(run, refined + mips, screened, work=config.work - spent)  # the memory pass: what is left
     if stop.cut:
         run.notes.append(stop.note)
