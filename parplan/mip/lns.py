@@ -91,7 +91,8 @@ def improve(
         if deadline is not None and time.perf_counter() >= deadline:
             stopped = True
             break
-        sub, var = _window_model(problem, model, v, best, _window(tasks, best, side, offset[side], target), options)
+        free = _window(tasks, best, side, offset[side], target)
+        sub, var = _window_model(problem, model, v, best, free, options)
         # ---- solve: one window, a slice of the work ---------------------------------------------
         steps += 1
         solver = cp_model.CpSolver()
@@ -117,6 +118,8 @@ def improve(
                 if progress is not None:
                     progress(ProgressEvent(value / problem.time_scale, None, None, time.perf_counter() - started))
         # ---- next window: stay while it pays, else move inwards / grow / shrink ---------------------
+        if code == cp_model.OPTIMAL and not better and len(free) == len(tasks):
+            break  # the window was the whole model: the incumbent is optimal
         if code == cp_model.OPTIMAL and not better:
             # this window is exhausted: move it inwards; past the middle, restart larger
             offset[side] += max(1, target // 2)

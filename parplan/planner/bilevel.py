@@ -12,8 +12,8 @@
 4. Keep the best plan that fits memory — the baselines are candidates too, so the result is
    never worse than the best of them.
 
-Every phase is bounded by work (`PlannerConfig.work`, CP-SAT deterministic seconds shared
-out by fixed fractions; trial and candidate counts for the heuristics), so the same input
+Every phase is bounded by work (`PlannerConfig.work`, CP-SAT deterministic seconds, each
+phase a fixed multiple of it; trial and candidate counts for the heuristics), so the same input
 gives the same plan on any machine; `time_limit` is a wall-clock safety stop, and the
 notes say which phases it cut when it fires.
 """
@@ -38,14 +38,18 @@ from parplan.trace.graph import TracedGraph
 
 __all__ = ["PlannerConfig", "PlanResult", "plan_traced"]
 
-# Shares of the work: the upper-level MIP gets _UPPER_SHARE of it for each of the
-# _REFINED_TAGS most promising (family, degrees), the memory pass keeps _MEMORY_SHARE, the
-# lower-level MIPs share the rest.
-_UPPER_SHARE = 1 / 24
-_MEMORY_SHARE = 0.2
+# Each phase's budget is a fixed multiple of the work (CP-SAT deterministic seconds): the
+# lower-level MIPs share `work` by family; the upper-level MIP gets _UPPER_WORK × work for
+# each of the _REFINED_TAGS most promising (family, degrees); the memory pass gets
+# _MEMORY_WORK × work; boundary moves try _BOUNDARY_TRIALS_PER_WORK × work (+ 20)
+# placements. The ratios keep what each phase did under the 60 s wall-clock budget these
+# replaced (the upper MIP had 5 deterministic seconds, the boundary moves 4 trials per second).
+_UPPER_WORK = 0.6
+_MEMORY_WORK = 0.25
+_BOUNDARY_TRIALS_PER_WORK = 30
 _REFINED_TAGS = 2
-_MAX_DEGREES = 16  # degree candidates screened, most promising first
-_BOUNDARY_TRIALS = 60  # boundary moves tried per refined placement
+_MAX_DEGREES = 16  # degree candidates screened, most promising first ...
+_SCREENS_PER_WORK = 150  # ... while fewer than this × work schedules were screened (once one fits)
 _SCREEN_SLACK = 1.1  # not simulated: candidates whose busiest rank alone is 10 % above the best
 
 
@@ -144,15 +148,12 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
     reports: dict = {"upper": upper_reports, "lower": None, "screened": screened.screened,
                      "pruned": screened.pruned, "degrees_skipped": screened.skipped,
                      "degrees_considered": screened.considered}
-    upper_work = sum(r["work"] for r in upper_reports)
-    lower_work = max(0.05, config.work * (1 - _MEMORY_SHARE) - upper_work)
-    mips = _lower_all(run, refined, screened.ours, work=lower_work) if (
+    mips = _lower_all(run, refined, screened.ours, work=config.work) if (
         config.use_mip and config.mode == "train" and refined) else []
     if mips:
         reports["lower_all"] = [m.mip.as_dict() for m in mips]
         reports["lower"] = min(mips, key=run.key).mip.as_dict()
-    spent = upper_work + sum(m.mip.work for m in mips)
-    best = _choose(run, refined + mips, screened, work=config.work - spent)  # the memory pass: what is left
+    best = _choose(run, refined + mips, screened, work=_MEMORY_WORK * config.work)
     if stop.cut:
         run.notes.append(stop.note)
     reports["stopped_early"] = list(stop.cut)
@@ -162,8 +163,9 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
 
 
 def _screen(run: _Search) -> _Screened:
-    """Step 1: every degree candidate (the _MAX_DEGREES most promising) × family: the
-    baselines on layer splits, parplan on operator splits. A schedule cannot beat its
+    """Step 1: degree candidates, most promising first (at most _MAX_DEGREES of them, and no
+    new one once a plan fits and _SCREENS_PER_WORK × work schedules were screened) × family:
+    the baselines on layer splits, parplan on operator splits. A schedule cannot beat its
     busiest rank's work, so candidates whose bound is already 10 % above the best
     simulated step of their kind are not simulated."""
     config, cluster = run.config, run.cluster
@@ -181,7 +183,11 @@ def _screen(run: _Search) -> _Screened:
     run.say(f"traced {len(run.traced.nodes)} operators → {len(run.layers)} layer units, {len(run.ops)} operator "
             f"units; {len(degree_list)} degree candidates")
     best_ours = float("inf")
+    max_screens = _SCREENS_PER_WORK * config.work
     for degrees in degree_list[:_MAX_DEGREES]:
+        if best_ours < float("inf") and out.screened + out.pruned >= max_screens:
+            out.skipped.append(str(degrees))  # the rest of the work goes to refining what was found
+            continue
         if run.stop.expired():
             run.stop.fired("screening")
             out.skipped.append(str(degrees))
@@ -194,8 +200,8 @@ def _screen(run: _Search) -> _Screened:
         raise ParplanError("no placement fits the model on this cluster; use more GPUs or fewer stages")
     if out.skipped:
         run.notes.append(f"{len(out.skipped)} degree candidates not screened ({', '.join(out.skipped[:4])}"
-                         f"{', …' if len(out.skipped) > 4 else ''}): the {_MAX_DEGREES} most promising were; "
-                         f"fix --pp/--tp to plan one of the others")
+                         f"{', …' if len(out.skipped) > 4 else ''}): the most promising used the screening's "
+                         f"share of the work; raise --effort, or fix --pp/--tp to plan one of the others")
     run.say(f"screened {out.screened} (placement, schedule) pairs, pruned {out.pruned} by their bound, "
             f"in {time.perf_counter() - run.stop.started:.1f}s")
     return out
@@ -286,7 +292,8 @@ def _lower_all(run: _Search, refined: list[Evaluated], ours: list[tuple[Evaluate
     """Step 3: the lower-level MIP on the best placement of each family. The MIP changes
     the ranking: DualPipe's placement with its cells split halves its bubble, a V under
     ZB-V's order may stall. So every family's best placement gets a share of the work;
-    families the MIP settles early (proven optimal) hand the rest of theirs on."""
+    families the MIP settles early (proven optimal) hand the rest of theirs on, up to
+    twice an equal share."""
     per_family: dict[str, Evaluated] = {}
     for e in refined + [e for e, _ in ours]:
         name = e.placed.family.name
@@ -294,8 +301,11 @@ def _lower_all(run: _Search, refined: list[Evaluated], ours: list[tuple[Evaluate
             per_family[name] = e
     starts = sorted(per_family.values(), key=run.key)
     out = []
+    equal = work / max(1, len(starts))
     for k, first in enumerate(starts):
-        share = work / (len(starts) - k)
+        # what families settled early hand on, up to twice an equal share (a large model's
+        # last family would otherwise take all of it, at many seconds per deterministic one)
+        share = min(work / (len(starts) - k), 2 * equal)
         mip = _lower_mip(first, run, share)
         if mip is None:
             continue
@@ -402,7 +412,7 @@ def _refine(result: Evaluated, coster: Coster, run: _Search) -> tuple[Evaluated 
                                    config.memory, degrees.dp)
     split, report = place_units(
         num_units=len(graph.units), edges=list(graph.edges), family=family, num_ranks=degrees.pp, cost=cost,
-        static=static, static_cap=run.cap, hint=list(placed.stage_of_unit), work=_UPPER_SHARE * config.work,
+        static=static, static_cap=run.cap, hint=list(placed.stage_of_unit), work=_UPPER_WORK * config.work,
         safety_seconds=None if run.stop.seconds is None else max(0.01, run.stop.left()),
         seed=config.seed, workers=config.workers, anchored=graph.anchored,
     )
@@ -439,13 +449,14 @@ def _local_search(start: Evaluated, coster: Coster, run: _Search) -> Evaluated |
     placed, graph = start.placed, run.ops
     best, moves, trials = start, 0, 0
     improved = True
-    while improved and trials < _BOUNDARY_TRIALS:
+    max_trials = int(_BOUNDARY_TRIALS_PER_WORK * run.config.work) + 20
+    while improved and trials < max_trials:
         improved = False
         for boundary in range(1, max(split) + 1):
             first = split.index(boundary)  # first unit of stage `boundary`
             for step in (1, -1, 2, -2, 4, -4, 8, -8):
                 cut = first + step
-                if not 0 < cut < len(split) or trials >= _BOUNDARY_TRIALS:
+                if not 0 < cut < len(split) or trials >= max_trials:
                     continue
                 if run.stop.expired():
                     run.stop.fired("boundary moves")
