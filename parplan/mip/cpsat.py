@@ -731,7 +731,8 @@ def solve_cpsat(
         raise AssertionError(f"CP-SAT rejected the model: {model.Validate()}")
     # The budget granted, not CP-SAT's own tally (which counts presolve and runs past the
     # limit by up to a fifth): what callers hand on stays within the work they were given.
-    spent = min(solver.response_proto.deterministic_time, options.work)
+    # Rounded: the tally's last bits differ from run to run (its threads add it up).
+    spent = round(min(solver.response_proto.deterministic_time, options.work), 6)
     stopped = clock_stopped(solver, code, safety, options.work)
     if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return SolveOutcome(status=status, timetable=None, objective=None, bound=None, seconds=seconds,

@@ -105,7 +105,7 @@ def improve(
             params.subsolvers.append("no_lp")
             params.ignore_subsolvers.append("feasibility_pump")
         code = solver.Solve(sub)
-        spent += min(solver.response_proto.deterministic_time, step)
+        spent += round(min(solver.response_proto.deterministic_time, step), 6)
         stopped = stopped or clock_stopped(solver, code, safety, step)
         found = code in (cp_model.OPTIMAL, cp_model.FEASIBLE)
         better = False

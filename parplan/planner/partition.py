@@ -101,7 +101,7 @@ def place_units(
     status = solver.Solve(model)
     found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
     report = {"status": solver.StatusName(status), "seconds": solver.WallTime(),
-              "work": min(solver.response_proto.deterministic_time, work),
+              "work": round(min(solver.response_proto.deterministic_time, work), 6),
               "clock_stopped": clock_stopped(solver, status, safety_seconds, work),
               "objective": solver.ObjectiveValue() if found else None,
               "bound": solver.BestObjectiveBound(), "units": num_units, "stages": num_stages, "window": window}

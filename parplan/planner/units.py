@@ -118,9 +118,12 @@ def stage_pieces(graph: "UnitGraph", stage_of_unit: list[int], num_stages: int) 
             elsewhere = any(p == inst or p.startswith(inst + ".") for t in range(num_stages) if t != s for p in paths[t])
             if inside and not elsewhere:
                 chosen = (chosen - inside) | {inst}
-        out.append(sorted(chosen, key=lambda p: min(
+        # program order of each piece's first unit; a module and its child starting in the same
+        # unit (an attention and its q projection) go by name: `chosen` is a set, and its
+        # order changes with the interpreter's string hashing from run to run
+        out.append(sorted(chosen, key=lambda p: (min(
             (k for k, u in enumerate(graph.units) if any(graph.traced.node(o).module_path.startswith(p) for o in u.ops)),
-            default=0)))
+            default=0), p)))
     return out
 
 
