@@ -95,3 +95,25 @@ def test_same_input_same_plan(cluster_dir):
     """Two runs of the planner, MIP included, give the same plan.json but for its timing fields."""
     first, second = (_plan("llama", 4, False, 4, 8, FAMILY_SETS[-1], 4, cluster_dir)[1] for _ in range(2))
     assert without_timing(first.to_dict()) == without_timing(second.to_dict())
+
+
+def test_same_plan_json_across_processes_and_string_hashing(tmp_path, cluster_dir):
+    """`parplan plan` in two processes whose string hashing differs (set order differs):
+    the same plan.json but for its timing fields."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cluster = _cluster(4, cluster_dir)
+    del cluster  # written to cluster_dir as h100x4.yaml
+    out = []
+    for seed in ("1", "2"):
+        path = tmp_path / f"plan{seed}.json"
+        subprocess.run([sys.executable, "-m", "parplan.cli", "plan",
+                        "llama:layers=4,hidden=64,heads=2,kv_heads=1,intermediate=128,vocab=256", "--seq", "32",
+                        "--cluster", str(Path(cluster_dir) / "h100x4.yaml"), "--pp", "4", "-m", "8",
+                        "--effort", "0.3", "-o", str(path)],
+                       check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        out.append(without_timing(json.loads(path.read_text())))
+    assert out[0] == out[1]
