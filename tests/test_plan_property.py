@@ -105,8 +105,7 @@ def test_same_plan_json_across_processes_and_string_hashing(tmp_path, cluster_di
     import subprocess
     import sys
 
-    cluster = _cluster(4, cluster_dir)
-    del cluster  # written to cluster_dir as h100x4.yaml
+    _cluster(4, cluster_dir)  # writes cluster_dir/h100x4.yaml
     out = []
     for seed in ("1", "2"):
         path = tmp_path / f"plan{seed}.json"
