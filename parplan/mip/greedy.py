@@ -108,14 +108,20 @@ def _admits(problem: Problem, chains: _Chains, state: _State, head: int) -> bool
 
 def _pick(problem: Problem, chains: _Chains, state: _State, r: int) -> tuple[int, tuple, Task] | None:
     """(priority) rank r's earliest (start, priority, task), or None while it can run nothing."""
-    best = None
+    best, best_task = None, None
+    free = state.free_at[r]
+    admitted: dict[int, bool] = {}  # head stage -> may a micro-batch enter (the same for all its F's)
     for t, at in state.ready[r].items():
-        if t[1] is Kind.F and t[0] in chains.need and not _admits(problem, chains, state, t[0]):
-            continue
-        key = (max(at, state.free_at[r]), (_PRIORITY[t[1]], at, t[2], t[0]), t)
-        if best is None or key[:2] < best[:2]:
-            best = key
-    return best
+        s, kind, j = t
+        if kind is Kind.F and s in chains.need:
+            if s not in admitted:
+                admitted[s] = _admits(problem, chains, state, s)
+            if not admitted[s]:
+                continue
+        key = (at if at > free else free, _PRIORITY[kind], at, j, s)
+        if best is None or key < best:
+            best, best_task = key, t
+    return None if best is None else (best[0], best[1:], best_task)
 
 
 def _run(problem: Problem, chains: _Chains, state: _State, succ: dict[Task, list[tuple[Task, int]]],

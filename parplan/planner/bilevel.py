@@ -29,7 +29,8 @@ from parplan.cost.hardware import ClusterProfile
 from parplan.errors import ParplanError
 from parplan.planner.costing import Coster
 from parplan.planner.degrees import Degrees, candidate_degrees
-from parplan.planner.lower import Evaluated, Placed, baseline_schedules, evaluate_schedule, place, stage_gpus
+from parplan.planner.lower import (Evaluated, Placed, baseline_schedules, evaluate_schedule, parplan_schedules, place,
+                                   stage_gpus)
 from parplan.planner.memory import MemoryModel
 from parplan.planner.partition import FAMILIES, Family, balanced_contiguous, place_units, rank_loads
 from parplan.planner.units import Granularity, UnitGraph, coarsen
@@ -41,12 +42,12 @@ __all__ = ["PlannerConfig", "PlanResult", "plan_traced"]
 # Each phase's budget is a fixed multiple of the work (CP-SAT deterministic seconds): the
 # lower-level MIPs share `work` by family; the upper-level MIP gets _UPPER_WORK × work for
 # each of the _REFINED_TAGS most promising (family, degrees); the memory pass gets
-# _MEMORY_WORK × work; boundary moves try _BOUNDARY_TRIALS_PER_WORK × work (+ 20)
-# placements. The ratios keep what each phase did under the 60 s wall-clock budget these
+# _MEMORY_WORK × work; boundary moves (before and after the upper MIP) try
+# _BOUNDARY_TRIALS_PER_WORK × work (+ 20) placements per (family, degrees). The ratios keep what each phase did under the 60 s wall-clock budget these
 # replaced (the upper MIP had 5 deterministic seconds, the boundary moves 4 trials per second).
-_UPPER_WORK = 0.6
+_UPPER_WORK = 0.4
 _MEMORY_WORK = 0.25
-_BOUNDARY_TRIALS_PER_WORK = 30
+_BOUNDARY_TRIALS_PER_WORK = 20
 _REFINED_TAGS = 2
 _MAX_DEGREES = 16  # degree candidates screened, most promising first ...
 _SCREENS_PER_WORK = 150  # ... while fewer than this × work schedules were screened (once one fits)
@@ -153,7 +154,7 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
     if mips:
         reports["lower_all"] = [m.mip.as_dict() for m in mips]
         reports["lower"] = min(mips, key=run.key).mip.as_dict()
-    best = _choose(run, refined + mips, screened, work=_MEMORY_WORK * config.work)
+    best = _choose(run, mips + refined, screened, work=_MEMORY_WORK * config.work)
     if stop.cut:
         run.notes.append(stop.note)
     reports["stopped_early"] = list(stop.cut)
@@ -229,7 +230,9 @@ def _screen_candidates(run: _Search, coster: Coster, degrees: Degrees, family: F
 
 def _screen_one(run: _Search, out: _Screened, label: str, placed: Placed, coster: Coster, best_ours: float) -> float:
     micro = run.config.microbatches // placed.degrees.dp
-    for name, schedule in baseline_schedules(placed, micro, run.config.mode):
+    schedules = baseline_schedules(placed, micro, run.config.mode) if label == "baseline" else \
+        parplan_schedules(placed, micro, run.config.mode, run.cap)
+    for name, schedule in schedules:
         rival = out.baselines[name].step_time_s if label == "baseline" and name in out.baselines else best_ours
         if _busiest_rank_bound(placed, schedule) > _SCREEN_SLACK * rival:
             out.pruned += 1
@@ -273,7 +276,8 @@ def _refine_best(run: _Search, screened: _Screened) -> tuple[list[Evaluated], li
         if run.stop.expired():
             run.stop.fired("refinement")
             break
-        moved = _local_search(result, coster, run)
+        trials = [int(_BOUNDARY_TRIALS_PER_WORK * run.config.work) + 20]  # shared by both rounds of moves
+        moved = _local_search(result, coster, run, trials)
         if moved is not None and run.key(moved) < run.key(result):
             run.say(f"boundary moves: {tag[0]} {tag[1]} step {result.step_time_s:.4g}s → {moved.step_time_s:.4g}s")
             refined.append(moved)
@@ -284,6 +288,10 @@ def _refine_best(run: _Search, screened: _Screened) -> tuple[list[Evaluated], li
             refined.append(improved)
             run.say(f"upper MIP {report['status']}: {tag[0]} {tag[1]} "
                     f"step {result.step_time_s:.4g}s → {improved.step_time_s:.4g}s")
+            moved = _local_search(improved, coster, run, trials)
+            if moved is not None and run.key(moved) < run.key(improved):
+                run.say(f"boundary moves: {tag[0]} {tag[1]} step {improved.step_time_s:.4g}s → {moved.step_time_s:.4g}s")
+                refined.append(moved)
     return refined, reports
 
 
@@ -317,8 +325,9 @@ def _lower_all(run: _Search, refined: list[Evaluated], ours: list[tuple[Evaluate
 
 
 def _choose(run: _Search, refined: list[Evaluated], screened: _Screened, *, work: float) -> Evaluated:
-    """Step 4: the best plan that fits, baselines included; a MIP plan then gets the memory
-    pass (the same step time at a lower peak)."""
+    """Step 4: the best plan that fits, baselines included (on equal step times the first
+    in `refined`: the caller puts the MIP's plans, which carry a bound, first); a parplan
+    plan then gets the memory pass (the same step time at a lower peak)."""
     pool = refined + list(screened.baselines.values())
     best = min(pool, key=run.key)
     if not best.fits:
@@ -328,7 +337,7 @@ def _choose(run: _Search, refined: list[Evaluated], screened: _Screened, *, work
             f"candidate needs is {smallest / 2**30:.2f} GiB — raise --memory-limit to at least that, "
             f"add GPUs, or shrink the micro-batch"
         )
-    if best.mip is not None:
+    if best.label == "parplan" and run.config.mode == "train":
         best = _leaner(best, run, work)
     if best.label != "parplan":
         run.notes.append(f"no parplan placement beat the {best.label} baseline; the plan is that baseline")
@@ -427,7 +436,8 @@ def _refine(result: Evaluated, coster: Coster, run: _Search) -> tuple[Evaluated 
 
 def _best_on(placed: Placed, run: _Search, extra: dict) -> Evaluated | None:
     best = None
-    for name, schedule in baseline_schedules(placed, run.config.microbatches // placed.degrees.dp, run.config.mode):
+    micro = run.config.microbatches // placed.degrees.dp
+    for name, schedule in parplan_schedules(placed, micro, run.config.mode, run.cap):
         candidate = evaluate_schedule("parplan", placed, schedule, run.cap,
                                       {"schedule": name, "placement": placed.family.name,
                                        "degrees": str(placed.degrees), **extra})
@@ -436,42 +446,59 @@ def _best_on(placed: Placed, run: _Search, extra: dict) -> Evaluated | None:
     return best
 
 
-def _local_search(start: Evaluated, coster: Coster, run: _Search) -> Evaluated | None:
-    """Move one stage boundary at a time (by 1, 2, 4, 8 units) while the simulated step time drops.
+def _local_search(start: Evaluated, coster: Coster, run: _Search, trials: list[int]) -> Evaluated | None:
+    """Move stage boundaries while the simulated step time drops: one boundary at a time
+    (by 1, 2, 4, 8 units), and runs of consecutive boundaries shifted together, which
+    carry load from one end of the pipeline to the other without unbalancing the stages
+    in between (a move single boundaries cannot make when each one alone is worse).
 
-    Proxies such as the largest rank load miss what a fixed expert order does with uneven
-    stages; the simulator does not, so every move is judged by it. The search is bounded
-    by a trial count (deterministic); the safety stop only guards a runaway run.
+    The moves are tried in a cycle, each improvement kept at once and the cycle continued
+    from the next move, until a whole cycle improves nothing; a split seen before is not
+    tried again. Proxies such as the largest rank load miss what a schedule does with
+    uneven stages; the simulator does not, so every move is judged by it (expert orders and
+    the list schedule). The search is bounded by a trial count (`trials[0]` left,
+    deterministic, decremented here); the safety stop only guards a runaway run.
     """
     split = list(start.placed.stage_of_unit)
     if any(b < a for a, b in zip(split, split[1:])):
         return None  # only contiguous splits have boundaries to move
     placed, graph = start.placed, run.ops
-    best, moves, trials = start, 0, 0
-    improved = True
-    max_trials = int(_BOUNDARY_TRIALS_PER_WORK * run.config.work) + 20
-    while improved and trials < max_trials:
-        improved = False
-        for boundary in range(1, max(split) + 1):
-            first = split.index(boundary)  # first unit of stage `boundary`
-            for step in (1, -1, 2, -2, 4, -4, 8, -8):
-                cut = first + step
-                if not 0 < cut < len(split) or trials >= max_trials:
-                    continue
-                if run.stop.expired():
-                    run.stop.fired("boundary moves")
-                    return best if moves else None
-                trial = [boundary - 1 if u < cut else s for u, s in enumerate(split)] if step > 0 else \
-                    [boundary if u >= cut and s == boundary - 1 else s for u, s in enumerate(split)]
-                if len(set(trial)) != len(set(split)) or graph.pieceless_stages(trial):
-                    continue  # a stage would become empty, or hold no module of its own
-                trials += 1
-                candidate = _best_on(place(graph, coster, run.cluster, placed.degrees, placed.family, trial,
-                                           run.config.memory), run, {"refined": "boundary moves"})
-                if candidate is not None and run.key(candidate) < run.key(best):
-                    best, split, improved, moves = candidate, trial, True, moves + 1
-                    break
-    return best if moves else None
+    cuts = tuple(split.index(s) for s in range(1, max(split) + 1))  # first unit of each stage after the first
+    moves = _boundary_moves(len(cuts))
+    best, improved, seen = start, 0, {cuts}
+    k = since = 0  # next move; moves tried since the last improvement
+    while since < len(moves) and trials[0] > 0:
+        moved = _moved(cuts, moves[k], len(split))
+        k, since = (k + 1) % len(moves), since + 1
+        if moved is None or moved in seen:
+            continue
+        seen.add(moved)
+        trial = [sum(u >= c for c in moved) for u in range(len(split))]
+        if graph.pieceless_stages(trial):
+            continue  # a stage would hold no module of its own
+        if run.stop.expired():
+            run.stop.fired("boundary moves")
+            break
+        trials[0] -= 1
+        candidate = _best_on(place(graph, coster, run.cluster, placed.degrees, placed.family, trial,
+                                   run.config.memory), run, {"refined": "boundary moves"})
+        if candidate is not None and run.key(candidate) < run.key(best):
+            best, cuts, improved, since = candidate, moved, improved + 1, 0
+    return best if improved else None
+
+
+def _boundary_moves(num_cuts: int) -> list[tuple[int, int, int]]:
+    """(first boundary, how many consecutive ones, step): single boundaries first, then
+    runs of 2, 3, …, each by ±1, 2, 4, 8 units."""
+    return [(first, span, step) for span in range(1, num_cuts + 1) for first in range(num_cuts - span + 1)
+            for step in (1, -1, 2, -2, 4, -4, 8, -8)]
+
+
+def _moved(cuts: tuple[int, ...], move: tuple[int, int, int], num_units: int) -> tuple[int, ...] | None:
+    """The boundaries after the move, or None when they would leave the units or cross."""
+    first, span, step = move
+    out = cuts[:first] + tuple(c + step for c in cuts[first:first + span]) + cuts[first + span:]
+    return out if 0 < out[0] and out[-1] < num_units and all(a < b for a, b in zip(out, out[1:])) else None
 
 
 def _leaner(best: Evaluated, run: _Search, work: float) -> Evaluated:
