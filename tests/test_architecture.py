@@ -198,3 +198,17 @@ def test_only_the_cli_imports_the_cli():
         for n, (_, file, line) in sorted(graph[m].items()) if _part(n) == "cli"
     ]
     assert not wrong, "the CLI is the top layer; these import it:\n" + "\n".join(wrong)
+
+
+MAX_FUNCTION_LINES = 80  # a function a reader can take in at one sitting (docs/architecture.md)
+
+
+def test_no_function_is_longer_than_a_sitting():
+    long = []
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE_ROOT.parent)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "split these into named steps: " + "; ".join(long)

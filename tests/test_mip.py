@@ -10,7 +10,7 @@ from ortools.sat.python import cp_model
 from parplan.baselines import build_baseline
 from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
-from parplan.mip import MipResult, ProgressEvent, solve_schedule
+from parplan.mip import MipResult, ProgressEvent, list_schedule, solve_schedule
 from parplan.mip import api as mip_api
 from parplan.mip.brute import brute_force
 from parplan.mip.api import MipOptions, serial_schedule
@@ -251,6 +251,24 @@ def test_cap_below_one_microbatch_fails_at_once_with_the_smallest_feasible_cap()
     with pytest.raises(ParplanError, match="smallest feasible cap is 2"):
         solve_schedule(num_ranks=2, num_microbatches=4, costs=uneven(2),
                        options=MipOptions(placement="dualpipe", memory_cap=1.5))
+
+
+@pytest.mark.parametrize("placement", ["chain", "v", "dualpipe"])
+def test_list_schedule_fits_its_cap_and_the_mip_starts_no_worse(placement):
+    """The planner judges placements by the list schedule: it must run under the cap it is
+    given (unequal costs, transfers), and the MIP, warm-started from it among others, never
+    ends above it."""
+    stages = num_model_stages(placement, 4)
+    costs = uneven(stages)
+    cap = build_problem(placement=placement, num_ranks=4, num_microbatches=8, costs=costs).smallest_feasible_cap() + 1
+    listed = list_schedule(placement=placement, num_ranks=4, num_microbatches=8, costs=costs, memory_cap=cap)
+    sim = validate(listed, costs, memory_cap=cap)
+    assert listed.name == "list" and max(sim.peak_activation_per_rank) <= cap + 1e-9
+    mip = solve_schedule(num_ranks=4, num_microbatches=8, costs=costs,
+                         options=MipOptions(placement=placement, memory_cap=cap, work=2))
+    assert mip.objective <= sim.makespan + 1e-9
+    # below one micro-batch's activations no schedule fits: no list schedule either
+    assert list_schedule(placement=placement, num_ranks=4, num_microbatches=8, costs=costs, memory_cap=0.5) is None
 
 
 def test_param_cap_too_small_is_an_error():

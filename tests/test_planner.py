@@ -187,6 +187,25 @@ def test_heterogeneous_cluster_beats_the_uniform_split():
     assert max(loads) / min(loads) < 1.5  # time per stage evened out although A100 stages hold less work
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_boundary_moves_keep_stages_nonempty_and_shift_runs_together(seed):
+    from parplan.planner.bilevel import _boundary_moves, _moved
+
+    rng = random.Random(seed)
+    num_units, num_cuts = rng.randint(4, 40), rng.randint(1, 3)
+    cuts = tuple(sorted(rng.sample(range(1, num_units), min(num_cuts, num_units - 1))))
+    moves = _boundary_moves(len(cuts))
+    assert moves[:8] == [(0, 1, d) for d in (1, -1, 2, -2, 4, -4, 8, -8)]  # single boundaries first
+    assert (0, len(cuts), 1) in moves  # ... and the whole pipeline's boundaries at once
+    for first, span, step in moves:
+        out = _moved(cuts, (first, span, step), num_units)
+        if out is None:
+            continue
+        assert 0 < out[0] and out[-1] < num_units and list(out) == sorted(set(out))  # no stage empty
+        assert [b - a for a, b in zip(cuts, out)] == [step if first <= k < first + span else 0
+                                                     for k in range(len(cuts))]
+
+
 def test_inference_mode_plans_forward_only(llama_trace):
     _, traced = llama_trace
     config = PlannerConfig(microbatches=8, work=1, degrees=Degrees(pp=4, dp=1, tp=1), mode="inference")

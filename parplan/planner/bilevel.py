@@ -43,8 +43,8 @@ __all__ = ["PlannerConfig", "PlanResult", "plan_traced"]
 # lower-level MIPs share `work` by family; the upper-level MIP gets _UPPER_WORK × work for
 # each of the _REFINED_TAGS most promising (family, degrees); the memory pass gets
 # _MEMORY_WORK × work; boundary moves (before and after the upper MIP) try
-# _BOUNDARY_TRIALS_PER_WORK × work (+ 20) placements per (family, degrees). The ratios keep what each phase did under the 60 s wall-clock budget these
-# replaced (the upper MIP had 5 deterministic seconds, the boundary moves 4 trials per second).
+# _BOUNDARY_TRIALS_PER_WORK × work (+ 20) placements per (family, degrees). The ratios keep
+# the README's default job near a minute on 2 cores at `normal` (docs/benchmarks.md).
 _UPPER_WORK = 0.4
 _MEMORY_WORK = 0.25
 _BOUNDARY_TRIALS_PER_WORK = 20
