@@ -6,11 +6,12 @@ import json
 import sys
 
 from parplan.cli.args import chart_format, format_columns
+from parplan.cli.progress import ProgressDisplay, name_written
 from parplan.compare import parse_memory_limit
 from parplan.errors import ParplanError
 from parplan.io import check_writable, write_outputs
 
-__all__ = ["add_parsers", "DEFAULT_MODEL"]
+__all__ = ["add_parsers", "DEFAULT_MODEL", "format_plan_table", "summary_line"]
 
 DEFAULT_MODEL = "llama:layers=40,hidden=5120,heads=40,kv_heads=40,intermediate=13824"  # Llama-2-13B shape
 
@@ -50,6 +51,9 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--output", default=None, help="write plan.json here")
     p.add_argument("--gantt", default=None, help="draw the plan next to the best baseline (.png/.svg)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress on stderr (by default: a live display on a terminal, else one line per "
+                        "phase); errors and the names of written files still print")
     p.set_defaults(func=run_plan)
 
 
@@ -86,15 +90,15 @@ def run_plan(args) -> int:
     memory_limit = _memory_limit(args.memory_limit)
     degrees = parse_degrees(args.pp, args.tp, cluster)
     zoo = load_model(args.model, batch=args.batch, seq=args.seq)
-    progress = (lambda message: print(f"  {message}", file=sys.stderr)) if sys.stderr.isatty() else None
-    plan, result = plan_with_report(
-        zoo.model, zoo.example_inputs, cluster=cluster, microbatches=args.microbatches, spec=args.model,
-        progress=progress, memory_limit=memory_limit, work=effort_work(args.effort), time_limit=args.time_limit,
-        mode=args.mode, objective=args.objective, degrees=degrees,
-        **({} if args.placement == "auto" else {"families": (args.placement,)}),
-        memory=MemoryModel(mode=args.mode, zero1=not args.no_zero1), use_mip=not args.no_mip,
-        seed=args.seed, workers=args.workers,
-    )
+    with ProgressDisplay(quiet=args.quiet) as display:
+        plan, result = plan_with_report(
+            zoo.model, zoo.example_inputs, cluster=cluster, microbatches=args.microbatches, spec=args.model,
+            progress=None if args.quiet else display, memory_limit=memory_limit, work=effort_work(args.effort),
+            time_limit=args.time_limit, mode=args.mode, objective=args.objective, degrees=degrees,
+            **({} if args.placement == "auto" else {"families": (args.placement,)}),
+            memory=MemoryModel(mode=args.mode, zero1=not args.no_zero1), use_mip=not args.no_mip,
+            seed=args.seed, workers=args.workers,
+        )
     outputs: dict[str, str | bytes] = {}
     if args.output:
         outputs[args.output] = plan.to_json()
@@ -115,6 +119,7 @@ def run_plan(args) -> int:
     }
     text = json.dumps(report, indent=1) + "\n" if args.json else format_plan_table(result, args.model, cluster.name)
     write_outputs(outputs)
+    name_written(outputs)
     sys.stdout.write(text)
     return 0
 
@@ -133,7 +138,16 @@ def format_plan_table(result, model: str, cluster: str) -> str:
     best_baseline = min((e for e in result.baselines if e.fits), key=lambda e: e.step_time_s, default=None)
     out = [f"{model} on {cluster}: planned in {result.planning_seconds:.1f}s", *format_columns(header, body)]
     if best_baseline is not None:
-        gain = 1 - result.best.step_time_s / best_baseline.step_time_s
-        out.append(f"parplan vs best baseline ({best_baseline.label}): {gain:+.1%} step time")
+        out.append(summary_line(result.best.step_time_s, best_baseline.label, best_baseline.step_time_s))
     out += [f"note: {n}" for n in result.notes]
     return "\n".join(out) + "\n"
+
+
+def summary_line(step_s: float, rival: str, rival_s: float) -> str:
+    """parplan's step time against the best baseline's, in words: faster, slower, or the
+    same when they differ by less than 0.05 % (what `:.1%` prints as 0.0 %)."""
+    head = f"parplan: {step_s:.4g} s per step"
+    change = abs(1 - step_s / rival_s)
+    if change < 0.0005:
+        return f"{head}, the same as {rival} ({rival_s:.4g} s)"
+    return f"{head}, {change:.1%} {'faster' if step_s < rival_s else 'slower'} than {rival} ({rival_s:.4g} s)"

@@ -22,6 +22,7 @@ from parplan.plan import (
 )
 from parplan.planner.bilevel import PlannerConfig, PlanResult, plan_traced
 from parplan.planner.degrees import Degrees
+from parplan.planner.events import PlanProgress
 from parplan.planner.lower import Evaluated
 from parplan.planner.units import stage_pieces
 from parplan.schedule.ir import Schedule
@@ -40,14 +41,16 @@ def plan_with_report(
     cluster: str | ClusterProfile = "h100x8",
     microbatches: int = 16,
     spec: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[PlanProgress], None] | None = None,
     **options: Any,
 ) -> tuple[Plan, PlanResult]:
     """Plan `model` (fed `example_inputs`, one micro-batch) on `cluster`.
 
     `options` are `PlannerConfig` fields (memory_limit in bytes, work, time_limit, mode,
     objective, degrees, families, use_mip, seed, workers). Returns the plan and the full
-    report (every baseline, both levels' solver reports).
+    report (every baseline, both levels' solver reports). `progress`, when given, is called
+    with a `PlanProgress` as each phase begins, as the lower MIP's incumbent or bound moves,
+    and as each phase ends; it only observes (the plan is the same without it).
     """
     from parplan.trace import trace
 

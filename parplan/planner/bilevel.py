@@ -29,6 +29,7 @@ from parplan.cost.hardware import ClusterProfile
 from parplan.errors import ParplanError
 from parplan.planner.costing import Coster
 from parplan.planner.degrees import Degrees, candidate_degrees
+from parplan.planner.events import Phase, PlanProgress, Step
 from parplan.planner.lower import (Evaluated, Placed, baseline_schedules, evaluate_schedule, parplan_schedules, place,
                                    stage_gpus)
 from parplan.planner.memory import MemoryModel
@@ -99,7 +100,7 @@ class PlanResult:
     stopped_early: tuple[str, ...] = ()  # phases the wall-clock safety stop cut (empty: reproducible)
 
 
-Progress = Callable[[str], None]
+Progress = Callable[[PlanProgress], None]
 
 
 def _key(config: PlannerConfig) -> Callable[[Evaluated], tuple]:
@@ -121,9 +122,25 @@ class _Search:
     layers: UnitGraph
     ops: UnitGraph
     stop: SafetyStop
-    say: Progress
+    progress: Progress | None
     key: Callable[[Evaluated], tuple]
     notes: list[str] = field(default_factory=list)
+
+    def begin(self, phase: Phase, subject: str) -> None:
+        if self.progress is not None:
+            self.progress(PlanProgress(phase=phase, step=Step.BEGIN, subject=subject))
+
+    def end(self, phase: Phase, subject: str, message: str) -> None:
+        if self.progress is not None:
+            self.progress(PlanProgress(phase=phase, step=Step.END, subject=subject, message=message))
+
+    def solver_updates(self, phase: Phase, subject: str):
+        """A `solve_schedule(progress=...)` callback, or None when nobody listens (the solver
+        then registers no callback at all)."""
+        if self.progress is None:
+            return None
+        report = self.progress
+        return lambda event: report(PlanProgress.from_solver(phase, subject, event))
 
 
 @dataclass(kw_only=True, slots=True)
@@ -142,7 +159,7 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
     stop = SafetyStop(seconds=config.time_limit)
     cap = config.memory_limit if config.memory_limit is not None else min(g.gpu.hbm_bytes for g in cluster.groups)
     run = _Search(traced=traced, cluster=cluster, config=config, cap=cap, layers=coarsen(traced, Granularity.LAYER),
-                  ops=coarsen(traced, Granularity.OPERATOR), stop=stop, say=progress or (lambda message: None),
+                  ops=coarsen(traced, Granularity.OPERATOR), stop=stop, progress=progress,
                   key=_key(config))
     screened = _screen(run)
     refined, upper_reports = _refine_best(run, screened)
@@ -154,7 +171,9 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
     if mips:
         reports["lower_all"] = [m.mip.as_dict() for m in mips]
         reports["lower"] = min(mips, key=run.key).mip.as_dict()
+    mark = len(run.notes)
     best = _choose(run, mips + refined, screened, work=_MEMORY_WORK * config.work)
+    run.notes[mark:mark] = _mip_notes(best, mips)
     if stop.cut:
         run.notes.append(stop.note)
     reports["stopped_early"] = list(stop.cut)
@@ -181,8 +200,9 @@ def _screen(run: _Search) -> _Screened:
     degree_list = _promising_first(degree_list, run.traced, cluster, config, run.cap)
     out = _Screened(baselines={}, ours=[], screened=0, pruned=0, skipped=[str(d) for d in degree_list[_MAX_DEGREES:]],
                     considered=[str(d) for d in degree_list])
-    run.say(f"traced {len(run.traced.nodes)} operators → {len(run.layers)} layer units, {len(run.ops)} operator "
-            f"units; {len(degree_list)} degree candidates")
+    traced = (f"{len(run.traced.nodes)} operators → {len(run.layers)} layer units, {len(run.ops)} operator units, "
+              f"{len(degree_list)} degree candidates")
+    run.begin(Phase.SCREEN, traced)
     best_ours = float("inf")
     max_screens = _SCREENS_PER_WORK * config.work
     for degrees in degree_list[:_MAX_DEGREES]:
@@ -203,8 +223,8 @@ def _screen(run: _Search) -> _Screened:
         run.notes.append(f"{len(out.skipped)} degree candidates not screened ({', '.join(out.skipped[:4])}"
                          f"{', …' if len(out.skipped) > 4 else ''}): the most promising used the screening's "
                          f"share of the work; raise --effort, or fix --pp/--tp to plan one of the others")
-    run.say(f"screened {out.screened} (placement, schedule) pairs, pruned {out.pruned} by their bound, "
-            f"in {time.perf_counter() - run.stop.started:.1f}s")
+    run.end(Phase.SCREEN, traced, f"{out.screened} (placement, schedule) pairs simulated, {out.pruned} pruned by "
+                                  f"their bound")
     return out
 
 
@@ -277,22 +297,37 @@ def _refine_best(run: _Search, screened: _Screened) -> tuple[list[Evaluated], li
             run.stop.fired("refinement")
             break
         trials = [int(_BOUNDARY_TRIALS_PER_WORK * run.config.work) + 20]  # shared by both rounds of moves
-        moved = _local_search(result, coster, run, trials)
-        if moved is not None and run.key(moved) < run.key(result):
-            run.say(f"boundary moves: {tag[0]} {tag[1]} step {result.step_time_s:.4g}s → {moved.step_time_s:.4g}s")
+        moved = _moves(result, coster, run, trials)
+        if moved is not None:
             refined.append(moved)
             result = moved
+        subject = " ".join(tag)
+        run.begin(Phase.UPPER_MIP, subject)
         improved, report = _refine(result, coster, run)
         reports.append(report)
-        if improved is not None:
-            refined.append(improved)
-            run.say(f"upper MIP {report['status']}: {tag[0]} {tag[1]} "
-                    f"step {result.step_time_s:.4g}s → {improved.step_time_s:.4g}s")
-            moved = _local_search(improved, coster, run, trials)
-            if moved is not None and run.key(moved) < run.key(improved):
-                run.say(f"boundary moves: {tag[0]} {tag[1]} step {improved.step_time_s:.4g}s → {moved.step_time_s:.4g}s")
-                refined.append(moved)
+        if improved is None:
+            run.end(Phase.UPPER_MIP, subject, f"{report['status']}, no other split")
+            continue
+        refined.append(improved)
+        run.end(Phase.UPPER_MIP, subject, f"{report['status']}, step {result.step_time_s:.4g} s → "
+                                          f"{improved.step_time_s:.4g} s")
+        moved = _moves(improved, coster, run, trials)
+        if moved is not None:
+            refined.append(moved)
     return refined, reports
+
+
+def _moves(start: Evaluated, coster: Coster, run: _Search, trials: list[int]) -> Evaluated | None:
+    """Boundary moves from `start`, reported as a phase: the better plan, or None."""
+    subject = " ".join(_tag(start))
+    run.begin(Phase.BOUNDARY_MOVES, subject)
+    left = trials[0]
+    moved = _local_search(start, coster, run, trials)
+    better = moved is not None and run.key(moved) < run.key(start)
+    tried = f"{left - trials[0]} splits tried" if left > trials[0] else "no trials left"
+    run.end(Phase.BOUNDARY_MOVES, subject, f"step {start.step_time_s:.4g} s → {moved.step_time_s:.4g} s, {tried}"
+            if better else f"no better split, {tried}")
+    return moved if better else None
 
 
 def _lower_all(run: _Search, refined: list[Evaluated], ours: list[tuple[Evaluated, Coster]], *,
@@ -314,13 +349,16 @@ def _lower_all(run: _Search, refined: list[Evaluated], ours: list[tuple[Evaluate
         # what families settled early hand on, up to twice an equal share (a large model's
         # last family would otherwise take all of it, at many seconds per deterministic one)
         share = min(work / (len(starts) - k), 2 * equal)
+        subject = " ".join(_tag(first))
+        run.begin(Phase.LOWER_MIP, subject)
         mip = _lower_mip(first, run, share)
         if mip is None:
+            run.end(Phase.LOWER_MIP, subject, "not run (see the notes)")
             continue
         work -= mip.mip.work
         out.append(mip)
-        run.say(f"lower MIP {mip.mip.status} on {first.placed.family.name}: "
-                f"step {first.step_time_s:.4g}s → {mip.step_time_s:.4g}s")
+        run.end(Phase.LOWER_MIP, subject, f"{mip.mip.status}, step {first.step_time_s:.4g} s → "
+                                          f"{mip.step_time_s:.4g} s")
     return out
 
 
@@ -338,10 +376,30 @@ def _choose(run: _Search, refined: list[Evaluated], screened: _Screened, *, work
             f"add GPUs, or shrink the micro-batch"
         )
     if best.label == "parplan" and run.config.mode == "train":
+        subject = " ".join(_tag(best))
+        run.begin(Phase.MEMORY_PASS, subject)
         best = _leaner(best, run, work)
+        run.end(Phase.MEMORY_PASS, subject, run.notes[-1])  # _leaner's note says what it did
     if best.label != "parplan":
         run.notes.append(f"no parplan placement beat the {best.label} baseline; the plan is that baseline")
     return best
+
+
+def _mip_notes(best: Evaluated, mips: list[Evaluated]) -> list[str]:
+    """The lower MIPs' notes: the kept plan's as they are, every other family's named by
+    it, so that none reads as a remark on the plan shown (one family's "optimal without
+    search" is not the kept plan's status). The safety stop's own note comes once, last."""
+    kept = best.mip
+    own = kept.notes if kept is not None else ()
+    others: dict[str, list[str]] = {}  # note -> the families whose MIP wrote it
+    for m in mips:
+        if m.mip is not kept:
+            for n in m.mip.notes:
+                if n not in own:
+                    others.setdefault(n, []).append(m.placed.family.name)
+    return [n for n in own if not n.startswith("stopped early")] + [
+        f"lower MIP on {', '.join(families)} (not kept): {n}" for n, families in others.items()
+        if not n.startswith("stopped early")]
 
 
 def _promising_first(degree_list: list[Degrees], traced: TracedGraph, cluster: ClusterProfile,
@@ -512,7 +570,7 @@ def _leaner(best: Evaluated, run: _Search, work: float) -> Evaluated:
                         memory_cap=run.cap - max(placed.static_bytes), work=max(0.05, work),
                         time_limit=None if run.stop.seconds is None else max(1e-6, run.stop.left()),
                         seed=config.seed, workers=config.workers)
-    if lean.ran and run.stop.expired():
+    if lean.ran and lean.solver_status != "OPTIMAL" and run.stop.expired():  # a finished pass was not cut
         run.stop.fired("the memory pass")
     leaner = replace(best, schedule=lean.schedule, simulation=evaluate_schedule(
         best.label, placed, lean.schedule, run.cap).simulation) if lean.lowered else best
@@ -542,14 +600,14 @@ def _lower_mip(start: Evaluated, run: _Search, work: float) -> Evaluated | None:
                          time_limit=None if run.stop.seconds is None else max(1e-6, run.stop.left()))
     try:
         result = solve_schedule(num_ranks=placed.degrees.pp, num_microbatches=config.microbatches // placed.degrees.dp,
-                                costs=placed.costs, options=options)
+                                costs=placed.costs, options=options,
+                                progress=run.solver_updates(Phase.LOWER_MIP, " ".join(_tag(start))))
     except ParplanError as err:
         run.notes.append(f"lower-level MIP skipped on {placed.family.name}: {err}")
         return None
     if result.stopped_early:
         run.stop.fired(f"the lower-level MIP on {placed.family.name}")
     report = result.report(degrees=str(placed.degrees))
-    run.notes.extend(n for n in result.notes if not n.startswith("stopped early"))
     return evaluate_schedule("parplan", placed, result.schedule, run.cap,
                              {"schedule": "mip", "placement": placed.family.name, "degrees": str(placed.degrees)},
                              mip=report)
