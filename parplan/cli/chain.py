@@ -6,6 +6,7 @@ A thin layer over parplan.runtime.chain.plan_chain.
 from __future__ import annotations
 
 from parplan.cli.args import positive_int
+from parplan.cli.progress import name_written
 from parplan.cli.show import plan_summary
 from parplan.io import check_writable
 
@@ -35,5 +36,6 @@ def run_plan_chain(args) -> int:
     plan = plan_chain(args.model, args.schedule, batch=args.batch, seq=args.seq, num_ranks=args.ranks,
                       num_microbatches=args.microbatches, num_chunks=args.chunks, costs=args.costs)
     plan.save(args.output)
+    name_written([args.output])
     print(plan_summary(plan), end="")
     return 0

@@ -5,6 +5,8 @@ A thin layer over parplan.runtime.export; the CSV is checked with PyTorch before
 
 from __future__ import annotations
 
+import sys
+
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers"]
@@ -31,5 +33,6 @@ def run_export(args) -> int:
     check_torch_csv(text, num_ranks=s.num_ranks, num_stages=s.num_stages, num_microbatches=s.microbatches_per_chain)
     write_outputs({args.torch_csv: text})
     print(f"wrote {args.torch_csv}: {s.name}, {s.num_ranks} ranks, {s.num_stages} stages, "
-          f"{s.microbatches_per_chain} micro-batches (PyTorch validation and deadlock dry run passed)")
+          f"{s.microbatches_per_chain} micro-batches (PyTorch validation and deadlock dry run passed)",
+          file=sys.stderr)
     return 0

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from parplan.planner.events import PlanProgress, Step
+if TYPE_CHECKING:
+    from parplan.planner.events import PlanProgress
 
 __all__ = ["ProgressDisplay", "name_written"]
 
@@ -61,6 +62,8 @@ class ProgressDisplay:
     def __call__(self, event: PlanProgress) -> None:
         if self._quiet:
             return
+        from parplan.planner.events import Step  # here: importing the planner takes seconds, --help should not
+
         now = time.perf_counter()
         if event.step is Step.BEGIN:
             self._current, self._numbers, self._phase_started = event, (None, None, None), now
@@ -99,7 +102,7 @@ class ProgressDisplay:
         return self._spinner
 
 
-def _merged(numbers: tuple, event: PlanProgress) -> tuple:
+def _merged(numbers: tuple, event) -> tuple:
     """The latest incumbent, bound and gap; windowed LNS reports incumbents alone, so the
     bound found before stays, and the gap is taken against it."""
     incumbent = numbers[0] if event.incumbent is None else event.incumbent

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from parplan.cli.args import chart_format, positive_int
+from parplan.cli.progress import name_written
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers"]
@@ -70,5 +71,6 @@ def run_run(args) -> int:
         lines.append(f"single-process check: |loss diff| {diff['loss_diff']:.3g}, max |grad diff| "
                      f"{diff['max_grad_diff']:.3g} ({diff['worst_parameter']}) over {diff['num_parameters']} parameters")
     write_outputs(outputs)
+    name_written(outputs)
     print("\n".join(lines))
     return 0

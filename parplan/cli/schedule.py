@@ -12,6 +12,7 @@ from parplan.compare import ComparisonRow, compare, rank_share_costs
 from parplan.schedule.costs import parse_cost_spec
 from parplan.errors import ParplanError
 from parplan.cli.args import chart_format, format_columns, positive_float, positive_int
+from parplan.cli.progress import ProgressDisplay, name_written
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers"]
@@ -51,6 +52,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     mip.add_argument("--workers", type=positive_int, default=2)
     mip.add_argument("--dump-model", default=None, metavar="FILE",
                      help="write the solver's model before solving (CP-SAT: .pb/.pbtxt; HiGHS: .lp/.mps)")
+    mip.add_argument("--quiet", "-q", action="store_true",
+                     help="no solver progress on stderr (by default: a live incumbent, bound and gap on a "
+                          "terminal, else one line when the MIP ends)")
 
 
 def add_parsers(sub) -> None:
@@ -83,9 +87,7 @@ def run_demo(args) -> int:
     sub = parser.add_subparsers(dest="command")
     add_parsers(sub)
     compare_args = parser.parse_args(["compare", "--ranks", "8", "--microbatches", "20", "--gantt", args.gantt])
-    code = run_compare(compare_args)
-    print(f"Gantt chart written to {args.gantt}")
-    return code
+    return run_compare(compare_args)
 
 
 def _mip_options(args):
@@ -96,24 +98,29 @@ def _mip_options(args):
                       cells=args.cells, minimise_memory=args.minimise_memory)
 
 
-def _print_progress(event) -> None:
-    gap = "n/a" if event.gap is None else f"{event.gap:.1%}"
-    print(f"\r  MIP  incumbent {event.incumbent:.4g}  bound {event.bound:.4g}  gap {gap}  "
-          f"elapsed {event.elapsed:.1f}s   ", end="", file=sys.stderr, flush=True)
-
-
 def _rows(args, names: list[str]) -> list[ComparisonRow]:
     if args.chunks is not None and "interleaved-1f1b" not in names and len(names) > 1:
         print(f"parplan {args.command}: note: --chunks applies only to interleaved-1f1b; ignored",
               file=sys.stderr)
-    rows = compare(
-        names, num_ranks=args.ranks, num_microbatches=args.microbatches, cost_spec=parse_cost_spec(args.cost),
-        num_chunks=args.chunks, memory_limit=args.memory_limit,
-        mip_options=_mip_options(args) if "mip" in names else None,
-        progress=_print_progress if "mip" in names and sys.stderr.isatty() else None,
-    )
-    if "mip" in names and sys.stderr.isatty():
-        print(file=sys.stderr)
+    from parplan.planner.events import Phase, PlanProgress, Step
+
+    solving = "mip" in names
+    shown = solving and not args.quiet
+    subject = f"placement {args.placement}"
+    with ProgressDisplay(quiet=not shown) as display:
+        if shown:
+            display(PlanProgress(phase=Phase.LOWER_MIP, step=Step.BEGIN, subject=subject))
+        rows = compare(
+            names, num_ranks=args.ranks, num_microbatches=args.microbatches, cost_spec=parse_cost_spec(args.cost),
+            num_chunks=args.chunks, memory_limit=args.memory_limit,
+            mip_options=_mip_options(args) if solving else None,
+            progress=(lambda event: display(PlanProgress.from_solver(Phase.LOWER_MIP, subject, event))) if shown
+            else None,
+        )
+        if shown:
+            s = next(r.solver for r in rows if r.solver)
+            display(PlanProgress(phase=Phase.LOWER_MIP, step=Step.END, subject=subject,
+                                 message=f"{s['status']} on {s['placement']}, makespan {s['objective']:.4g}"))
     return rows
 
 
@@ -136,6 +143,7 @@ def run_schedule(args) -> int:
             print(line, file=sys.stderr)
     if args.output:
         write_outputs({args.output: text})
+        name_written([args.output])
     else:
         sys.stdout.write(text)
     return 0
@@ -159,6 +167,7 @@ def run_compare(args) -> int:
     else:
         report = format_table(rows)
     write_outputs(outputs)
+    name_written(outputs)
     sys.stdout.write(report)
     return 0
 

@@ -9,6 +9,7 @@ import json
 import sys
 
 from parplan.cli.args import chart_format
+from parplan.cli.progress import name_written
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers", "plan_summary"]
@@ -55,5 +56,6 @@ def run_show(args) -> int:
     if args.trace:
         outputs[args.trace] = json.dumps(plan_trace(plan)) + "\n"
     write_outputs(outputs)
+    name_written(outputs)
     sys.stdout.write(plan_summary(plan))
     return 0

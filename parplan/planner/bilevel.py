@@ -200,9 +200,8 @@ def _screen(run: _Search) -> _Screened:
     degree_list = _promising_first(degree_list, run.traced, cluster, config, run.cap)
     out = _Screened(baselines={}, ours=[], screened=0, pruned=0, skipped=[str(d) for d in degree_list[_MAX_DEGREES:]],
                     considered=[str(d) for d in degree_list])
-    traced = (f"{len(run.traced.nodes)} operators → {len(run.layers)} layer units, {len(run.ops)} operator units, "
-              f"{len(degree_list)} degree candidates")
-    run.begin(Phase.SCREEN, traced)
+    subject = f"{len(degree_list)} degree candidates"
+    run.begin(Phase.SCREEN, subject)
     best_ours = float("inf")
     max_screens = _SCREENS_PER_WORK * config.work
     for degrees in degree_list[:_MAX_DEGREES]:
@@ -223,8 +222,9 @@ def _screen(run: _Search) -> _Screened:
         run.notes.append(f"{len(out.skipped)} degree candidates not screened ({', '.join(out.skipped[:4])}"
                          f"{', …' if len(out.skipped) > 4 else ''}): the most promising used the screening's "
                          f"share of the work; raise --effort, or fix --pp/--tp to plan one of the others")
-    run.end(Phase.SCREEN, traced, f"{out.screened} (placement, schedule) pairs simulated, {out.pruned} pruned by "
-                                  f"their bound")
+    run.end(Phase.SCREEN, subject, f"{len(run.traced.nodes)} operators → {len(run.layers)} layer units, "
+                                   f"{len(run.ops)} operator units; {out.screened} (placement, schedule) pairs "
+                                   f"simulated, {out.pruned} pruned by their bound")
     return out
 
 
@@ -584,7 +584,7 @@ def _leaner(best: Evaluated, run: _Search, work: float) -> Evaluated:
         run.notes.append(f"{lean.head}: no lower peak memory at this step time")
     else:  # the pass counts activation bytes; say it per device (parameters included) in GiB
         before, after = max(best.peak_memory_bytes) / 2**30, max(leaner.peak_memory_bytes) / 2**30
-        run.notes.append(f"{lean.head}: peak memory per device {before:.1f} -> {after:.1f} GiB at the same step time")
+        run.notes.append(f"{lean.head}: peak memory per device {before:.3g} -> {after:.3g} GiB at the same step time")
     return leaner
 
 
