@@ -40,9 +40,7 @@ class ProgressDisplay:
     def __enter__(self) -> ProgressDisplay:
         if self._quiet:
             return self
-        from rich.console import Console
-
-        self._console = self._console or Console(stderr=True)
+        self._console = self._console or _stderr_console()
         if self._console.is_terminal:
             from rich.live import Live
             from rich.spinner import Spinner
@@ -65,6 +63,7 @@ class ProgressDisplay:
         from parplan.planner.events import Step  # here: importing the planner takes seconds, --help should not
 
         now = time.perf_counter()
+        first = self._numbers[0] is None  # no incumbent drawn yet: draw this update at once
         if event.step is Step.BEGIN:
             self._current, self._numbers, self._phase_started = event, (None, None, None), now
         elif event.step is Step.UPDATE:
@@ -72,8 +71,7 @@ class ProgressDisplay:
         else:
             self._current = None
             self._finished(event, now)
-        if self._live is not None and (event.step is not Step.UPDATE or now - self._drawn >= _REFRESH_S
-                                       or self._numbers[0] is None):
+        if self._live is not None and (event.step is not Step.UPDATE or first or now - self._drawn >= _REFRESH_S):
             self._drawn = now
             self._live.refresh()
 
@@ -83,7 +81,7 @@ class ProgressDisplay:
         if self._live is not None:
             self._live.console.print(f"[green]✓[/green] {_escape(line)}", highlight=False)
         else:
-            print(line, file=sys.stderr, flush=True)
+            print(line, file=sys.stderr if self._console is None else self._console.file, flush=True)
 
     def _render(self):
         from rich.text import Text
@@ -100,6 +98,13 @@ class ProgressDisplay:
         text += f"   {now - self._phase_started:.1f} s (total {now - self._started:.1f} s)"
         self._spinner.update(text=Text(text))
         return self._spinner
+
+
+def _stderr_console():
+    """The console progress draws on: stderr, live when it is a terminal."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _merged(numbers: tuple, event) -> tuple:
