@@ -311,8 +311,10 @@ class Plan:
     def load(cls, path: str | Path) -> "Plan":
         try:
             text = Path(path).read_text()
-        except OSError as err:
-            raise ParplanError(f"plan file {str(path)!r} cannot be read: {err.strerror}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) else "it is not UTF-8 text"
+            raise ParplanError(f"plan file {str(path)!r} cannot be read: {reason}; give a plan.json "
+                               f"parplan wrote") from None
         return cls.from_json(text, source=f"plan file {str(path)!r}")
 
 

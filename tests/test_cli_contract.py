@@ -48,6 +48,7 @@ def _broken_plans(plan: dict) -> dict[str, str]:
 
     return {
         "not_json": "{ this is not json",
+        "binary": "\udcff\udcfe",
         "empty": "",
         "list": "[1, 2, 3]",
         "no_format": edited(lambda d: d.pop("format")),
@@ -68,6 +69,7 @@ def _broken_profiles() -> dict[str, str]:
     return {
         "cluster_not_yaml.yaml": "kind: cluster\ngroups: [unclosed\n",
         "cluster_list.yaml": "- 1\n- 2\n",
+        "cluster_binary.yaml": "kind: \udcff\udcfe\n",
         "cluster_kind.yaml": cluster.replace("kind: cluster", "kind: toaster"),
         "cluster_no_groups.yaml": re.sub(r"groups:.*?(?=inter_node)", "", cluster, flags=re.S),
         "cluster_zero_nodes.yaml": cluster.replace("nodes: 1", "nodes: 0"),
@@ -104,10 +106,10 @@ def inputs(tmp_path_factory) -> dict[str, str]:
     Path(paths["dir_json"]).mkdir()
     for name, text in _broken_plans(plan.to_dict()).items():
         paths[f"plan_{name}"] = str(root / f"plan_{name}.json")
-        Path(paths[f"plan_{name}"]).write_text(text)
+        Path(paths[f"plan_{name}"]).write_text(text, errors="surrogateescape")
     for name, text in {**_broken_profiles(), **MODEL_FILES}.items():
         paths[name.rsplit(".", 1)[0]] = str(root / name)
-        (root / name).write_text(text)
+        (root / name).write_text(text, errors="surrogateescape")
     return paths
 
 
@@ -263,7 +265,7 @@ CASES = {
 }
 
 PLAN_FILE_ERRORS = {
-    "not_json": "is not valid JSON", "empty": "is not valid JSON", "list": "is not a parplan plan",
+    "not_json": "is not valid JSON", "binary": "not UTF-8", "empty": "is not valid JSON", "list": "is not a parplan plan",
     "no_format": "is not a parplan plan", "old_version": "plan format version 0", "no_stages": "lacks the field",
     "bad_batch": "is malformed", "lost_action": "V3", "twice_action": "V3", "bad_action": "1Q0",
     "bad_mode": "'sometimes' is unknown", "bad_rank": "placement",
@@ -276,7 +278,7 @@ for _name in ("not_json", "lost_action", "twice_action", "old_version"):
                                      PLAN_FILE_ERRORS[_name])
 
 PROFILE_ERRORS = {
-    "cluster_not_yaml": "is not valid YAML", "cluster_list": "must hold a mapping", "cluster_kind": "'toaster'",
+    "cluster_not_yaml": "is not valid YAML", "cluster_binary": "not UTF-8", "cluster_list": "must hold a mapping", "cluster_kind": "'toaster'",
     "cluster_no_groups": "groups is missing", "cluster_zero_nodes": "must be a positive integer",
     "cluster_bad_gpus": "must be a positive integer", "cluster_unknown_gpu": "abacus",
     "cluster_negative_bw": "bandwidth", "gpu_no_peak": "peak_flops is missing", "gpu_bad_unit": "furlongs",

@@ -167,7 +167,13 @@ def _read_yaml(path: Path) -> dict:
     import yaml  # lazy: only profile loading needs it
 
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "it is not UTF-8 text"
+        raise ParplanError(f"hardware profile file {str(path)!r} cannot be read: {reason}; "
+                           f"give a readable YAML profile") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ParplanError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
