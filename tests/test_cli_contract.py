@@ -60,6 +60,9 @@ def _broken_plans(plan: dict) -> dict[str, str]:
         "bad_action": edited(lambda d: d["schedule"]["orders"][1].__setitem__(0, "1Q0")),
         "bad_mode": edited(lambda d: d.update(mode="sometimes")),
         "bad_rank": edited(lambda d: d["stages"][0].update(rank=1)),
+        "model_stage_null": edited(lambda d: d["schedule"].update(model_stage=[0, None])),
+        "timeline_short": edited(lambda d: d["timeline"][0].pop()),
+        "timeline_backwards": edited(lambda d: d["timeline"][1].__setitem__(0, ["1F0", 2.0, 1.0])),
     }
 
 
@@ -75,6 +78,8 @@ def _broken_profiles() -> dict[str, str]:
         "cluster_zero_nodes.yaml": cluster.replace("nodes: 1", "nodes: 0"),
         "cluster_bad_gpus.yaml": cluster.replace("gpus_per_node: 8", "gpus_per_node: eight"),
         "cluster_unknown_gpu.yaml": cluster.replace("gpu: h100-sxm", "gpu: abacus"),
+        "cluster_null_gpu.yaml": cluster.replace("gpu: h100-sxm", "gpu:"),
+        "cluster_group_text.yaml": re.sub(r"groups:.*?(?=inter_node)", "groups: [h100-sxm]\n", cluster, flags=re.S),
         "cluster_negative_bw.yaml": cluster.replace("value: 450e9", "value: -450e9"),
         "gpu_no_peak.yaml": re.sub(r"peak_flops:.*?(?=hbm_capacity)", "", gpu, flags=re.S),
         "gpu_bad_unit.yaml": gpu.replace("unit: B/s", "unit: furlongs"),
@@ -268,7 +273,9 @@ PLAN_FILE_ERRORS = {
     "not_json": "is not valid JSON", "binary": "not UTF-8", "empty": "is not valid JSON", "list": "is not a parplan plan",
     "no_format": "is not a parplan plan", "old_version": "plan format version 0", "no_stages": "lacks the field",
     "bad_batch": "is malformed", "lost_action": "V3", "twice_action": "V3", "bad_action": "1Q0",
-    "bad_mode": "'sometimes' is unknown", "bad_rank": "placement",
+    "bad_mode": "'sometimes' is unknown", "bad_rank": "placement", "timeline_short": "timeline row 0",
+    "model_stage_null": "None is not an integer stage",
+    "timeline_backwards": "timeline row 1",
 }
 for _name, _phrase in PLAN_FILE_ERRORS.items():
     CASES[f"show-plan-{_name}"] = (["show", f"{{plan_{_name}}}", "--gantt", "{out}/g.png", "--trace", "{out}/t.json"],
@@ -281,6 +288,7 @@ PROFILE_ERRORS = {
     "cluster_not_yaml": "is not valid YAML", "cluster_binary": "not UTF-8", "cluster_list": "must hold a mapping", "cluster_kind": "'toaster'",
     "cluster_no_groups": "groups is missing", "cluster_zero_nodes": "must be a positive integer",
     "cluster_bad_gpus": "must be a positive integer", "cluster_unknown_gpu": "abacus",
+    "cluster_null_gpu": "must name a GPU profile", "cluster_group_text": "must be a mapping",
     "cluster_negative_bw": "bandwidth", "gpu_no_peak": "peak_flops is missing", "gpu_bad_unit": "furlongs",
     "gpu_string_value": "is not a finite number", "gpu_empty": "must hold a mapping",
 }

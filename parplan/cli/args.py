@@ -143,7 +143,8 @@ def model_args(p: argparse.ArgumentParser) -> None:
 
 def load_checked_plan(path: str):
     """The plan file at `path`, its schedule checked by the validator (every action once,
-    dependencies met), so a hand-edited order fails here rather than in a chart or a run."""
+    dependencies met) and its timeline against the schedule's orders, so a hand-edited plan
+    fails here rather than in a chart or a run."""
     from parplan.plan import Plan
     from parplan.schedule.validate import validate
 
@@ -152,4 +153,10 @@ def load_checked_plan(path: str):
         validate(plan.schedule)
     except ParplanError as err:
         raise ParplanError(f"plan file {path!r}: {err}\nregenerate the plan with parplan, or restore the order") from None
+    for rank, (row, order) in enumerate(zip(plan.timeline, plan.schedule.orders)):
+        timed = tuple(step.action for step in row)
+        if timed != tuple(order) or any(not 0 <= step.start <= step.end for step in row):
+            raise ParplanError(f"plan file {path!r}: timeline row {rank} does not time rank {rank}'s order "
+                               f"({len(timed)} timed actions, {len(order)} in the order, each with "
+                               f"0 <= start <= end); regenerate the plan with parplan")
     return plan
