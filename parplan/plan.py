@@ -262,16 +262,16 @@ class Plan:
         try:
             m, c, p = data["model"], data["cluster"], data["predicted"]
             return cls(
-                model=ModelSummary(spec=m["spec"], batch=int(m["batch"]), seq=int(m["seq"]),
-                                   num_parameters=int(m["num_parameters"]), fingerprint=m["fingerprint"]),
-                cluster=ClusterSummary(name=c["name"], devices=tuple(c["devices"])),
+                model=ModelSummary(spec=_text(m["spec"]), batch=int(m["batch"]), seq=int(m["seq"]),
+                                   num_parameters=int(m["num_parameters"]), fingerprint=_text(m["fingerprint"])),
+                cluster=ClusterSummary(name=_text(c["name"]), devices=tuple(c["devices"])),
                 mode=data["mode"],
                 num_microbatches=int(data["num_microbatches"]),
                 time_unit=data["time_unit"],
                 memory_unit=data["memory_unit"],
                 stages=tuple(
-                    StagePlan(index=int(st["index"]), rank=int(st["rank"]), pieces=tuple(st["pieces"]),
-                              receives=tuple(st.get("receives", ())), passes=tuple(st.get("passes", ())))
+                    StagePlan(index=int(st["index"]), rank=int(st["rank"]), pieces=_texts(st["pieces"]),
+                              receives=_texts(st.get("receives", ())), passes=_texts(st.get("passes", ())))
                     for st in data["stages"]
                 ),
                 schedule=Schedule.from_dict(data["schedule"]),
@@ -282,13 +282,13 @@ class Plan:
                 ),
                 predicted=PredictedMetrics(
                     step_time=float(p["step_time"]), bubble_ratio=float(p["bubble_ratio"]),
-                    peak_activation_per_rank=tuple(p["peak_activation_per_rank"]),
-                    params_per_rank=tuple(p["params_per_rank"]),
+                    peak_activation_per_rank=tuple(float(x) for x in p["peak_activation_per_rank"]),
+                    params_per_rank=tuple(float(x) for x in p["params_per_rank"]),
                 ),
                 solver=dict(data.get("solver", {})),
                 version=data["version"],
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
             if isinstance(err, ParplanError):
                 raise ParplanError(f"{source}: {err}") from None
             what = f"lacks the field {err}" if isinstance(err, KeyError) else f"is malformed ({err})"
@@ -311,6 +311,20 @@ class Plan:
     def load(cls, path: str | Path) -> "Plan":
         try:
             text = Path(path).read_text()
-        except OSError as err:
-            raise ParplanError(f"plan file {str(path)!r} cannot be read: {err.strerror}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            reason = err.strerror if isinstance(err, OSError) else "it is not UTF-8 text"
+            raise ParplanError(f"plan file {str(path)!r} cannot be read: {reason}; give a plan.json "
+                               f"parplan wrote") from None
         return cls.from_json(text, source=f"plan file {str(path)!r}")
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
+
+
+def _texts(values: Any) -> tuple[str, ...]:
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"{values!r} is not a list of strings")
+    return tuple(_text(v) for v in values)

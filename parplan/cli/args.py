@@ -1,33 +1,116 @@
-"""Argument types and checks the CLI command families share."""
+"""Argument types and helpers the CLI commands share.
+
+Every flag is checked once, here, as argparse parses it: a bad value exits 2 with
+`argument FLAG: VALUE is invalid: RULE; FIX` before any work starts. The same type serves
+the same kind of flag in every command (counts, parallel degrees, memory sizes, time
+limits, effort levels).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from parplan.errors import ParplanError
 
-__all__ = ["positive_int", "positive_float", "chart_format", "format_columns", "model_args"]
+__all__ = ["positive_int", "non_negative_int", "integer", "degree", "positive_float", "seconds", "memory_size",
+           "memory_cap", "effort", "chart_format", "format_columns", "model_args", "load_checked_plan"]
+
+
+def _int(text: str, rule: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give {rule}") from None
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    """A count (ranks, micro-batches, steps, workers, batch, sequence length): >= 1."""
+    value = _int(text, "a whole number >= 1, e.g. 4")
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is invalid: must be >= 1")
+        raise argparse.ArgumentTypeError(f"{value} is invalid: a count must be >= 1; give a whole number such as 4")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A depth or index: >= 0."""
+    value = _int(text, "a whole number >= 0, e.g. 1")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: it must be >= 0; give a whole number such as 1")
+    return value
+
+
+def integer(text: str) -> int:
+    """Any integer (a random seed)."""
+    return _int(text, "a whole number, e.g. 0")
+
+
+def degree(text: str) -> int:
+    """A parallel degree (--pp, --tp): >= 1."""
+    value = _int(text, "a whole number >= 1, or leave the flag out to search")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: a parallel degree is an integer >= 1; "
+                                         f"leave the flag out to search")
+    return value
+
+
+def _positive(text: str, what: str, example: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give {what}, e.g. {example}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is invalid: {what} must be finite and > 0; give e.g. {example}")
     return value
 
 
 def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    return _positive(text, "a positive number", "1.5")
+
+
+def seconds(text: str) -> float:
+    """A wall-clock limit or timeout in seconds: finite, > 0."""
+    return _positive(text, "a time limit in seconds", "60")
+
+
+def memory_size(text: str) -> float:
+    """Bytes per device from a size with a unit (70GiB, 80GB, 512MiB)."""
+    from parplan.compare import parse_memory_limit
+
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} is invalid: must be > 0")
-    return value
+        parsed = parse_memory_limit(text)
+    except ParplanError:
+        parsed = None
+    if parsed is None or parsed[0] != "bytes":
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: a memory limit here is bytes per device with a "
+                                         f"unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB); give e.g. 70GiB")
+    if not parsed[1] > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: a memory limit must be > 0; give e.g. 70GiB")
+    return float(parsed[1])
+
+
+def memory_cap(text: str) -> str:
+    """A schedule's activation cap: units, a size such as 70GiB, or match:NAME (checked, kept as text)."""
+    from parplan.compare import parse_memory_limit
+
+    try:
+        parse_memory_limit(text)
+    except ParplanError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--memory-limit ")) from None
+    return text
+
+
+def effort(text: str) -> str:
+    """An --effort value: quick, normal, thorough, or a positive number of deterministic seconds (kept as text)."""
+    from parplan.budget import effort_work
+
+    try:
+        effort_work(text)
+    except ParplanError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--effort ")) from None
+    return text
 
 
 def chart_format(path: str | None, flag: str = "--gantt") -> str | None:
@@ -51,8 +134,29 @@ def model_args(p: argparse.ArgumentParser) -> None:
     """The MODEL argument and the shape options `trace` and `profile` share."""
     p.add_argument("model", help="zoo name with options (gpt:hidden=4096,heads=32,layers=1), "
                                  "path/to/file.py:factory, or hf:llama")
-    p.add_argument("--batch", type=int, default=1, help="micro-batch size (default 1)")
-    p.add_argument("--seq", type=int, default=1024, help="sequence length (default 1024)")
+    p.add_argument("--batch", type=positive_int, default=1, help="micro-batch size (default 1)")
+    p.add_argument("--seq", type=positive_int, default=1024, help="sequence length (default 1024)")
     p.add_argument("--leaf", action="append", default=[], metavar="MODULE.CLASS",
                    help="keep this nn.Module class as one opaque operator (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def load_checked_plan(path: str):
+    """The plan file at `path`, its schedule checked by the validator (every action once,
+    dependencies met) and its timeline against the schedule's orders, so a hand-edited plan
+    fails here rather than in a chart or a run."""
+    from parplan.plan import Plan
+    from parplan.schedule.validate import validate
+
+    plan = Plan.load(path)
+    try:
+        validate(plan.schedule)
+    except ParplanError as err:
+        raise ParplanError(f"plan file {path!r}: {err}\nregenerate the plan with parplan, or restore the order") from None
+    for rank, (row, order) in enumerate(zip(plan.timeline, plan.schedule.orders)):
+        timed = tuple(step.action for step in row)
+        if timed != tuple(order) or any(not 0 <= step.start <= step.end for step in row):
+            raise ParplanError(f"plan file {path!r}: timeline row {rank} does not time rank {rank}'s order "
+                               f"({len(timed)} timed actions, {len(order)} in the order, each with "
+                               f"0 <= start <= end); regenerate the plan with parplan")
+    return plan

@@ -8,7 +8,7 @@ from __future__ import annotations
 from parplan.cli.args import positive_int
 from parplan.cli.progress import name_written
 from parplan.cli.show import plan_summary
-from parplan.io import check_writable
+from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers"]
 
@@ -35,7 +35,7 @@ def run_plan_chain(args) -> int:
     check_writable(args.output, "-o")
     plan = plan_chain(args.model, args.schedule, batch=args.batch, seq=args.seq, num_ranks=args.ranks,
                       num_microbatches=args.microbatches, num_chunks=args.chunks, costs=args.costs)
-    plan.save(args.output)
+    write_outputs({args.output: plan.to_json()})
     name_written([args.output])
     print(plan_summary(plan), end="")
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from parplan.cli.args import load_checked_plan
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers"]
@@ -23,11 +24,10 @@ def add_parsers(sub) -> None:
 
 
 def run_export(args) -> int:
-    from parplan.plan import Plan
     from parplan.runtime.export import check_torch_csv, torch_csv
 
     check_writable(args.torch_csv, "--torch-csv")
-    plan = Plan.load(args.plan)
+    plan = load_checked_plan(args.plan)
     text = torch_csv(plan.schedule)
     s = plan.schedule
     check_torch_csv(text, num_ranks=s.num_ranks, num_stages=s.num_stages, num_microbatches=s.microbatches_per_chain)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from parplan.cli.args import chart_format, format_columns
+from parplan.cli.args import chart_format, degree, effort, format_columns, integer, memory_size, positive_int, seconds
 from parplan.cli.progress import ProgressDisplay, name_written
-from parplan.compare import parse_memory_limit
-from parplan.errors import ParplanError
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers", "DEFAULT_MODEL", "format_plan_table", "summary_line"]
@@ -25,15 +23,15 @@ def add_parsers(sub) -> None:
                    help=f"zoo spec (gpt:layers=12, llama, mixtral, deepseek-moe, two-tower), path.py:factory "
                         f"or hf:llama (default: {DEFAULT_MODEL})")
     p.add_argument("--cluster", default="h100x8", help="cluster profile name or YAML file (default h100x8)")
-    p.add_argument("--batch", type=int, default=1, help="sequences per micro-batch (default 1)")
-    p.add_argument("--seq", type=int, default=1024, help="sequence length (default 1024)")
-    p.add_argument("--microbatches", "-m", type=int, default=32, help="micro-batches per step (default 32)")
-    p.add_argument("--memory-limit", default=None, help="bytes per device, e.g. 70GiB (default: device HBM)")
-    p.add_argument("--effort", default="normal",
+    p.add_argument("--batch", type=positive_int, default=1, help="sequences per micro-batch (default 1)")
+    p.add_argument("--seq", type=positive_int, default=1024, help="sequence length (default 1024)")
+    p.add_argument("--microbatches", "-m", type=positive_int, default=32, help="micro-batches per step (default 32)")
+    p.add_argument("--memory-limit", type=memory_size, default=None, help="bytes per device, e.g. 70GiB (default: device HBM)")
+    p.add_argument("--effort", type=effort, default="normal",
                    help="search work: quick, normal (default: about a minute on 2 cores for the default job) or "
                         "thorough, or a number of CP-SAT deterministic seconds; the same model, cluster, options, "
                         "seed and workers give the same plan on any machine")
-    p.add_argument("--time-limit", type=float, default=None,
+    p.add_argument("--time-limit", type=seconds, default=None,
                    help="wall-clock safety stop in seconds (default none); if it fires, the plan says which phase "
                         "it cut, and the plan may then depend on the machine's speed")
     p.add_argument("--mode", choices=("train", "inference"), default="train")
@@ -42,12 +40,12 @@ def add_parsers(sub) -> None:
                         "micro-batch through the pipeline (inference)")
     p.add_argument("--placement", choices=("auto", "chain", "loop", "v", "dualpipe"), default="auto",
                    help="stage-to-rank family (default auto: try each)")
-    p.add_argument("--pp", type=int, default=None, help="fix the pipeline degree (default: search)")
-    p.add_argument("--tp", type=int, default=None, help="fix the tensor-parallel degree (default: search)")
+    p.add_argument("--pp", type=degree, default=None, help="fix the pipeline degree (default: search)")
+    p.add_argument("--tp", type=degree, default=None, help="fix the tensor-parallel degree (default: search)")
     p.add_argument("--no-zero1", action="store_true", help="keep full optimizer state on every replica")
     p.add_argument("--no-mip", action="store_true", help="skip the lower-level MIP (expert orders only)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=integer, default=0)
+    p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("-o", "--output", default=None, help="write plan.json here")
     p.add_argument("--gantt", default=None, help="draw the plan next to the best baseline (.png/.svg)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -55,16 +53,6 @@ def add_parsers(sub) -> None:
                    help="no progress on stderr (by default: a live display on a terminal, else one line per "
                         "phase); errors and the names of written files still print")
     p.set_defaults(func=run_plan)
-
-
-def _memory_limit(text: str | None) -> float | None:
-    parsed = parse_memory_limit(text)
-    if parsed is None:
-        return None
-    kind, value = parsed
-    if kind != "bytes":
-        raise ParplanError(f"--memory-limit {text!r}: plan caps bytes per device; give a size such as 70GiB")
-    return float(value)
 
 
 def run_plan(args) -> int:
@@ -77,23 +65,14 @@ def run_plan(args) -> int:
     check_writable(args.output, "-o")
     check_writable(args.gantt, "--gantt")
     fmt = chart_format(args.gantt)
-    for flag, value in (("--batch", args.batch), ("--seq", args.seq), ("--microbatches", args.microbatches),
-                        ("--workers", args.workers)):
-        if value < 1:
-            raise ParplanError(f"{flag} {value} is invalid: need an integer >= 1")
-    effort_work(args.effort)  # a bad budget fails before any tracing
-    if args.time_limit is not None and not args.time_limit > 0:
-        raise ParplanError(f"--time-limit {args.time_limit:g} is invalid: give a positive number of seconds "
-                           f"(it is a safety stop; the work budget is --effort)")
     # cheap checks first: a bad option fails before the model is built and traced
     cluster = load_cluster(args.cluster)
-    memory_limit = _memory_limit(args.memory_limit)
     degrees = parse_degrees(args.pp, args.tp, cluster)
     zoo = load_model(args.model, batch=args.batch, seq=args.seq)
     with ProgressDisplay(quiet=args.quiet) as display:
         plan, result = plan_with_report(
             zoo.model, zoo.example_inputs, cluster=cluster, microbatches=args.microbatches, spec=args.model,
-            progress=None if args.quiet else display, memory_limit=memory_limit, work=effort_work(args.effort),
+            progress=None if args.quiet else display, memory_limit=args.memory_limit, work=effort_work(args.effort),
             time_limit=args.time_limit, mode=args.mode, objective=args.objective, degrees=degrees,
             **({} if args.placement == "auto" else {"families": (args.placement,)}),
             memory=MemoryModel(mode=args.mode, zero1=not args.no_zero1), use_mip=not args.no_mip,

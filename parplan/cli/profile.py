@@ -11,9 +11,10 @@ import json
 import time
 from pathlib import Path
 
-from parplan.cli.args import model_args
+from parplan.cli.args import model_args, non_negative_int, positive_int
 from parplan.cli.trace import traced_model
 from parplan.errors import ParplanError
+from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers"]
 
@@ -24,10 +25,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--hardware", default=None,
                    help="GPU profile name or .yaml (cluster names use their first GPU); "
                         "default with --measure: the profile matching the local GPU")
-    p.add_argument("--depth", type=int, default=1, help="module depth of the per-module table (default 1)")
+    p.add_argument("--depth", type=non_negative_int, default=1, help="module depth of the per-module table (default 1)")
     p.add_argument("--measure", action="store_true", help="time each distinct operator on the local GPU")
-    p.add_argument("--cache", type=Path, default=None, help="measurement cache (default ~/.cache/parplan/measured.json)")
-    p.add_argument("--repeat", type=int, default=10, help="timed repetitions per operator (median kept)")
+    p.add_argument("--cache", type=Path, metavar="FILE", default=None, help="measurement cache (default ~/.cache/parplan/measured.json)")
+    p.add_argument("--repeat", type=positive_int, default=10, help="timed repetitions per operator (median kept)")
     p.set_defaults(func=run_profile)
 
 
@@ -37,9 +38,9 @@ def run_profile(args) -> int:
     from parplan.cost.measure import DEFAULT_CACHE, cache_text, load_cache, measure_graph, require_cuda
     from parplan.trace.summary import cost_profile
 
-    if args.depth < 0:
-        raise ParplanError(f"--depth {args.depth} must be >= 0 (0: totals per top-level module only)")
     device_name = require_cuda() if args.measure else None  # fail before any work
+    if args.measure and args.cache is not None:
+        check_writable(args.cache, "--cache")
     if args.hardware is None:
         if device_name is None:
             raise ParplanError(f"--hardware is required without --measure; known: {', '.join(available_profiles())}")
@@ -73,13 +74,15 @@ def run_profile(args) -> int:
         costs = analytic
     result.update(cost_profile(traced, costs, depth=args.depth))
     result["seconds"] = round(time.perf_counter() - started, 3)
+    if cache_payload is not None:
+        cache, text = cache_payload
+        if args.cache is None:  # the default cache's folder is made on first use
+            cache.parent.mkdir(parents=True, exist_ok=True)
+        write_outputs({str(cache): text})
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         _print_profile(result)
-    if cache_payload is not None:
-        cache_payload[0].parent.mkdir(parents=True, exist_ok=True)
-        cache_payload[0].write_text(cache_payload[1])
     return 0
 
 

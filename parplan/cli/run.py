@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from parplan.cli.args import chart_format, positive_int
+from parplan.cli.args import chart_format, integer, load_checked_plan, positive_int, seconds
 from parplan.cli.progress import name_written
 from parplan.io import check_writable, write_outputs
 
@@ -23,18 +23,17 @@ def add_parsers(sub) -> None:
     p.add_argument("plan")
     p.add_argument("--nproc", type=positive_int, required=True, help="processes (= the plan's ranks)")
     p.add_argument("--steps", type=positive_int, default=3, help="training steps (default 3; step 0 is warm-up)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=integer, default=0)
     p.add_argument("--model", default=None, help="run this model spec instead of the plan's (must match the plan)")
     p.add_argument("--check", action="store_true",
                    help="also run one step in one process and compare loss and every gradient")
     p.add_argument("--trace", default=None, metavar="FILE", help="measured Chrome trace (same layout as show's)")
     p.add_argument("--gantt", default=None, metavar="FILE", help="chart of the plan with the measured step under it")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds before the job counts as hung")
+    p.add_argument("--timeout", type=seconds, default=600.0, help="seconds before the job counts as hung")
     p.set_defaults(func=run_run)
 
 
 def run_run(args) -> int:
-    from parplan.plan import Plan
     from parplan.render.chrome_trace import measured_trace
     from parplan.render.plan_chart import render_plan_gantt
     from parplan.runtime.chain import load_plan_model
@@ -44,7 +43,7 @@ def run_run(args) -> int:
     fmt = chart_format(args.gantt)
     check_writable(args.gantt, "--gantt")
     check_writable(args.trace, "--trace")
-    plan = Plan.load(args.plan)
+    plan = load_checked_plan(args.plan)
     if args.model is not None:
         zoo = load_plan_model(args.model, batch=plan.model.batch, seq=plan.model.seq)
         check_model(zoo.model, plan)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 from parplan.baselines import BASELINES
 from parplan.budget import effort_work
 from parplan.compare import ComparisonRow, compare, rank_share_costs
 from parplan.schedule.costs import parse_cost_spec
 from parplan.errors import ParplanError
-from parplan.cli.args import chart_format, format_columns, positive_float, positive_int
+from parplan.cli.args import chart_format, effort, format_columns, integer, memory_cap, positive_int, seconds
 from parplan.cli.progress import ProgressDisplay, name_written
 from parplan.io import check_writable, write_outputs
 
@@ -29,13 +31,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="costs of one rank's share of the model per micro-batch: F, I, W (or B), "
                         "FB (overlapped F&B cell, default F+B), C (transfer between ranks); default %(default)s")
     mip = p.add_argument_group("MIP options (schedule 'mip')")
-    mip.add_argument("--memory-limit", default=None,
+    mip.add_argument("--memory-limit", type=memory_cap, default=None,
                      help="activation cap per rank: units of one rank-share activation per micro-batch, "
                           "or match:NAME for a baseline's peak (e.g. match:dualpipe)")
-    mip.add_argument("--effort", default="normal",
+    mip.add_argument("--effort", type=effort, default="normal",
                      help="search work: quick, normal (default) or thorough, or a number of CP-SAT deterministic "
                           "seconds; the same effort, seed and workers give the same schedule on any machine")
-    mip.add_argument("--time-limit", type=positive_float, default=None,
+    mip.add_argument("--time-limit", type=seconds, default=None,
                      help="wall-clock safety stop in seconds (default none); if it fires, the report says so "
                           "and the schedule may then depend on the machine's speed")
     mip.add_argument("--placement", choices=("dualpipe", "v", "loop", "auto"), default="auto",
@@ -48,7 +50,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                      help="keep a quarter of the work for finding the same makespan at a lower "
                           "per-rank activation peak (the search gets the rest)")
     mip.add_argument("--solver", choices=("cpsat", "highs"), default="cpsat")
-    mip.add_argument("--seed", type=int, default=0)
+    mip.add_argument("--seed", type=integer, default=0)
     mip.add_argument("--workers", type=positive_int, default=2)
     mip.add_argument("--dump-model", default=None, metavar="FILE",
                      help="write the solver's model before solving (CP-SAT: .pb/.pbtxt; HiGHS: .lp/.mps)")
@@ -90,15 +92,15 @@ def run_demo(args) -> int:
     return run_compare(compare_args)
 
 
-def _mip_options(args):
+def _mip_options(args, dump_path: str | None):
     from parplan.mip import MipOptions
 
     return MipOptions(placement=args.placement, work=effort_work(args.effort), time_limit=args.time_limit,
-                      seed=args.seed, workers=args.workers, solver=args.solver, dump_model=args.dump_model,
+                      seed=args.seed, workers=args.workers, solver=args.solver, dump_model=dump_path,
                       cells=args.cells, minimise_memory=args.minimise_memory)
 
 
-def _rows(args, names: list[str]) -> list[ComparisonRow]:
+def _rows(args, names: list[str], dump_path: str | None = None) -> list[ComparisonRow]:
     if args.chunks is not None and "interleaved-1f1b" not in names and len(names) > 1:
         print(f"parplan {args.command}: note: --chunks applies only to interleaved-1f1b; ignored",
               file=sys.stderr)
@@ -113,7 +115,7 @@ def _rows(args, names: list[str]) -> list[ComparisonRow]:
         rows = compare(
             names, num_ranks=args.ranks, num_microbatches=args.microbatches, cost_spec=parse_cost_spec(args.cost),
             num_chunks=args.chunks, memory_limit=args.memory_limit,
-            mip_options=_mip_options(args) if solving else None,
+            mip_options=_mip_options(args, dump_path) if solving else None,
             progress=(lambda event: display(PlanProgress.from_solver(Phase.LOWER_MIP, subject, event))) if shown
             else None,
         )
@@ -124,11 +126,26 @@ def _rows(args, names: list[str]) -> list[ComparisonRow]:
     return rows
 
 
+def _solved_rows(args, names: list[str]) -> tuple[list[ComparisonRow], dict[str, bytes]]:
+    """The rows, and the --dump-model file as an output: the solver dumps its model into a
+    temp folder, and the file is written with the command's other outputs."""
+    if args.dump_model is None:
+        return _rows(args, names), {}
+    if "mip" not in names:
+        print(f"parplan {args.command}: note: --dump-model applies only to schedule 'mip'; ignored", file=sys.stderr)
+        return _rows(args, names), {}
+    with tempfile.TemporaryDirectory(prefix="parplan-dump-") as folder:
+        dump = Path(folder) / Path(args.dump_model).name
+        rows = _rows(args, names, dump_path=str(dump))
+        return rows, ({args.dump_model: dump.read_bytes()} if dump.exists() else {})
+
+
 def run_schedule(args) -> int:
     check_writable(args.output, "-o")
+    check_writable(args.dump_model, "--dump-model")
     if args.name not in _SCHEDULE_NAMES:
         raise ParplanError(f"unknown schedule {args.name!r}; choose one of {', '.join(_SCHEDULE_NAMES)}")
-    (row,) = _rows(args, [args.name])
+    (row,), outputs = _solved_rows(args, [args.name])
     schedule = row.schedule
     if args.format == "csv":
         text = schedule.to_csv()
@@ -142,9 +159,10 @@ def run_schedule(args) -> int:
         for line in solver_report(row):
             print(line, file=sys.stderr)
     if args.output:
-        write_outputs({args.output: text})
-        name_written([args.output])
-    else:
+        outputs[args.output] = text
+    write_outputs(outputs)
+    name_written(outputs)
+    if not args.output:
         sys.stdout.write(text)
     return 0
 
@@ -155,8 +173,8 @@ def run_compare(args) -> int:
         raise ParplanError("--schedules is empty; name at least one schedule, e.g. --schedules 1f1b,dualpipe")
     fmt = chart_format(args.gantt)
     check_writable(args.gantt, "--gantt")
-    rows = _rows(args, names)
-    outputs = {}
+    check_writable(args.dump_model, "--dump-model")
+    rows, outputs = _solved_rows(args, names)
     if args.gantt:
         from parplan.render.gantt import render_gantt
 

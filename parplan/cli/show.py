@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from parplan.cli.args import chart_format
+from parplan.cli.args import chart_format, load_checked_plan
 from parplan.cli.progress import name_written
 from parplan.io import check_writable, write_outputs
 
@@ -42,14 +42,13 @@ def plan_summary(plan) -> str:
 
 
 def run_show(args) -> int:
-    from parplan.plan import Plan
     from parplan.render.chrome_trace import plan_trace
     from parplan.render.plan_chart import render_plan_gantt
 
     fmt = chart_format(args.gantt)
     check_writable(args.gantt, "--gantt")
     check_writable(args.trace, "--trace")
-    plan = Plan.load(args.plan)
+    plan = load_checked_plan(args.plan)
     outputs: dict[str, str | bytes] = {}
     if args.gantt:
         outputs[args.gantt] = render_plan_gantt(plan, fmt=fmt)

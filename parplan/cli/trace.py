@@ -8,10 +8,9 @@ from __future__ import annotations
 import importlib
 import json
 import warnings
-from pathlib import Path
-
 from parplan.cli.args import model_args
 from parplan.errors import ParplanError
+from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers", "traced_model"]
 
@@ -19,7 +18,7 @@ __all__ = ["add_parsers", "traced_model"]
 def add_parsers(sub) -> None:
     p = sub.add_parser("trace", help="trace a model into an operator DAG and summarise it")
     model_args(p)
-    p.add_argument("-o", "--output", type=Path, help="write the DAG (nodes, edges, summary) as JSON")
+    p.add_argument("-o", "--output", default=None, metavar="FILE", help="write the DAG (nodes, edges, summary) as JSON")
     p.set_defaults(func=run_trace)
 
 
@@ -39,8 +38,6 @@ def traced_model(args):
     from parplan.trace import UnknownOperatorWarning, trace
     from parplan.zoo import load_model
 
-    if args.batch < 1 or args.seq < 1:
-        raise ParplanError(f"--batch {args.batch} / --seq {args.seq} must be >= 1")
     zoo = load_model(args.model, batch=args.batch, seq=args.seq)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnknownOperatorWarning)
@@ -61,9 +58,10 @@ def run_trace(args) -> int:
 
     from parplan.trace.summary import graph_json, trace_summary
 
+    check_writable(args.output, "-o")
     traced, warns = traced_model(args)
     summary = trace_summary(traced)
-    payload = json.dumps(graph_json(traced)) if args.output else None
+    write_outputs({args.output: json.dumps(graph_json(traced))} if args.output else {})
     for w in warns:
         print(f"warning: {w}", file=sys.stderr)
     if args.json:
@@ -81,6 +79,4 @@ def run_trace(args) -> int:
                   f"{b['ops_per_instance']} ops, {b['forward_flops_per_instance']:.4g} forward FLOPs each)")
         for note in s["notes"]:
             print(f"note: {note}")
-    if args.output:
-        args.output.write_text(payload)
     return 0

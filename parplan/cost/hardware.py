@@ -167,7 +167,13 @@ def _read_yaml(path: Path) -> dict:
     import yaml  # lazy: only profile loading needs it
 
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "it is not UTF-8 text"
+        raise ParplanError(f"hardware profile file {str(path)!r} cannot be read: {reason}; "
+                           f"give a readable YAML profile") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ParplanError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -267,12 +273,16 @@ def load_profile_file(path: Path) -> GPUProfile | ClusterProfile:
         groups = []
         for i, g in enumerate(groups_raw):
             gw = f"{where}.groups[{i}]"
+            if not isinstance(g, dict):
+                raise ParplanError(f"{gw} = {g!r} must be a mapping with gpu, nodes, gpus_per_node, intra_node")
             for key in ("gpu", "nodes", "gpus_per_node", "intra_node"):
                 if key not in g:
                     raise ParplanError(f"{gw}.{key} is missing")
             for key in ("nodes", "gpus_per_node"):
                 if not isinstance(g[key], int) or g[key] < 1:
                     raise ParplanError(f"{gw}.{key} = {g[key]!r} must be a positive integer (a count)")
+            if not isinstance(g["gpu"], str):
+                raise ParplanError(f"{gw}.gpu = {g['gpu']!r} must name a GPU profile (e.g. h100-sxm) or a .yaml file")
             gpu = load_gpu(g["gpu"])
             groups.append(NodeGroup(gpu=gpu, nodes=g["nodes"], gpus_per_node=g["gpus_per_node"],
                                     intra_node=_parse_link(g["intra_node"], f"{gw}.intra_node")))

@@ -82,6 +82,13 @@ class Action:
         )
 
 
+def _index(value) -> int:
+    """A stage or rank number read from JSON: an integer, never a bool or a float."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not an integer stage or rank")
+    return value
+
+
 def _default(value, fallback):
     return fallback if value is None else value
 
@@ -243,14 +250,16 @@ class Schedule:
         try:
             return cls(
                 name=data["name"],
-                stage_to_rank=tuple(data["stage_to_rank"]),
+                stage_to_rank=tuple(_index(r) for r in data["stage_to_rank"]),
                 microbatches_per_chain=int(data["microbatches_per_chain"]),
                 orders=tuple(tuple(Action.parse(a) for a in order) for order in data["orders"]),
-                chains=tuple(tuple(c) for c in data["chains"]),
-                model_stage=tuple(data["model_stage"]),
+                chains=tuple(tuple(_index(s) for s in c) for c in data["chains"]),
+                model_stage=tuple(_index(s) for s in data["model_stage"]),
             )
         except KeyError as err:
             raise ParplanError(f"schedule JSON lacks the field {err}; regenerate it with parplan") from None
+        except (TypeError, AttributeError) as err:
+            raise ParplanError(f"schedule JSON is malformed ({err}); regenerate it with parplan") from None
 
     @classmethod
     def from_json(cls, text: str) -> "Schedule":

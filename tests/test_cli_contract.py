@@ -1,0 +1,553 @@
+"""The CLI contract: bad input exits 2 with a message and no traceback, a bug exits 1 with one
+line (`--debug` shows the traceback), and a failing command leaves no output file behind.
+
+The table below runs every command on bad flags, unknown names, broken model files, broken
+hardware profiles and plan files, and output paths that cannot be written; the property
+tests then mutate valid flag lists, profiles and plans at random (derandomized, 25 examples
+each; set PARPLAN_FUZZ_EXAMPLES to search longer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from parplan.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = REPO / "parplan" / "cost" / "profiles"
+TINY = "gpt:hidden=64,heads=2,layers=2,vocab=128"
+PLAN_SHAPE = ["--seq", "32", "-m", "4", "--effort", "quick"]
+CHAIN_GPT = "gpt:hidden=32,heads=2,layers=4,vocab=64,max_positions=8,tie_embeddings=false,dtype=float32"
+
+FUZZ = settings(max_examples=int(os.environ.get("PARPLAN_FUZZ_EXAMPLES", "25")), deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+# ---- inputs: one valid plan, broken plans, profiles and model files ------------------------
+def _broken_plans(plan: dict) -> dict[str, str]:
+    def edited(change) -> str:
+        data = json.loads(json.dumps(plan))
+        change(data)
+        return json.dumps(data)
+
+    def drop_0f0(d):
+        d["schedule"]["orders"][0].remove("0F0")
+
+    def twice_0b0(d):
+        d["schedule"]["orders"][0].append("0B0")
+
+    return {
+        "not_json": "{ this is not json",
+        "binary": "\udcff\udcfe",
+        "empty": "",
+        "list": "[1, 2, 3]",
+        "no_format": edited(lambda d: d.pop("format")),
+        "old_version": edited(lambda d: d.update(version=0)),
+        "no_stages": edited(lambda d: d.pop("stages")),
+        "bad_batch": edited(lambda d: d["model"].update(batch="many")),
+        "lost_action": edited(drop_0f0),
+        "twice_action": edited(twice_0b0),
+        "bad_action": edited(lambda d: d["schedule"]["orders"][1].__setitem__(0, "1Q0")),
+        "bad_mode": edited(lambda d: d.update(mode="sometimes")),
+        "bad_rank": edited(lambda d: d["stages"][0].update(rank=1)),
+        "model_stage_null": edited(lambda d: d["schedule"].update(model_stage=[0, None])),
+        "timeline_short": edited(lambda d: d["timeline"][0].pop()),
+        "timeline_backwards": edited(lambda d: d["timeline"][1].__setitem__(0, ["1F0", 2.0, 1.0])),
+    }
+
+
+def _broken_profiles() -> dict[str, str]:
+    cluster = (PROFILES / "h100x8.yaml").read_text()
+    gpu = (PROFILES / "h100-sxm.yaml").read_text()
+    return {
+        "cluster_not_yaml.yaml": "kind: cluster\ngroups: [unclosed\n",
+        "cluster_list.yaml": "- 1\n- 2\n",
+        "cluster_binary.yaml": "kind: \udcff\udcfe\n",
+        "cluster_kind.yaml": cluster.replace("kind: cluster", "kind: toaster"),
+        "cluster_no_groups.yaml": re.sub(r"groups:.*?(?=inter_node)", "", cluster, flags=re.S),
+        "cluster_zero_nodes.yaml": cluster.replace("nodes: 1", "nodes: 0"),
+        "cluster_bad_gpus.yaml": cluster.replace("gpus_per_node: 8", "gpus_per_node: eight"),
+        "cluster_unknown_gpu.yaml": cluster.replace("gpu: h100-sxm", "gpu: abacus"),
+        "cluster_null_gpu.yaml": cluster.replace("gpu: h100-sxm", "gpu:"),
+        "cluster_group_text.yaml": re.sub(r"groups:.*?(?=inter_node)", "groups: [h100-sxm]\n", cluster, flags=re.S),
+        "cluster_negative_bw.yaml": cluster.replace("value: 450e9", "value: -450e9"),
+        "gpu_no_peak.yaml": re.sub(r"peak_flops:.*?(?=hbm_capacity)", "", gpu, flags=re.S),
+        "gpu_bad_unit.yaml": gpu.replace("unit: B/s", "unit: furlongs"),
+        "gpu_string_value.yaml": gpu.replace("value: 3.35e12", "value: fast"),
+        "gpu_empty.yaml": "",
+    }
+
+
+MODEL_FILES = {
+    "syntax.py": "def make(:\n",
+    "raises.py": "def make(batch, seq, device, **options):\n    raise RuntimeError('no weights here')\n",
+    "import_error.py": "import parplan_no_such_module\n",
+    "not_module.py": "def make(batch, seq, device, **options):\n    return 42\n",
+    "no_factory.py": "x = 1\n",
+}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, str]:
+    from parplan.runtime.chain import plan_chain
+
+    root = tmp_path_factory.mktemp("inputs")
+    plan = plan_chain(CHAIN_GPT, "1f1b", batch=4, seq=8, num_ranks=2, num_microbatches=4)
+    paths = {"plan": str(root / "plan.json"), "file": str(root / "a-file"), "dir_png": str(root / "chart.png"),
+             "dir_json": str(root / "plan-dir.json"), "missing_plan": str(root / "absent.json")}
+    Path(paths["plan"]).write_text(plan.to_json())
+    Path(paths["file"]).write_text("not a folder\n")
+    Path(paths["dir_png"]).mkdir()
+    Path(paths["dir_json"]).mkdir()
+    for name, text in _broken_plans(plan.to_dict()).items():
+        paths[f"plan_{name}"] = str(root / f"plan_{name}.json")
+        Path(paths[f"plan_{name}"]).write_text(text, errors="surrogateescape")
+    for name, text in {**_broken_profiles(), **MODEL_FILES}.items():
+        paths[name.rsplit(".", 1)[0]] = str(root / name)
+        (root / name).write_text(text, errors="surrogateescape")
+    return paths
+
+
+@pytest.fixture
+def folders(tmp_path, inputs) -> dict[str, str]:
+    """`out` (must stay empty) and `ro` (read-only, where the platform enforces it) per test."""
+    out, ro = tmp_path / "out", tmp_path / "ro"
+    out.mkdir()
+    ro.mkdir()
+    ro.chmod(0o555)
+    yield {**inputs, "out": str(out), "ro": str(ro), "ro_enforced": not os.access(ro, os.W_OK)}
+    ro.chmod(0o755)
+
+
+def _fill(argv: list[str], paths: dict) -> list[str]:
+    return [a.format(**paths) for a in argv]
+
+
+def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_clean_failure(code: int, err: str, folders: dict, *, expected: int = 2) -> None:
+    assert code == expected, err
+    assert "Traceback" not in err
+    for name in ("out", "ro"):
+        assert os.listdir(folders[name]) == [], f"{name} holds {os.listdir(folders[name])}"
+
+
+# ---- the table: (command line, a phrase the message must hold) ------------------------------
+CASES = {
+    # schedule: flags
+    "schedule-ranks-zero": (["schedule", "1f1b", "-n", "0", "-m", "8"], "--ranks/-n: 0 is invalid"),
+    "schedule-ranks-text": (["schedule", "1f1b", "-n", "four", "-m", "8"], "'four' is not an integer"),
+    "schedule-mb-negative": (["schedule", "1f1b", "-n", "4", "--microbatches=-1"], "a count must be >= 1"),
+    "schedule-chunks-zero": (["schedule", "interleaved-1f1b", "-n", "4", "-m", "8", "-v", "0"], "0 is invalid"),
+    "schedule-time-zero": (["schedule", "mip", "-n", "2", "-m", "4", "--time-limit", "0"], "--time-limit: 0 is invalid"),
+    "schedule-time-nan": (["schedule", "mip", "-n", "2", "-m", "4", "--time-limit", "nan"], "finite and > 0"),
+    "schedule-time-inf": (["schedule", "mip", "-n", "2", "-m", "4", "--time-limit", "inf"], "finite and > 0"),
+    "schedule-effort-zero": (["schedule", "mip", "-n", "2", "-m", "4", "--effort", "0"], "--effort: 0 is invalid"),
+    "schedule-effort-word": (["schedule", "mip", "-n", "2", "-m", "4", "--effort", "hard"], "quick, normal, thorough"),
+    "schedule-workers-zero": (["schedule", "mip", "-n", "2", "-m", "4", "--workers", "0"], "--workers: 0 is invalid"),
+    "schedule-seed-float": (["schedule", "1f1b", "-n", "4", "-m", "8", "--seed", "1.5"], "'1.5' is not an integer"),
+    "schedule-memory-word": (["schedule", "1f1b", "-n", "4", "-m", "8", "--memory-limit", "lots"], "'lots' is invalid"),
+    "schedule-memory-match": (["schedule", "1f1b", "-n", "4", "-m", "8", "--memory-limit", "match:nope"],
+                              "is not a baseline"),
+    "schedule-format": (["schedule", "1f1b", "-n", "4", "-m", "8", "--format", "xml"], "invalid choice: 'xml'"),
+    "schedule-unknown": (["schedule", "nope", "-n", "4", "-m", "8"], "unknown schedule 'nope'"),
+    "schedule-odd-dualpipe": (["schedule", "dualpipe", "-n", "3", "-m", "8"], "even number of ranks"),
+    "schedule-cost-negative": (["schedule", "1f1b", "-n", "4", "-m", "8", "--cost", "F=-1"], ">= 0"),
+    "schedule-cost-unknown": (["schedule", "1f1b", "-n", "4", "-m", "8", "--cost", "Q=1"], "unknown"),
+    "schedule-no-ranks": (["schedule", "1f1b", "-m", "8"], "required"),
+    # schedule: outputs
+    "schedule-out-missing-folder": (["schedule", "1f1b", "-n", "4", "-m", "8", "-o", "{out}/no/x.txt"], "does not exist"),
+    "schedule-out-is-folder": (["schedule", "1f1b", "-n", "4", "-m", "8", "-o", "{out}"], "is a folder"),
+    "schedule-out-under-file": (["schedule", "1f1b", "-n", "4", "-m", "8", "-o", "{file}/x.txt"], "is a file"),
+    "schedule-out-read-only": (["schedule", "1f1b", "-n", "4", "-m", "8", "-o", "{ro}/x.txt"], "not writable"),
+    "schedule-dump-missing-folder": (["schedule", "mip", "-n", "2", "-m", "4", "--dump-model", "{out}/no/m.pbtxt"],
+                                     "does not exist"),
+    "schedule-dump-read-only": (["schedule", "mip", "-n", "2", "-m", "4", "--dump-model", "{ro}/m.pbtxt",
+                                 "-o", "{out}/s.txt"], "not writable"),
+    # compare
+    "compare-empty": (["compare", "-n", "4", "-m", "8", "--schedules", ",", "--gantt", "{out}/c.png"], "is empty"),
+    "compare-bogus": (["compare", "-n", "4", "-m", "8", "--schedules", "1f1b,bogus", "--gantt", "{out}/c.png"],
+                      "unknown schedule 'bogus'"),
+    "compare-gif": (["compare", "-n", "4", "-m", "8", "--gantt", "{out}/c.gif"], "must end in .png or .svg"),
+    "compare-gantt-missing-folder": (["compare", "-n", "4", "-m", "8", "--gantt", "{out}/no/c.png"], "does not exist"),
+    "compare-gantt-read-only": (["compare", "-n", "4", "-m", "8", "--gantt", "{ro}/c.png"], "not writable"),
+    "compare-gantt-is-folder": (["compare", "-n", "4", "-m", "8", "--gantt", "{dir_png}"], "is a folder"),
+    "compare-cost-malformed": (["compare", "-n", "4", "-m", "8", "--cost", "F1,I=2", "--gantt", "{out}/c.png"],
+                               "malformed"),
+    "compare-memory-zero": (["compare", "-n", "4", "-m", "8", "--memory-limit", "0"], "'0' is invalid"),
+    # plan: flags, checked before the model is traced
+    "plan-effort-zero": (["plan", TINY, *PLAN_SHAPE[:4], "--effort", "0", "-o", "{out}/p.json"], "--effort: 0 is invalid"),
+    "plan-effort-word": (["plan", TINY, "--effort", "extreme", "-o", "{out}/p.json"], "'extreme' is unknown"),
+    "plan-time-zero": (["plan", TINY, *PLAN_SHAPE, "--time-limit", "0", "-o", "{out}/p.json"], "--time-limit: 0"),
+    "plan-time-negative": (["plan", TINY, *PLAN_SHAPE, "--time-limit=-5", "-o", "{out}/p.json"], "-5 is invalid"),
+    "plan-pp-zero": (["plan", TINY, *PLAN_SHAPE, "--pp", "0", "-o", "{out}/p.json"], "parallel degree"),
+    "plan-tp-text": (["plan", TINY, *PLAN_SHAPE, "--tp", "abc", "-o", "{out}/p.json"], "'abc' is not an integer"),
+    "plan-tp-too-big": (["plan", TINY, *PLAN_SHAPE, "--tp", "16", "-o", "{out}/p.json"], "larger than the 8 GPUs"),
+    "plan-pp-not-dividing": (["plan", TINY, *PLAN_SHAPE, "--pp", "3", "-o", "{out}/p.json"], "does not divide"),
+    "plan-memory-bare": (["plan", TINY, *PLAN_SHAPE, "--memory-limit", "5", "-o", "{out}/p.json"], "e.g. 70GiB"),
+    "plan-memory-zero": (["plan", TINY, *PLAN_SHAPE, "--memory-limit", "0GiB", "-o", "{out}/p.json"], "must be > 0"),
+    "plan-memory-match": (["plan", TINY, *PLAN_SHAPE, "--memory-limit", "match:1f1b"], "bytes per device"),
+    "plan-mb-zero": (["plan", TINY, "--seq", "32", "-m", "0", "-o", "{out}/p.json"], "a count must be >= 1"),
+    "plan-batch-zero": (["plan", TINY, *PLAN_SHAPE, "--batch", "0", "-o", "{out}/p.json"], "--batch: 0 is invalid"),
+    "plan-seq-text": (["plan", TINY, "--seq", "long", "-o", "{out}/p.json"], "'long' is not an integer"),
+    "plan-workers-zero": (["plan", TINY, *PLAN_SHAPE, "--workers", "0", "-o", "{out}/p.json"], "--workers: 0"),
+    "plan-mode": (["plan", TINY, *PLAN_SHAPE, "--mode", "serve"], "invalid choice: 'serve'"),
+    # plan: names, files and outputs
+    "plan-unknown-cluster": (["plan", TINY, *PLAN_SHAPE, "--cluster", "nope", "-o", "{out}/p.json"], "nope"),
+    "plan-missing-cluster-file": (["plan", TINY, *PLAN_SHAPE, "--cluster", "{out}/c.yaml", "-o", "{out}/p.json"],
+                                  "does not exist"),
+    "plan-gpu-as-cluster": (["plan", TINY, *PLAN_SHAPE, "--cluster", "h100-sxm", "-o", "{out}/p.json"],
+                            "is a GPU profile"),
+    "plan-unknown-model": (["plan", "abacus:layers=2", *PLAN_SHAPE, "-o", "{out}/p.json"], "unknown zoo model"),
+    "plan-model-option": (["plan", "gpt:layers", *PLAN_SHAPE, "-o", "{out}/p.json"], "is malformed"),
+    "plan-model-file-missing": (["plan", "{out}/m.py:make", *PLAN_SHAPE, "-o", "{out}/p.json"], "does not exist"),
+    "plan-model-syntax": (["plan", "{syntax}:make", *PLAN_SHAPE, "-o", "{out}/p.json"], "SyntaxError"),
+    "plan-model-raises": (["plan", "{raises}:make", *PLAN_SHAPE, "-o", "{out}/p.json"], "no weights here"),
+    "plan-model-import": (["plan", "{import_error}:make", *PLAN_SHAPE, "-o", "{out}/p.json"], "parplan_no_such_module"),
+    "plan-model-returns-int": (["plan", "{not_module}:make", *PLAN_SHAPE, "-o", "{out}/p.json"], "returned int"),
+    "plan-model-no-factory": (["plan", "{no_factory}:make", *PLAN_SHAPE, "-o", "{out}/p.json"], "no callable 'make'"),
+    "plan-out-missing-folder": (["plan", TINY, *PLAN_SHAPE, "-o", "{out}/no/p.json"], "does not exist"),
+    "plan-out-read-only": (["plan", TINY, *PLAN_SHAPE, "-o", "{ro}/p.json"], "not writable"),
+    "plan-out-is-folder": (["plan", TINY, *PLAN_SHAPE, "-o", "{dir_json}"], "is a folder"),
+    "plan-gantt-gif": (["plan", TINY, *PLAN_SHAPE, "-o", "{out}/p.json", "--gantt", "{out}/g.gif"], ".png or .svg"),
+    "plan-gantt-read-only": (["plan", TINY, *PLAN_SHAPE, "-o", "{out}/p.json", "--gantt", "{ro}/g.png"],
+                             "not writable"),
+    # trace and profile
+    "trace-unknown-model": (["trace", "abacus", "-o", "{out}/t.json"], "unknown zoo model"),
+    "trace-leaf": (["trace", TINY, "--seq", "8", "--leaf", "nowhere.Block", "-o", "{out}/t.json"],
+                   "not an importable class"),
+    "trace-batch-zero": (["trace", TINY, "--batch", "0", "-o", "{out}/t.json"], "--batch: 0 is invalid"),
+    "trace-out-missing-folder": (["trace", TINY, "-o", "{out}/no/t.json"], "does not exist"),
+    "trace-out-under-file": (["trace", TINY, "-o", "{file}/t.json"], "is a file"),
+    "trace-model-syntax": (["trace", "{syntax}:make", "-o", "{out}/t.json"], "SyntaxError"),
+    "profile-no-hardware": (["profile", TINY], "--hardware is required"),
+    "profile-unknown-hardware": (["profile", TINY, "--hardware", "abacus"], "abacus"),
+    "profile-depth-negative": (["profile", TINY, "--hardware", "h100-sxm", "--depth=-1"], "must be >= 0"),
+    "profile-repeat-zero": (["profile", TINY, "--hardware", "h100-sxm", "--repeat", "0"], "a count must be >= 1"),
+    # plan-chain
+    "chain-ranks-zero": (["plan-chain", CHAIN_GPT, "--schedule", "1f1b", "-n", "0", "-m", "4", "--batch", "4",
+                          "--seq", "8", "-o", "{out}/p.json"], "0 is invalid"),
+    "chain-unknown-schedule": (["plan-chain", CHAIN_GPT, "--schedule", "nope", "-n", "2", "-m", "4", "--batch", "4",
+                                "--seq", "8", "-o", "{out}/p.json"], "nope"),
+    "chain-out-missing-folder": (["plan-chain", CHAIN_GPT, "--schedule", "1f1b", "-n", "2", "-m", "4", "--batch", "4",
+                                  "--seq", "8", "-o", "{out}/no/p.json"], "does not exist"),
+    "chain-out-is-folder": (["plan-chain", CHAIN_GPT, "--schedule", "1f1b", "-n", "2", "-m", "4", "--batch", "4",
+                             "--seq", "8", "-o", "{dir_json}"], "is a folder"),
+    # export, show and run: plan files and outputs
+    "export-missing-plan": (["export", "{missing_plan}", "--torch-csv", "{out}/s.csv"], "cannot be read"),
+    "export-plan-is-folder": (["export", "{dir_json}", "--torch-csv", "{out}/s.csv"], "cannot be read"),
+    "export-csv-missing-folder": (["export", "{plan}", "--torch-csv", "{out}/no/s.csv"], "does not exist"),
+    "export-csv-read-only": (["export", "{plan}", "--torch-csv", "{ro}/s.csv"], "not writable"),
+    "show-gantt-gif": (["show", "{plan}", "--gantt", "{out}/g.gif"], ".png or .svg"),
+    "show-trace-missing-folder": (["show", "{plan}", "--gantt", "{out}/g.svg", "--trace", "{out}/no/t.json"],
+                                  "does not exist"),
+    "show-gantt-read-only": (["show", "{plan}", "--trace", "{out}/t.json", "--gantt", "{ro}/g.png"], "not writable"),
+    "show-trace-is-folder": (["show", "{plan}", "--gantt", "{out}/g.svg", "--trace", "{dir_json}"], "is a folder"),
+    "run-gantt-read-only": (["run", "{plan}", "--nproc", "2", "--gantt", "{ro}/g.png"], "not writable"),
+    "run-gantt-under-file": (["run", "{plan}", "--nproc", "2", "--gantt", "{file}/g.png"], "is a file"),
+    "run-trace-missing-folder": (["run", "{plan}", "--nproc", "2", "--trace", "{out}/no/t.json"], "does not exist"),
+    "run-nproc-zero": (["run", "{plan}", "--nproc", "0"], "--nproc: 0 is invalid"),
+    "run-timeout-zero": (["run", "{plan}", "--nproc", "2", "--timeout", "0"], "--timeout: 0 is invalid"),
+    "run-steps-text": (["run", "{plan}", "--nproc", "2", "--steps", "few"], "'few' is not an integer"),
+    "run-lost-action": (["run", "{plan_lost_action}", "--nproc", "2", "--gantt", "{out}/g.png"], "V3"),
+    # the top level
+    "unknown-command": (["planify"], "invalid choice: 'planify'"),
+    "no-command": ([], "required"),
+}
+
+PLAN_FILE_ERRORS = {
+    "not_json": "is not valid JSON", "binary": "not UTF-8", "empty": "is not valid JSON", "list": "is not a parplan plan",
+    "no_format": "is not a parplan plan", "old_version": "plan format version 0", "no_stages": "lacks the field",
+    "bad_batch": "is malformed", "lost_action": "V3", "twice_action": "V3", "bad_action": "1Q0",
+    "bad_mode": "'sometimes' is unknown", "bad_rank": "placement", "timeline_short": "timeline row 0",
+    "model_stage_null": "None is not an integer stage",
+    "timeline_backwards": "timeline row 1",
+}
+for _name, _phrase in PLAN_FILE_ERRORS.items():
+    CASES[f"show-plan-{_name}"] = (["show", f"{{plan_{_name}}}", "--gantt", "{out}/g.png", "--trace", "{out}/t.json"],
+                                   _phrase)
+for _name in ("not_json", "lost_action", "twice_action", "old_version"):
+    CASES[f"export-plan-{_name}"] = (["export", f"{{plan_{_name}}}", "--torch-csv", "{out}/s.csv"],
+                                     PLAN_FILE_ERRORS[_name])
+
+PROFILE_ERRORS = {
+    "cluster_not_yaml": "is not valid YAML", "cluster_binary": "not UTF-8", "cluster_list": "must hold a mapping", "cluster_kind": "'toaster'",
+    "cluster_no_groups": "groups is missing", "cluster_zero_nodes": "must be a positive integer",
+    "cluster_bad_gpus": "must be a positive integer", "cluster_unknown_gpu": "abacus",
+    "cluster_null_gpu": "must name a GPU profile", "cluster_group_text": "must be a mapping",
+    "cluster_negative_bw": "bandwidth", "gpu_no_peak": "peak_flops is missing", "gpu_bad_unit": "furlongs",
+    "gpu_string_value": "is not a finite number", "gpu_empty": "must hold a mapping",
+}
+for _name, _phrase in PROFILE_ERRORS.items():
+    if _name.startswith("cluster"):
+        CASES[f"plan-profile-{_name}"] = (["plan", TINY, *PLAN_SHAPE, "--cluster", f"{{{_name}}}",
+                                           "-o", "{out}/p.json"], _phrase)
+    else:
+        CASES[f"profile-{_name}"] = (["profile", TINY, "--seq", "8", "--hardware", f"{{{_name}}}"], _phrase)
+
+
+@pytest.mark.parametrize("argv,phrase", list(CASES.values()), ids=list(CASES))
+def test_bad_input_exits_2_with_a_message_and_leaves_nothing(capsys, folders, argv, phrase):
+    if "{ro}" in " ".join(argv) and not folders["ro_enforced"]:
+        pytest.skip("this user can write to a read-only folder (root); the is-a-file and is-a-folder cases cover it")
+    code, _, err = run_cli(capsys, _fill(argv, folders))
+    assert_clean_failure(code, err, folders)
+    assert phrase in err, err
+    assert err.count("\n") <= 40, "a message, not a dump"
+
+
+def test_the_table_covers_every_command():
+    commands = {argv[0] for argv, _ in CASES.values() if argv}
+    assert commands == {"schedule", "compare", "plan", "trace", "profile", "plan-chain", "export", "show", "run",
+                        "planify"}
+    assert len(CASES) >= 60
+
+
+# ---- internal errors and --debug ---------------------------------------------------------------
+def _explode(*args, **kwargs):
+    raise RuntimeError("injected\nbug")
+
+
+def test_an_internal_error_is_one_line_and_exit_1(capsys, folders, monkeypatch):
+    monkeypatch.setattr("parplan.cli.schedule.compare", _explode)
+    code, out, err = run_cli(capsys, ["schedule", "1f1b", "-n", "4", "-m", "8", "-o", f"{folders['out']}/s.txt"])
+    assert_clean_failure(code, err, folders, expected=1)
+    assert err == ("parplan schedule: internal error: RuntimeError: injected bug "
+                   "(run with --debug for the traceback)\n")
+
+
+@pytest.mark.parametrize("argv", [["--debug", "schedule", "1f1b", "-n", "4", "-m", "8"],
+                                  ["schedule", "1f1b", "--debug", "-n", "4", "-m", "8"]])
+def test_debug_raises_the_internal_error(monkeypatch, argv):
+    monkeypatch.setattr("parplan.cli.schedule.compare", _explode)
+    with pytest.raises(RuntimeError, match="injected"):
+        main(argv)
+
+
+def test_debug_does_not_change_a_user_error(capsys):
+    code, _, err = run_cli(capsys, ["--debug", "schedule", "nope", "-n", "4", "-m", "8"])
+    assert code == 2 and "unknown schedule 'nope'" in err and "Traceback" not in err
+
+
+def _subprocess(code: str, *argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120)
+
+
+INJECT = ("import sys, parplan.cli.schedule as s; from parplan.cli import main\n"
+          "s.compare = lambda *a, **k: 1 / 0\nsys.exit(main(sys.argv[1:]))\n")
+
+
+def test_internal_error_in_a_process_exits_1_and_debug_prints_the_traceback():
+    plain = _subprocess(INJECT, "schedule", "1f1b", "-n", "4", "-m", "8")
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert plain.stderr.strip().splitlines() == [
+        "parplan schedule: internal error: ZeroDivisionError: division by zero (run with --debug for the traceback)"]
+    debug = _subprocess(INJECT, "--debug", "schedule", "1f1b", "-n", "4", "-m", "8")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ZeroDivisionError" in debug.stderr
+
+
+def test_the_console_entry_point_exits_2_on_a_bad_flag(tmp_path):
+    result = _subprocess("import sys; from parplan.cli import main; sys.exit(main())",
+                         "plan", TINY, "--effort", "0", "-o", str(tmp_path / "p.json"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- all-or-nothing writes ---------------------------------------------------------------------
+def test_write_outputs_removes_every_file_when_one_rename_fails(tmp_path, monkeypatch):
+    from parplan import io
+    from parplan.errors import ParplanError
+
+    real_replace = os.replace
+    calls = []
+
+    def replace_twice(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise PermissionError(13, "Permission denied")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", replace_twice)
+    files = {str(tmp_path / name): "x" for name in ("a.txt", "b.txt", "c.txt")}
+    with pytest.raises(ParplanError, match="b.txt.*Permission denied"):
+        io.write_outputs(files)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_command_that_fails_after_its_work_leaves_no_output(capsys, folders, monkeypatch):
+    """`show` renders both files, then the second write fails: neither file is left."""
+    from parplan import io
+
+    real_temp = io._temp_copy
+
+    def full_disk(path, data):
+        if path.endswith(".json"):
+            raise OSError(28, "No space left on device")
+        return real_temp(path, data)
+
+    monkeypatch.setattr(io, "_temp_copy", full_disk)
+    out = folders["out"]
+    code, _, err = run_cli(capsys, ["show", folders["plan"], "--gantt", f"{out}/g.svg", "--trace", f"{out}/t.json"])
+    assert_clean_failure(code, err, folders)
+    assert "No space left on device" in err
+
+
+def test_run_fails_on_an_unwritable_chart_before_the_job_starts(capsys, folders, monkeypatch):
+    monkeypatch.setattr("parplan.runtime.launch.launch", _explode)  # reaching the launcher would exit 1
+    code, _, err = run_cli(capsys, ["run", folders["plan"], "--nproc", "2", "--gantt", f"{folders['file']}/g.png"])
+    assert_clean_failure(code, err, folders)
+
+
+def test_schedule_writes_its_dumped_model_with_its_output(capsys, folders):
+    out = folders["out"]
+    code, _, err = run_cli(capsys, ["schedule", "mip", "-n", "2", "-m", "4", "--effort", "quick",
+                                    "--dump-model", f"{out}/m.pbtxt", "-o", f"{out}/s.txt"])
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == ["m.pbtxt", "s.txt"]
+
+
+# ---- properties: mutated flag lists, profiles and plans ----------------------------------------
+ODD_VALUES = ["0", "-1", "1", "2", "3", "7", "x", "", "1.5", "nan", "inf", "-", "--", "1e3", "F=1", "match:zb-v",
+              "4GiB", "dualpipe", "zb-v", "=", "☃", "--ranks", "-o"]
+EXTRA_FLAGS = [["--chunks", "2"], ["--cost", "F=1,I=1.5,W=0.5,C=0.1"], ["--format", "json"], ["--format", "csv"],
+               ["--memory-limit", "3"], ["--memory-limit", "match:1f1b"], ["--seed", "3"], ["--json"], ["--debug"]]
+
+
+@st.composite
+def mutated_argv(draw):
+    command = draw(st.sampled_from(["schedule", "compare"]))
+    head = ["schedule", draw(st.sampled_from(["1f1b", "zb-h1", "dualpipe", "interleaved-1f1b"]))] \
+        if command == "schedule" else ["compare", "--schedules", "1f1b,zb-v"]
+    argv = head + ["-n", "4", "-m", "8"]
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["replace", "drop", "insert", "extra"]))
+        if kind == "replace" and len(argv) > 1:
+            argv[draw(st.integers(1, len(argv) - 1))] = draw(st.sampled_from(ODD_VALUES))
+        elif kind == "drop" and len(argv) > 1:
+            del argv[draw(st.integers(1, len(argv) - 1))]
+        elif kind == "insert":
+            argv.insert(draw(st.integers(1, len(argv))), draw(st.sampled_from(ODD_VALUES)))
+        else:
+            argv += draw(st.sampled_from(EXTRA_FLAGS))
+    return argv
+
+
+def _outputs_for(argv: list[str], folder: str) -> list[str]:
+    flag = "--gantt" if argv[0] == "compare" else "-o"
+    return argv + [flag, f"{folder}/out.svg" if flag == "--gantt" else f"{folder}/out.txt"]
+
+
+@FUZZ
+@given(argv=mutated_argv())
+def test_mutated_flags_never_crash_and_leave_nothing_on_failure(capsys, tmp_path, argv):
+    folder = tempfile.mkdtemp(dir=tmp_path)
+    code, _, err = run_cli(capsys, _outputs_for(argv, folder))
+    assert code in (0, 2), err
+    assert "Traceback" not in err
+    if code != 0:
+        assert os.listdir(folder) == []
+
+
+YAML_NOISE = ["0", "-1", "nan", "1e400", "null", "[]", "{}", "text", "'8'", "true", "-3.5e9", "{value: 1}"]
+
+
+@st.composite
+def mutated_profile(draw):
+    name = draw(st.sampled_from(["h100x8.yaml", "h100-sxm.yaml", "h100x4-a100x4.yaml"]))
+    lines = (PROFILES / name).read_text().splitlines()
+    for _ in range(draw(st.integers(1, 3))):
+        k = draw(st.integers(0, len(lines) - 1))
+        kind = draw(st.sampled_from(["number", "drop", "truncate", "key"]))
+        if kind == "number":
+            lines[k] = re.sub(r"(?<=: )[-+0-9.e]+", lambda _: draw(st.sampled_from(YAML_NOISE)), lines[k], count=1)
+        elif kind == "drop":
+            del lines[k]
+        elif kind == "truncate":
+            lines[k] = lines[k][: draw(st.integers(0, len(lines[k])))]
+        else:
+            lines[k] = re.sub(r"\b(\w+):", lambda m: m.group(1)[::-1] + ":", lines[k], count=1)
+        if not lines:
+            break
+    return name, "\n".join(lines) + "\n"
+
+
+@FUZZ
+@given(profile=mutated_profile())
+def test_mutated_hardware_profiles_never_crash(capsys, tmp_path, profile):
+    name, text = profile
+    folder = tempfile.mkdtemp(dir=tmp_path)
+    path = Path(folder) / f"mutated-{name}"
+    path.write_text(text)
+    if name.startswith("h100x"):  # a cluster: load it, then stop at a degree no cluster here has
+        argv = ["plan", TINY, *PLAN_SHAPE, "--cluster", str(path), "--tp", "4096", "-o", f"{folder}/p.json"]
+    else:  # a GPU: every operator of a tiny model is costed on it
+        argv = ["profile", TINY, "--seq", "8", "--hardware", str(path)]
+    code, _, err = run_cli(capsys, argv)
+    assert code in (0, 2), err
+    assert "Traceback" not in err
+    assert sorted(os.listdir(folder)) == [path.name]
+
+
+JSON_NOISE = [None, 0, -1, 1, 3, 2.5, "", "x", "0F0", [], {}, [1, 2], {"a": 1}, True]
+
+
+def _json_paths(data, prefix=()):
+    yield prefix
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _json_paths(value, prefix + (key,))
+    elif isinstance(data, list):
+        for i, value in enumerate(data[:4]):
+            yield from _json_paths(value, prefix + (i,))
+
+
+@st.composite
+def mutated_plan(draw, plan_text: str):
+    data = json.loads(plan_text)
+    for _ in range(draw(st.integers(1, 2))):
+        paths = [p for p in _json_paths(data) if p]
+        where = draw(st.sampled_from(paths))
+        parent = data
+        for key in where[:-1]:
+            parent = parent[key]
+        if draw(st.booleans()) and isinstance(parent, dict):
+            del parent[where[-1]]
+        elif isinstance(parent, list) and draw(st.booleans()):
+            del parent[where[-1]]
+        else:
+            parent[where[-1]] = draw(st.sampled_from(JSON_NOISE))
+    return json.dumps(data)
+
+
+@FUZZ
+@given(data=st.data())
+def test_mutated_plan_files_never_crash_and_leave_nothing_on_failure(capsys, tmp_path, inputs, data):
+    text = data.draw(mutated_plan(Path(inputs["plan"]).read_text()))
+    folder = tempfile.mkdtemp(dir=tmp_path)
+    path = Path(folder) / "mutated-plan.json"
+    path.write_text(text)
+    command = data.draw(st.sampled_from(["show", "export"]))
+    if command == "show":
+        argv = ["show", str(path), "--trace", f"{folder}/t.json"]
+    else:
+        argv = ["export", str(path), "--torch-csv", f"{folder}/s.csv"]
+    code, _, err = run_cli(capsys, argv)
+    assert code in (0, 2), err
+    assert "Traceback" not in err
+    if code != 0:
+        assert os.listdir(folder) == [path.name]
