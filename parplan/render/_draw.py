@@ -185,7 +185,7 @@ def label_blocks(ax, rows: Rows) -> None:
         else:  # too narrow even upright: a small label outside, alternately above and below
             above = flip[y] = not flip.get(y, False)
             edge = y - rows.height / 2 if above else y + rows.height / 2
-            ax.text(x, edge, text, ha="center", va="bottom" if above else "top", fontsize=_SMALL - 1,
+            ax.text(x, edge, text, ha="center", va="bottom" if above else "top", fontsize=_SMALL - 0.5,
                     color="black", clip_on=True)
 
 
