@@ -18,8 +18,8 @@ from typing import Sequence
 from parplan.errors import ParplanError
 from parplan.schedule.ir import Kind, Schedule
 
-__all__ = ["KIND_COLOURS", "KIND_LABELS", "TRANSFER_COLOUR", "TimeAxis", "time_axis", "format_time",
-           "format_memory", "memory_scale", "Rows", "draw_rank_rows", "label_blocks", "legend_handles", "figure_width",
+__all__ = ["KIND_COLOURS", "KIND_LABELS", "TRANSFER_COLOUR", "TimeAxis", "time_axis", "format_time", "format_memory",
+           "memory_scale", "Rows", "draw_rank_rows", "label_blocks", "legend_handles", "legend_room", "figure_width",
            "tick_formatter", "stage_style", "micro_label", "encode", "check_format"]
 
 KIND_COLOURS = {
@@ -202,6 +202,11 @@ def legend_handles(kinds, *, stacked: bool, transfers: bool) -> list:
         handles.append(Patch(facecolor=TRANSFER_COLOUR, alpha=0.7,
                              label="send (activation after F, gradient after I/B)"))
     return handles
+
+
+def legend_room(fig) -> float:
+    """The figure fraction a one-line legend along the bottom needs (0.45 in, whatever the height)."""
+    return 0.45 / fig.get_figheight()
 
 
 def figure_width(timeline_rows) -> float:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from parplan.render._draw import (KIND_COLOURS, check_format, draw_rank_rows, encode, figure_width, format_memory,
-                                  format_time, label_blocks, legend_handles, tick_formatter, time_axis)
+                                  format_time, label_blocks, legend_handles, legend_room, tick_formatter, time_axis)
 from parplan.render.chrome_trace import transfer_intervals
 from parplan.schedule.costs import PipelineCosts
 from parplan.schedule.simulate import SimResult
@@ -77,7 +77,7 @@ def gantt_figure(panels: Sequence[SimResult | GanttPanel], *, time_unit: "TimeUn
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.035, 1, 0.97 if title else 1))
+    fig.tight_layout(rect=(0, legend_room(fig), 1, 0.97 if title else 1))
     for ax, rows in zip(axes[:, 0], drawn):
         label_blocks(ax, rows)
     return fig

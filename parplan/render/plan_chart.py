@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from parplan.render._draw import (KIND_COLOURS, TRANSFER_COLOUR, check_format, draw_rank_rows, encode, figure_width,
-                                  format_memory, format_time, label_blocks, legend_handles, memory_scale,
-                                  tick_formatter, time_axis)
+                                  format_memory, format_time, label_blocks, legend_handles, legend_room,
+                                  memory_scale, tick_formatter, time_axis)
 from parplan.render.chrome_trace import plan_transfers
 from parplan.schedule.ir import Kind
 
@@ -123,7 +123,7 @@ def plan_figure(plan: "Plan", *, measured=None):
     handles = legend_handles(kinds, stacked=rows.stacked, transfers=bool(transfers))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(plan_title(plan), fontsize=10)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    fig.tight_layout(rect=(0, legend_room(fig), 1, 0.97))
     label_blocks(axes[0], rows)
     return fig
 
