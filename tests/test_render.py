@@ -113,3 +113,19 @@ def test_blocks_too_narrow_for_any_text_are_labelled_beside_them(figures):
     assert len(ax.texts) == _actions(row.simulation.timeline)
     placed = {t.get_va() for t in ax.texts}
     assert placed == {"center", "bottom", "top"}  # inside, and above/below the narrowest blocks
+
+
+def test_measured_panel_in_ms_with_its_wait_lane(figures):
+    from parplan.runtime.launch import Measured, MeasuredAction
+
+    plan = plan_chain(GPT, "1f1b", batch=8, seq=8, num_ranks=4, num_microbatches=4, costs=SECONDS,
+                      time_unit="s", memory_unit="bytes")
+    rows = tuple(tuple(MeasuredAction(rank=r, lane="compute", label=str(t.action), start=t.start, end=t.end)
+                       for t in row) + (MeasuredAction(rank=r, lane="comm", label="recv", start=0.0, end=1e-4),)
+                 for r, row in enumerate(plan.timeline))
+    measured = Measured(losses=(1.0,), grads={}, step_seconds=(9e-3, 8e-3), timeline=rows, device="cpu")
+    fig = plan_figure(plan, measured=measured)
+    figures.append(fig)
+    ax = fig.axes[2]
+    assert ax.get_xlabel() == "time (ms)" and "8 ms" in ax.get_title(loc="left")
+    assert len(ax.patches) == sum(len(row) for row in rows)
