@@ -35,6 +35,7 @@ TRANSFER_COLOUR = "#7F7F7F"
 _HATCHES = ("", "///", "\\\\\\", "xxx")  # a rank's 1st, 2nd, 3rd, 4th stage
 _FONT, _SMALL = 6.0, 4.5  # points
 _CHAR_W, _LINE_H = 0.62, 1.25  # a digit's width and a line's height, in font sizes
+_UPRIGHT_PT = 6.0  # the block width an upright small label wants
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,10 +210,15 @@ def legend_room(fig) -> float:
     return 0.45 / fig.get_figheight()
 
 
-def figure_width(timeline_rows) -> float:
-    """Inches: wide enough that a rank's busiest row leaves room for a label per block."""
-    most = max((len(row) for rows in timeline_rows for row in rows), default=1)
-    return min(max(15.0, 0.12 * most + 3), 34.0)
+def figure_width(timelines) -> float:
+    """Inches: wide enough that nine blocks in ten have room for an upright label (15 to 34 in)."""
+    blocks = [t for rows in timelines for row in rows for t in row]
+    durations = sorted(t.end - t.start for t in blocks if t.end > t.start)
+    if not durations:
+        return 15.0
+    horizon = max(t.end for t in blocks)
+    narrow = durations[len(durations) // 10]
+    return min(max(15.0, _UPRIGHT_PT * horizon / narrow / 72 + 2.5), 34.0)
 
 
 def tick_formatter(axis: TimeAxis):
