@@ -2,9 +2,9 @@
 
 A rank's row holds its compute blocks, coloured by kind; the rank's first stage is drawn
 solid, its second (third, ...) stage lighter and hatched (an F&B cell, which runs a forward
-and a backward of the rank's two stages together, is drawn solid). When the schedule has transfers,
-a thin lane under the row holds the sends that rank makes. Every block carries its
-micro-batch number: inside when it fits, in a smaller font, turned upright in a narrow
+and a backward of the rank's two stages together, is drawn solid). When the schedule has
+transfers, a thin lane under the row holds the sends that rank makes. Every block carries
+its micro-batch number: inside when it fits, in a smaller font, turned upright in a narrow
 block, or, when even that does not fit, in a small font above the block (alternating
 below, so neighbours do not collide).
 """
