@@ -35,6 +35,7 @@ class ComparisonRow:
     simulation: SimResult
     fits: bool | None = None  # within the memory cap, when one is given
     solver: dict = field(default_factory=dict)  # MIP report (status, bound, gap, solve_seconds)
+    costs: PipelineCosts | None = None  # per model stage, as simulated (charts draw its transfers)
 
     def to_dict(self) -> dict:
         sim = self.simulation
@@ -146,7 +147,8 @@ def compare(
         chunks = num_chunks if name == "interleaved-1f1b" or len(names) == 1 else None
         schedule, sim = simulate_baseline(name, num_ranks, num_microbatches, costs, num_chunks=chunks)
         fits = None if cap is None else max(sim.peak_activation_per_rank) <= cap + 1e-9
-        rows.append(ComparisonRow(schedule=schedule, simulation=sim, fits=fits))
+        rows.append(ComparisonRow(schedule=schedule, simulation=sim, fits=fits,
+                                  costs=costs(schedule.num_model_stages)))
     return rows
 
 
@@ -161,4 +163,5 @@ def solve_mip_row(num_ranks, num_microbatches, costs, cap, options: "MipOptions 
                             progress=progress)
     report = result.report().as_dict()
     fits = None if cap is None else max(result.simulation.peak_activation_per_rank) <= cap + 1e-9
-    return ComparisonRow(schedule=result.schedule, simulation=result.simulation, fits=fits, solver=report)
+    return ComparisonRow(schedule=result.schedule, simulation=result.simulation, fits=fits, solver=report,
+                         costs=costs(result.schedule.num_model_stages))

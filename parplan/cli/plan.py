@@ -82,11 +82,13 @@ def run_plan(args) -> int:
     if args.output:
         outputs[args.output] = plan.to_json()
     if args.gantt:
-        from parplan.render.gantt import render_gantt
+        from parplan.render.gantt import GanttPanel, render_gantt
 
         rival = min(result.baselines, key=lambda e: (not e.fits, e.step_time_s), default=None)
-        sims = [result.best.simulation] + ([rival.simulation] if rival is not None else [])
-        outputs[args.gantt] = render_gantt(sims, fmt=fmt,
+        panels = [GanttPanel(simulation=e.simulation, costs=e.placed.costs, step_time=e.step_time_s,
+                             label=f"{label} ({e.placed.degrees})")
+                  for label, e in [("parplan", result.best), ("best baseline", rival)] if e is not None]
+        outputs[args.gantt] = render_gantt(panels, fmt=fmt, time_unit="s", memory_unit="bytes",
                                            title=f"parplan plan vs best baseline: {args.model} on {cluster.name}")
     best = evaluated_summary(result.best)
     report = {

@@ -176,10 +176,11 @@ def run_compare(args) -> int:
     check_writable(args.dump_model, "--dump-model")
     rows, outputs = _solved_rows(args, names)
     if args.gantt:
-        from parplan.render.gantt import render_gantt
+        from parplan.render.gantt import GanttPanel, render_gantt
 
         title = f"{args.ranks} ranks × {args.microbatches} micro-batches, cost {args.cost}"
-        outputs[args.gantt] = render_gantt([r.simulation for r in rows], fmt=fmt, title=title)
+        panels = [GanttPanel(simulation=r.simulation, costs=r.costs) for r in rows]
+        outputs[args.gantt] = render_gantt(panels, fmt=fmt, title=title)
     if args.json:
         report = json.dumps([r.to_dict() for r in rows], indent=1) + "\n"
     else:

@@ -1,23 +1,24 @@
 """Chrome-trace JSON (Perfetto, chrome://tracing) of a plan's predicted step or a measured one.
 
 One process per rank ("rank r"), two threads in each: 0 "compute" (F, I, W, B and F&B
-cells) and 1 "communication" (predicted: each cross-rank transfer on the sender, from the
-producer's end for the planned transfer time; measured: the time a rank blocked waiting
-for a received tensor, or for its sends at the end). Timestamps are microseconds; a plan
-in abstract units is drawn with one unit = one second.
+cells) and 1 "communication" (predicted: each cross-rank transfer of non-zero cost, on the
+sender, from the producer's end for the planned transfer time; measured: the time a rank
+blocked waiting for a received tensor, or for its sends at the end). Timestamps are
+microseconds; a plan in abstract units is drawn with one unit = one second.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
 
-from parplan.schedule.ir import Kind
+from parplan.schedule.costs import PipelineCosts
+from parplan.schedule.ir import Kind, Schedule
 
 if TYPE_CHECKING:
     from parplan.plan import Plan
     from parplan.runtime.launch import MeasuredAction
 
-__all__ = ["plan_trace", "measured_trace", "plan_transfers"]
+__all__ = ["plan_trace", "measured_trace", "plan_transfers", "transfer_intervals"]
 
 _US = 1e6
 _COMPUTE, _COMM = 0, 1
@@ -38,12 +39,16 @@ def _slice(rank: int, tid: int, name: str, start: float, end: float, cat: str, a
             "ts": start * _US, "dur": max(end - start, 0.0) * _US, "args": args or {}}
 
 
-def plan_transfers(plan: "Plan") -> list[tuple[int, str, float, float]]:
-    """(sending rank, label, start, end) of every cross-rank transfer the plan predicts."""
-    schedule, costs = plan.schedule, plan.costs
+def transfer_intervals(schedule: Schedule, costs: PipelineCosts, timeline) -> list[tuple[int, str, float, float]]:
+    """(sending rank, label, start, end) of every cross-rank transfer with a non-zero cost.
+
+    As the simulator implies them: an activation leaves when its F ends, a gradient when
+    its I (or B) ends, and each takes its boundary's `transfer` time. `costs` is per
+    model stage; `timeline` is one row per rank of items with `.action` and `.end`.
+    """
     rank_of = schedule.stage_to_rank
     transfers = []
-    for row in plan.timeline:
+    for row in timeline:
         for t in row:
             for a in t.action.atoms:
                 s = a.stage
@@ -60,8 +65,14 @@ def plan_transfers(plan: "Plan") -> list[tuple[int, str, float, float]]:
                 if peer is None or rank_of[peer] == rank_of[s]:
                     continue
                 delay = costs.transfer[schedule.model_stage[boundary]]
-                transfers.append((rank_of[s], label, t.end, t.end + delay))
+                if delay > 0:
+                    transfers.append((rank_of[s], label, t.end, t.end + delay))
     return transfers
+
+
+def plan_transfers(plan: "Plan") -> list[tuple[int, str, float, float]]:
+    """(sending rank, label, start, end) of every cross-rank transfer the plan predicts."""
+    return transfer_intervals(plan.schedule, plan.costs, plan.timeline)
 
 
 def plan_trace(plan: "Plan") -> dict:

@@ -1,93 +1,90 @@
 """Gantt charts of simulated schedules: ranks down, time across, one panel per schedule.
 
-Several schedules share one time axis, so the shortest bar is the least wasteful. Boxes
-are coloured by kind (F, I, W, B, overlapped F&B), carry their micro-batch number, and a
-rank's second stage is drawn in a lighter shade; white is idle.
+Several schedules share one time axis, so the shortest bar is the least wasteful. Blocks
+are coloured by kind (F, I, W, B, overlapped F&B) and carry their micro-batch number; a
+rank's second stage is lighter and hatched; white is idle. A panel given the costs it was
+simulated with draws each rank's sends in a thin lane under its row (when any transfer
+costs more than zero). Times are written in s/ms/µs when the costs are seconds, in cost
+units otherwise; activation memory in GiB (or MiB, KiB) when it is bytes.
 """
 
 from __future__ import annotations
 
-import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
-from parplan.errors import ParplanError
-from parplan.schedule.ir import Kind
+from parplan.render._draw import (KIND_COLOURS, check_format, draw_rank_rows, encode, figure_width, format_memory,
+                                  format_time, label_blocks, legend_handles, legend_room, tick_formatter, time_axis)
+from parplan.render.chrome_trace import transfer_intervals
+from parplan.schedule.costs import PipelineCosts
 from parplan.schedule.simulate import SimResult
 
-__all__ = ["render_gantt", "KIND_COLOURS"]
+if TYPE_CHECKING:
+    from parplan.plan import MemoryUnit, TimeUnit
 
-KIND_COLOURS = {
-    Kind.F: "#4C78A8",
-    Kind.B: "#9D5FB8",
-    Kind.I: "#F28E2B",
-    Kind.W: "#59A14F",
-    Kind.OVERLAP_F_B: "#E15759",
-}
-_LABELS = {Kind.F: "F forward", Kind.B: "B full backward", Kind.I: "I backward-input",
-           Kind.W: "W backward-weight", Kind.OVERLAP_F_B: "F&B overlapped cell"}
+__all__ = ["GanttPanel", "gantt_figure", "render_gantt", "KIND_COLOURS"]
 
 
-def _lighten(hex_colour: str, amount: float = 0.45) -> tuple[float, float, float]:
-    rgb = [int(hex_colour[k:k + 2], 16) / 255 for k in (1, 3, 5)]
-    return tuple(c + (1 - c) * amount for c in rgb)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GanttPanel:
+    """One schedule's panel: its simulation and, optionally, what the title should add."""
+
+    simulation: SimResult
+    costs: PipelineCosts | None = None  # per model stage, as simulated; draws the send lanes
+    label: str = ""  # leads the panel title, e.g. "parplan (PP4×DP2×TP1)"
+    step_time: float | None = None  # when a step is more than the pipeline (e.g. + DP gradient sync)
 
 
-def _label(action) -> str:
-    if action.sub_actions:
-        return "/".join(str(a.microbatch) for a in action.sub_actions)
-    return str(action.microbatch)
+def _panel_title(panel: GanttPanel, time_unit: str, memory_unit: str) -> str:
+    sim = panel.simulation
+    t = lambda v: format_time(v, time_unit)  # noqa: E731
+    lead = f"{panel.label}: {sim.schedule.name}" if panel.label else sim.schedule.name
+    step = f"step {t(panel.step_time)} (pipeline {t(sim.makespan)}), " if panel.step_time is not None else \
+        f"makespan {t(sim.makespan)}, "
+    return (f"{lead}: {step}bubble ratio {sim.bubble_ratio:.1%}, max bubble/rank {t(sim.max_bubble)}, "
+            f"peak act {format_memory(max(sim.peak_activation_per_rank), memory_unit)}")
 
 
-def render_gantt(results: list[SimResult], *, fmt: str = "png", title: str | None = None) -> bytes:
-    """One stacked figure for `results`; returns the encoded image (png or svg)."""
-    if fmt not in ("png", "svg"):
-        raise ParplanError(f"Gantt format {fmt!r} is not supported; use a .png or .svg file name")
+def gantt_figure(panels: Sequence[SimResult | GanttPanel], *, time_unit: "TimeUnit" = "unit",
+                 memory_unit: "MemoryUnit" = "unit", title: str | None = None):
+    """The matplotlib Figure of `panels` stacked on one time axis (the caller closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
-    heights = [r.num_ranks + 1.6 for r in results]
+    panels = [p if isinstance(p, GanttPanel) else GanttPanel(simulation=p) for p in panels]
+    lanes = [transfer_intervals(p.simulation.schedule, p.costs, p.simulation.timeline) if p.costs else []
+             for p in panels]
+    heights = [p.simulation.num_ranks * (1.25 if lane else 1.0) + 1.4 for p, lane in zip(panels, lanes)]
     fig, axes = plt.subplots(
-        len(results), 1, sharex=True, squeeze=False,
-        figsize=(16, 0.28 * sum(heights) + 1.2), gridspec_kw={"height_ratios": heights},
+        len(panels), 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": heights},
+        figsize=(figure_width([p.simulation.timeline for p in panels]), 0.3 * sum(heights) + 1.4),
     )
-    horizon = max(r.makespan for r in results)
-    for ax, result in zip(axes[:, 0], results):
-        schedule = result.schedule
-        for row in result.timeline:
-            first_stage = min(schedule.stages_of_rank(row[0].rank)) if row else 0
-            for t in row:
-                width = t.end - t.start
-                stage = t.action.atoms[0].stage
-                colour = KIND_COLOURS[t.action.kind]
-                face = colour if stage == first_stage or t.action.sub_actions else _lighten(colour)
-                ax.barh(t.rank, width, left=t.start, height=0.82, color=face, edgecolor="white", linewidth=0.4)
-                text = _label(t.action)
-                if width >= 0.0075 * horizon * len(text):
-                    ax.text(t.start + width / 2, t.rank, text, ha="center", va="center", fontsize=5.5,
-                            color="black" if face != colour else "white")
-        ax.set_ylim(result.num_ranks - 0.5, -0.5)
-        ax.set_yticks(range(result.num_ranks), [f"rank {r}" for r in range(result.num_ranks)], fontsize=7)
-        ax.axvline(result.makespan, color="black", linewidth=0.8, linestyle="--")
-        ax.set_title(
-            f"{schedule.name}: makespan {result.makespan:.4g}, bubble ratio {result.bubble_ratio:.1%}, "
-            f"max bubble/rank {result.max_bubble:.4g}, peak act {max(result.peak_activation_per_rank):.3g}",
-            fontsize=9, loc="left",
-        )
-        ax.set_xlim(0, horizon * 1.01)
+    horizon = max(p.simulation.makespan for p in panels)
+    axis = time_axis(time_unit, horizon)
+    drawn = []
+    for ax, panel, lane in zip(axes[:, 0], panels, lanes):
+        sim = panel.simulation
+        drawn.append(draw_rank_rows(ax, sim.schedule, sim.timeline, lane, xlim=horizon * 1.01))
+        ax.axvline(sim.makespan, color="black", linewidth=0.8, linestyle="--")
+        ax.set_title(_panel_title(panel, time_unit, memory_unit), fontsize=9, loc="left")
         ax.grid(axis="x", linewidth=0.3, alpha=0.5)
-    axes[-1, 0].set_xlabel("time (cost units)")
-    kinds = sorted({t.action.kind for r in results for row in r.timeline for t in row}, key=list(Kind).index)
-    fig.legend(
-        handles=[Patch(color=KIND_COLOURS[k], label=_LABELS[k]) for k in kinds]
-        + [Patch(color=_lighten(KIND_COLOURS[Kind.F]), label="lighter: rank's second stage")],
-        loc="lower center", ncol=len(kinds) + 1, fontsize=8, frameon=False,
-    )
+    axes[-1, 0].xaxis.set_major_formatter(tick_formatter(axis))
+    axes[-1, 0].set_xlabel(axis.label)
+    kinds = [t.action.kind for p in panels for row in p.simulation.timeline for t in row]
+    handles = legend_handles(kinds, stacked=any(r.stacked for r in drawn), transfers=any(lanes))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.97 if title else 1))
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=130)
-    plt.close(fig)
-    return buf.getvalue()
+    fig.tight_layout(rect=(0, legend_room(fig), 1, 0.97 if title else 1))
+    for ax, rows in zip(axes[:, 0], drawn):
+        label_blocks(ax, rows)
+    return fig
+
+
+def render_gantt(panels: Sequence[SimResult | GanttPanel], *, fmt: str = "png", time_unit: "TimeUnit" = "unit",
+                 memory_unit: "MemoryUnit" = "unit", title: str | None = None) -> bytes:
+    """`gantt_figure` encoded as png or svg bytes."""
+    check_format(fmt)
+    return encode(gantt_figure(panels, time_unit=time_unit, memory_unit=memory_unit, title=title), fmt, dpi=130)

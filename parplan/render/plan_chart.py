@@ -1,28 +1,30 @@
 """The Gantt chart of a plan: ranks × time with a transfer lane, and memory over time per rank.
 
-Top panel: each rank's compute row (kinds coloured as in `parplan.render.gantt`, micro-batch
-numbers on the boxes) with a thin lane under it for the transfers that rank sends.
-Bottom panel: each rank's activation memory over the step (held from an F's start to its
-W's end, or its B's end). With `measured`, a third panel draws the measured step on its
-own time axis, with the time spent blocked on receives in grey.
+The title names the model, cluster, degrees, schedule and predicted step time. Top panel:
+each rank's compute row (kinds coloured, micro-batch numbers on every block, the rank's
+second stage lighter and hatched, as in `parplan.render.gantt`) with a thin lane under it
+for the transfers that rank sends, when any costs time. Bottom panel: each rank's
+activation memory over the step (held from an F's start to its W's end, or its B's end),
+in GiB/MiB/KiB for a plan in bytes. Times are in s, ms or µs for a plan in seconds. With
+`measured`, a third panel draws the measured step on its own time axis, with the time
+spent blocked on receives in grey.
 """
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING
 
+from parplan.render._draw import (KIND_COLOURS, TRANSFER_COLOUR, check_format, draw_rank_rows, encode, figure_width,
+                                  format_memory, format_time, label_blocks, legend_handles, legend_room,
+                                  memory_scale, tick_formatter, time_axis)
 from parplan.render.chrome_trace import plan_transfers
-from parplan.errors import ParplanError
-from parplan.render.gantt import KIND_COLOURS
 from parplan.schedule.ir import Kind
 
 if TYPE_CHECKING:
     from parplan.plan import Plan
 
-__all__ = ["render_plan_gantt", "memory_over_time"]
+__all__ = ["render_plan_gantt", "plan_figure", "plan_title", "memory_over_time"]
 
-_TRANSFER_COLOUR = "#7F7F7F"
 _KIND_BY_LETTER = {"F": Kind.F, "I": Kind.I, "W": Kind.W, "B": Kind.B}
 
 
@@ -49,76 +51,84 @@ def memory_over_time(plan: "Plan") -> list[list[tuple[float, float]]]:
     return curves
 
 
-def _label(action) -> str:
-    return "/".join(str(a.microbatch) for a in action.atoms)
+def plan_title(plan: "Plan") -> str:
+    """Model, cluster, degrees (when the plan's solver report names them), schedule and step time."""
+    degrees = plan.solver.get("lower", {}).get("degrees") or f"{plan.num_ranks} ranks"
+    p = plan.predicted
+    return (f"{plan.model.spec} on {plan.cluster.name}, {degrees}: {plan.schedule.name}, "
+            f"predicted step {format_time(p.step_time, plan.time_unit)}, bubble ratio {p.bubble_ratio:.1%}, "
+            f"{plan.num_microbatches} micro-batches")
 
 
-def render_plan_gantt(plan: "Plan", *, fmt: str = "png", measured=None) -> bytes:
-    """The chart as png or svg bytes; `measured` is a `parplan.runtime.launch.Measured`."""
-    if fmt not in ("png", "svg"):
-        raise ParplanError(f"Gantt format {fmt!r} is not supported; use a .png or .svg file name")
+def _memory_panel(ax, plan: "Plan", horizon: float) -> None:
+    curves = memory_over_time(plan)
+    unit, size = memory_scale(plan.memory_unit, max(level for curve in curves for _, level in curve))
+    for r, curve in enumerate(curves):
+        times, levels = zip(*curve)
+        ax.step(list(times) + [horizon], [v / size for v in levels + (levels[-1],)], where="post",
+                label=f"rank {r}", linewidth=1)
+    ax.set_ylabel(f"activation ({unit})", fontsize=7)
+    ax.legend(fontsize=6, ncol=min(plan.num_ranks, 8), loc="upper right")
+    ax.grid(linewidth=0.3, alpha=0.5)
+    peaks = ", ".join(format_memory(v, plan.memory_unit) for v in plan.predicted.peak_activation_per_rank)
+    ax.set_title(f"activation memory held per rank (peak per rank: {peaks})", fontsize=8, loc="left")
+
+
+def _measured_panel(ax, plan: "Plan", measured) -> None:
+    n = plan.num_ranks
+    for r, row in enumerate(measured.timeline):
+        for m in row:
+            if m.lane == "compute":
+                colour = KIND_COLOURS[_KIND_BY_LETTER[m.label.rstrip("0123456789")[-1]]]
+                ax.barh(r - 0.1, m.end - m.start, left=m.start, height=0.6, color=colour, edgecolor="white",
+                        linewidth=0.3)
+            else:
+                ax.barh(r + 0.32, m.end - m.start, left=m.start, height=0.16, color=TRANSFER_COLOUR)
+    ax.set_yticks([r - 0.1 for r in range(n)], [f"rank {r}" for r in range(n)], fontsize=7)
+    ax.set_ylim(n - 0.5, -0.5)
+    axis = time_axis("s", measured.step_time)
+    ax.xaxis.set_major_formatter(tick_formatter(axis))
+    ax.set_xlabel(axis.label, fontsize=8)
+    ax.set_title(f"measured step on {measured.device}: {format_time(measured.step_time, 's')} "
+                 f"(grey lane: blocked on receives/sends)", fontsize=9, loc="left")
+
+
+def plan_figure(plan: "Plan", *, measured=None):
+    """The matplotlib Figure of `plan` (the caller closes it); `measured` is a `Measured`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     n = plan.num_ranks
-    panels = 3 if measured is not None else 2
     ratios = [n * 1.3, max(2.0, n * 0.7)] + ([n * 1.3] if measured is not None else [])
-    fig, axes = plt.subplots(panels, 1, figsize=(15, 0.5 * sum(ratios) + 2), gridspec_kw={"height_ratios": ratios})
-    unit = "s" if plan.time_unit == "s" else "cost units"
+    fig, axes = plt.subplots(len(ratios), 1, figsize=(figure_width([plan.timeline]), 0.45 * sum(ratios) + 2.2),
+                             gridspec_kw={"height_ratios": ratios})
     horizon = plan.predicted.step_time or 1.0
-
-    ax = axes[0]
-    for r, row in enumerate(plan.timeline):
-        for t in row:
-            colour = KIND_COLOURS[t.action.kind]
-            ax.barh(r, t.end - t.start, left=t.start, height=0.6, color=colour, edgecolor="white", linewidth=0.4)
-            text = _label(t.action)
-            if t.end - t.start >= 0.008 * horizon * len(text):
-                ax.text((t.start + t.end) / 2, r, text, ha="center", va="center", fontsize=5.5, color="white")
-    for r, _, start, end in plan_transfers(plan):
-        ax.barh(r + 0.42, max(end - start, horizon * 0.002), left=start, height=0.16, color=_TRANSFER_COLOUR)
-    ax.set_yticks(range(n), [f"rank {r}" for r in range(n)], fontsize=7)
-    ax.set_ylim(n - 0.3, -0.6)
-    ax.set_xlim(0, horizon * 1.01)
-    ax.axvline(horizon, color="black", linewidth=0.8, linestyle="--")
-    ax.set_title(
-        f"{plan.schedule.name} on {plan.model.spec}: predicted step {plan.predicted.step_time:.4g} {unit}, "
-        f"bubble ratio {plan.predicted.bubble_ratio:.1%} (grey lane: transfers sent)", fontsize=9, loc="left")
-
-    ax = axes[1]
-    for r, curve in enumerate(memory_over_time(plan)):
-        times, levels = zip(*curve)
-        ax.step(list(times) + [horizon], list(levels) + [levels[-1]], where="post", label=f"rank {r}", linewidth=1)
-    ax.set_xlim(0, horizon * 1.01)
-    ax.set_ylabel(f"activation ({plan.memory_unit})", fontsize=7)
-    ax.set_xlabel(f"time ({unit})", fontsize=8)
-    ax.legend(fontsize=6, ncol=min(n, 8), loc="upper right")
-    ax.grid(linewidth=0.3, alpha=0.5)
-
+    axis = time_axis(plan.time_unit, horizon)
+    transfers = plan_transfers(plan)
+    rows = draw_rank_rows(axes[0], plan.schedule, plan.timeline, transfers, xlim=horizon * 1.01)
+    axes[0].axvline(horizon, color="black", linewidth=0.8, linestyle="--")
+    axes[0].set_title("predicted step: compute per rank" + (", sends in the lane under each row" if transfers else ""),
+                      fontsize=8, loc="left")
+    _memory_panel(axes[1], plan, horizon)
+    for ax in axes[:2]:
+        ax.set_xlim(0, horizon * 1.01)
+        ax.xaxis.set_major_formatter(tick_formatter(axis))
+        ax.grid(axis="x", linewidth=0.3, alpha=0.5)
+    axes[1].set_xlabel(axis.label, fontsize=8)
     if measured is not None:
-        ax = axes[2]
-        for r, row in enumerate(measured.timeline):
-            for m in row:
-                if m.lane == "compute":
-                    colour = KIND_COLOURS[_KIND_BY_LETTER[m.label.rstrip("0123456789")[-1]]]
-                    ax.barh(r, m.end - m.start, left=m.start, height=0.6, color=colour, edgecolor="white", linewidth=0.3)
-                else:
-                    ax.barh(r + 0.42, m.end - m.start, left=m.start, height=0.16, color=_TRANSFER_COLOUR)
-        ax.set_yticks(range(n), [f"rank {r}" for r in range(n)], fontsize=7)
-        ax.set_ylim(n - 0.3, -0.6)
-        ax.set_xlabel("time (s)", fontsize=8)
-        ax.set_title(f"measured step on {measured.device}: {measured.step_time:.4g} s "
-                     f"(grey lane: blocked on receives/sends)", fontsize=9, loc="left")
+        _measured_panel(axes[2], plan, measured)
+    kinds = [t.action.kind for row in plan.timeline for t in row]
+    handles = legend_handles(kinds, stacked=rows.stacked, transfers=bool(transfers))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(plan_title(plan), fontsize=10)
+    fig.tight_layout(rect=(0, legend_room(fig), 1, 0.97))
+    label_blocks(axes[0], rows)
+    return fig
 
-    kinds = sorted({t.action.kind for row in plan.timeline for t in row}, key=list(Kind).index)
-    fig.legend(handles=[Patch(color=KIND_COLOURS[k], label=k.value) for k in kinds]
-               + [Patch(color=_TRANSFER_COLOUR, label="transfer / wait")],
-               loc="lower center", ncol=len(kinds) + 1, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
+
+def render_plan_gantt(plan: "Plan", *, fmt: str = "png", measured=None) -> bytes:
+    """`plan_figure` as png or svg bytes; `measured` is a `parplan.runtime.launch.Measured`."""
+    check_format(fmt)
+    return encode(plan_figure(plan, measured=measured), fmt, dpi=130)
