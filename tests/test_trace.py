@@ -179,7 +179,7 @@ def test_untraceable_model_names_the_construct_and_the_leaf_fix():
         trace(Net().to("meta"), (torch.zeros(2, 8, device="meta"),))
     msg = str(info.value)
     assert "torch.export failed" in msg and "torch.fx.symbolic_trace failed" in msg
-    assert "leaf_modules=(ThatModule,)" in msg
+    assert "keep router whole with leaf_modules=(Router,)" in msg  # fx names the module it failed in
     assert "control flow" in msg or "data-dependent" in msg.lower() or "Could not guard" in msg
 
 
@@ -203,16 +203,101 @@ def test_fx_fallback_is_used_and_reported_when_export_fails():
     assert lin.module_path == "lin" and lin.param_count == 8 * 6 + 6
 
 
-def test_leaf_module_is_one_opaque_operator():
+def test_untraceable_root_forward_says_a_leaf_cannot_help():
+    class Net(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # in the model's own forward: no submodule to mark a leaf
+                return x * 2
+            return x
+
+    with pytest.raises(ParplanError) as info:
+        trace(Net(), (torch.zeros(2, 8, device="meta"),))
+    msg = str(info.value)
+    assert "Net.forward itself" in msg and "cannot help" in msg and "torch.cond" in msg
+    assert "leaf_modules=(" not in msg
+
+
+def test_untraceable_capture_prints_nothing(capfd):
+    class Router(nn.Module):
+        def forward(self, x):
+            warnings.warn("router warns on every call")
+            return x * 2 if x.sum() > 0 else x
+
+    model = nn.Sequential(nn.Linear(8, 8), Router()).to("meta")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ParplanError, match="cannot capture"):
+            trace(model, (torch.zeros(2, 8, device="meta"),))
+    out, err = capfd.readouterr()
+    assert (out, err, caught) == ("", "", [])  # no warning, torch log line or partial graph precedes the error
+
+
+def test_capture_warnings_are_collected_and_deduplicated():
+    class Noisy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+
+        def forward(self, x):
+            warnings.warn("noisy forward")
+            warnings.warn("noisy forward")
+            return self.lin(x)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t = trace(Noisy().to("meta"), (torch.zeros(2, 8, device="meta"),))
+    assert caught == []
+    assert t.capture_warning_count >= 2 and t.capture_warnings == ("UserWarning: noisy forward",)
+
+
+def test_leaf_on_the_exported_graph_keeps_every_operator_of_an_instance_in_one_unit():
+    from parplan.planner.units import Granularity, coarsen
+    from parplan.zoo.gpt import CausalSelfAttention
+
+    z = _gpt(layers=2)
+    plain = trace(z.model, z.example_inputs)
+    t = trace(z.model, z.example_inputs, leaf_modules=(CausalSelfAttention,))
+    assert t.capture == "torch.export" and t.leaves == ("h.0.attn", "h.1.attn")
+    assert t.forward_flops == plain.forward_flops and len(t.nodes) == len(plain.nodes)  # exact costs kept
+    inside = {leaf: [n.name for n in plain.nodes if n.module_path.startswith(leaf)] for leaf in t.leaves}
+    assert all(t.node(op).module_path == leaf for leaf, ops in inside.items() for op in ops)
+    assert [b.instances for b in t.blocks] == [("h.0", "h.1")]
+    for granularity in Granularity:
+        units = coarsen(t, granularity).units
+        for ops in inside.values():
+            assert len({u.index for u in units for op in ops if op in u.ops}) == 1, granularity
+    # without the leaf, the attention's q/k/v projection is a unit of its own
+    assert any(u.key == "h.0.attn.qkv" for u in coarsen(plain, Granularity.OPERATOR).units)
+
+
+def test_leaf_with_no_instance_is_an_error_naming_the_model_classes():
+    from parplan.zoo.decoder import DecoderLayer
+
+    z = _gpt(layers=1)
+    with pytest.raises(ParplanError, match=r"DecoderLayer: no instance runs in GPT's forward.*Block"):
+        trace(z.model, z.example_inputs, leaf_modules=(DecoderLayer,))
+
+
+def test_leaf_on_the_fx_fallback_is_one_opaque_operator():
     class Opaque(nn.Module):
         def forward(self, x):
             return x.flip(-1)
 
-    model = nn.Sequential(nn.Linear(4, 4), Opaque()).to("meta")
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.opaque = nn.Linear(4, 4), Opaque()
+
+        def forward(self, x):
+            if torch.compiler.is_exporting():
+                raise RuntimeError("this model refuses torch.export")
+            return self.opaque(self.lin(x))
+
     with pytest.warns(UnknownOperatorWarning, match="Opaque"):
-        t = trace(model, (torch.zeros(3, 4, device="meta"),), leaf_modules=(Opaque,))
-    assert t.capture == "torch.fx.symbolic_trace"
+        t = trace(Net().to("meta"), (torch.zeros(3, 4, device="meta"),), leaf_modules=(Opaque,))
+    assert t.capture == "torch.fx.symbolic_trace" and t.leaves == ("opaque",)
     assert [n.op for n in t.nodes] == ["linear", "Opaque"]
+    assert any("one operator costed from its bytes only" in note for note in t.notes)
 
 
 def test_fx_and_export_agree_on_a_zoo_model():

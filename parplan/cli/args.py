@@ -15,7 +15,8 @@ from pathlib import Path
 from parplan.errors import ParplanError
 
 __all__ = ["positive_int", "non_negative_int", "integer", "degree", "positive_float", "seconds", "memory_size",
-           "memory_cap", "effort", "chart_format", "format_columns", "model_args", "load_checked_plan"]
+           "memory_cap", "effort", "leaf_class", "leaf_arg", "chart_format", "format_columns", "model_args",
+           "capture_warning_lines", "load_checked_plan"]
 
 
 def _int(text: str, rule: str) -> int:
@@ -130,15 +131,51 @@ def format_columns(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
 
 
+def leaf_class(text: str) -> type:
+    """A --leaf value: an importable nn.Module subclass, written package.module.ClassName."""
+    import importlib
+
+    from torch import nn
+
+    module, _, name = text.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except Exception as err:  # ImportError, AttributeError, an empty module name, or the module failing
+        raise argparse.ArgumentTypeError(f"{text!r} is not an importable class ({type(err).__name__}); "
+                                         f"write package.module.ClassName, e.g. parplan.zoo.gpt.MLP") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an nn.Module class; name the module class to keep whole")
+    return cls
+
+
+def leaf_arg(p: argparse.ArgumentParser) -> None:
+    """--leaf, for every command that traces a model."""
+    p.add_argument("--leaf", type=leaf_class, action="append", default=[], metavar="MODULE.CLASS",
+                   help="keep every instance of this nn.Module class whole: one unit no stage boundary "
+                        "cuts (repeatable; e.g. parplan.zoo.gpt.MLP)")
+
+
 def model_args(p: argparse.ArgumentParser) -> None:
     """The MODEL argument and the shape options `trace` and `profile` share."""
     p.add_argument("model", help="zoo name with options (gpt:hidden=4096,heads=32,layers=1), "
                                  "path/to/file.py:factory, or hf:llama")
     p.add_argument("--batch", type=positive_int, default=1, help="micro-batch size (default 1)")
     p.add_argument("--seq", type=positive_int, default=1024, help="sequence length (default 1024)")
-    p.add_argument("--leaf", action="append", default=[], metavar="MODULE.CLASS",
-                   help="keep this nn.Module class as one opaque operator (repeatable)")
+    leaf_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def capture_warning_lines(traced, debug: bool) -> list[str]:
+    """What the CLI prints on stderr about the warnings capture emitted: one note, or with
+    --debug the note and every distinct message."""
+    count, distinct = traced.capture_warning_count, traced.capture_warnings
+    if not count:
+        return []
+    kinds = f"{len(distinct)} distinct" if len(distinct) > 1 else "1 distinct"
+    if debug:
+        return [f"note: torch emitted {count} warning(s) during capture ({kinds}):", *(f"  {w}" for w in distinct)]
+    return [f"note: torch emitted {count} warning(s) during capture ({kinds}; first: {distinct[0][:160]}); "
+            f"run with --debug to see them all"]
 
 
 def load_checked_plan(path: str):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
-from parplan.cli.args import chart_format, degree, effort, format_columns, integer, memory_size, positive_int, seconds
+from parplan.cli.args import (capture_warning_lines, chart_format, degree, effort, format_columns, integer, leaf_arg,
+                              memory_size, positive_int, seconds)
 from parplan.cli.progress import ProgressDisplay, name_written
 from parplan.io import check_writable, write_outputs
 
@@ -25,6 +26,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--cluster", default="h100x8", help="cluster profile name or YAML file (default h100x8)")
     p.add_argument("--batch", type=positive_int, default=1, help="sequences per micro-batch (default 1)")
     p.add_argument("--seq", type=positive_int, default=1024, help="sequence length (default 1024)")
+    leaf_arg(p)
     p.add_argument("--microbatches", "-m", type=positive_int, default=32, help="micro-batches per step (default 32)")
     p.add_argument("--memory-limit", type=memory_size, default=None, help="bytes per device, e.g. 70GiB (default: device HBM)")
     p.add_argument("--effort", type=effort, default="normal",
@@ -76,8 +78,10 @@ def run_plan(args) -> int:
             time_limit=args.time_limit, mode=args.mode, objective=args.objective, degrees=degrees,
             **({} if args.placement == "auto" else {"families": (args.placement,)}),
             memory=MemoryModel(mode=args.mode, zero1=not args.no_zero1), use_mip=not args.no_mip,
-            seed=args.seed, workers=args.workers,
+            seed=args.seed, workers=args.workers, leaf_modules=tuple(args.leaf),
         )
+    for line in capture_warning_lines(result.units.traced, args.debug):
+        print(line, file=sys.stderr)
     outputs: dict[str, str | bytes] = {}
     if args.output:
         outputs[args.output] = plan.to_json()

@@ -5,11 +5,11 @@ Outputs are built in memory and files written last, so a failing command writes 
 
 from __future__ import annotations
 
-import importlib
 import json
+import sys
 import warnings
-from parplan.cli.args import model_args
-from parplan.errors import ParplanError
+
+from parplan.cli.args import capture_warning_lines, model_args
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers", "traced_model"]
@@ -22,26 +22,18 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=run_trace)
 
 
-def _leaf_classes(names: list[str]) -> tuple[type, ...]:
-    out = []
-    for name in names:
-        module, _, cls = name.rpartition(".")
-        try:
-            out.append(getattr(importlib.import_module(module), cls))
-        except (ImportError, AttributeError, ValueError):
-            raise ParplanError(f"--leaf {name!r} is not an importable class; write package.module.ClassName") from None
-    return tuple(out)
-
-
 def traced_model(args):
-    """The traced graph of `args.model` and the unknown-operator warnings tracing raised."""
+    """The traced graph of `args.model` (its `--leaf` classes kept whole) and the
+    unknown-operator warnings tracing raised; what capture emitted is noted on stderr."""
     from parplan.trace import UnknownOperatorWarning, trace
     from parplan.zoo import load_model
 
     zoo = load_model(args.model, batch=args.batch, seq=args.seq)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnknownOperatorWarning)
-        traced = trace(zoo.model, zoo.example_inputs, leaf_modules=_leaf_classes(args.leaf))
+        traced = trace(zoo.model, zoo.example_inputs, leaf_modules=args.leaf)
+    for line in capture_warning_lines(traced, args.debug):
+        print(line, file=sys.stderr)
     return traced, [str(w.message) for w in caught if issubclass(w.category, UnknownOperatorWarning)]
 
 
@@ -54,8 +46,6 @@ def _fmt_bytes(n: float) -> str:
 
 
 def run_trace(args) -> int:
-    import sys
-
     from parplan.trace.summary import graph_json, trace_summary
 
     check_writable(args.output, "-o")

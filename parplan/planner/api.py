@@ -6,7 +6,7 @@ planner's `to_plan` and the runtime's chain planner (`plan_chain`) both call it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from parplan.cost.hardware import ClusterProfile, load_cluster
 from parplan.schedule.costs import PipelineCosts
@@ -42,6 +42,7 @@ def plan_with_report(
     microbatches: int = 16,
     spec: str | None = None,
     progress: Callable[[PlanProgress], None] | None = None,
+    leaf_modules: Iterable[type] = (),
     **options: Any,
 ) -> tuple[Plan, PlanResult]:
     """Plan `model` (fed `example_inputs`, one micro-batch) on `cluster`.
@@ -51,12 +52,15 @@ def plan_with_report(
     report (every baseline, both levels' solver reports). `progress`, when given, is called
     with a `PlanProgress` as each phase begins, as the lower MIP's incumbent or bound moves,
     and as each phase ends; it only observes (the plan is the same without it).
+    `leaf_modules`: nn.Module classes whose instances are kept whole, so no stage boundary
+    falls inside one (`parplan.trace.trace`); the warnings capture emitted are on
+    `result.units.traced.capture_warnings`.
     """
     from parplan.trace import trace
 
     profile = _cluster(cluster)
     config = PlannerConfig(microbatches=microbatches, **options)
-    traced = trace(model, example_inputs)
+    traced = trace(model, example_inputs, leaf_modules=leaf_modules)
     result = plan_traced(traced, profile, config, progress=progress)
     return to_plan(result, model, example_inputs, profile, config, spec), result
 

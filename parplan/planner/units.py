@@ -8,7 +8,8 @@ at operator granularity every module that owns parameters (`layers.3.attn.q`, a 
 expert's GEMM) or runs an attention kernel (`layers.3.attn`) is its own unit. Other
 operators — activations, residual adds, views — are glue: they join the unit before them,
 which is where a runtime that splits the graph by module paths runs them too (at the
-latest stage among their inputs). A stage's *pieces* are the module paths of its units:
+latest stage among their inputs). A leaf module instance (`TracedGraph.leaves`) is never
+split: all its operators name it as their module and none of them is glue. A stage's *pieces* are the module paths of its units:
 what `parplan.runtime` splits the exported graph by (longest path prefix wins). Because units are runs of the program order, the
 unit graph is acyclic by construction, and a stage = a set of units closed under the
 order stays acyclic too.
@@ -129,6 +130,7 @@ def stage_pieces(graph: "UnitGraph", stage_of_unit: list[int], num_stages: int) 
 
 def coarsen(traced: TracedGraph, granularity: Granularity = Granularity.OPERATOR) -> UnitGraph:
     owners = param_owners(traced)
+    leaves = set(traced.leaves)
     runs: list[tuple[str, list[str], str | None]] = []
     layer_of_run: list[str] = []
     leading: list[str] = []  # pathless glue before any module (an arange of positions) joins the first unit
@@ -137,7 +139,9 @@ def coarsen(traced: TracedGraph, granularity: Granularity = Granularity.OPERATOR
             (runs[-1][1] if runs else leading).append(node.name)  # pathless glue joins the unit before it
             continue
         layer = _key(node, Granularity.LAYER)
-        if granularity is Granularity.OPERATOR:
+        if node.module_path in leaves:
+            glue = False  # a leaf instance is kept whole: even a leading view starts its unit
+        elif granularity is Granularity.OPERATOR:
             # a unit starts at a compute operator of a cut-able module, and never spans two
             # layer units, so operator units nest inside layer units
             heavy = bool(node.params) or node.kind in (OpKind.ATTENTION, OpKind.MATMUL)

@@ -2,13 +2,23 @@
 
 Pass 1 captures: `torch.export.export(strict=False)` (fake tensors; a meta-device model
 allocates nothing), falling back to `torch.fx.symbolic_trace` + shape propagation on meta
-tensors when export fails or when leaf modules are requested. Pass 2 normalises every node
-to an `OpCall` and applies the rules in `parplan.trace.rules`. Pass 3 attributes parameters,
-gradient accumulation and repeated blocks, and builds the networkx DAG.
+tensors when export fails. The warnings and torch log records capture emits are collected
+(deduplicated) on the result instead of printed. Pass 2 normalises every node to an `OpCall`
+and applies the rules in `parplan.trace.rules`. Pass 3 keeps leaf modules whole, attributes
+parameters, gradient accumulation and repeated blocks, and builds the networkx DAG.
+
+Leaf modules (`leaf_modules=(Cls,)`): on an exported graph every operator run inside a `Cls`
+instance reports that instance as its module (its inner module paths are dropped), so it
+keeps its exact costs and coarsening keeps the instance in one unit: no stage boundary falls
+inside it. On the fx fallback a leaf is not traced into: it is one opaque operator, costed
+from its bytes only; that is how code fx cannot trace is hidden from it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import math
 import time
 import warnings
@@ -161,18 +171,29 @@ def _first_line(err: BaseException) -> str:
 
 
 class _LeafTracer(torch.fx.Tracer):
+    """fx tracer that does not trace into `leaves` and records the innermost module whose
+    forward raised (`failed_in`), so an error can name the class to mark a leaf."""
+
     def __init__(self, leaves: tuple[type, ...]) -> None:
         super().__init__()
         self._leaves = leaves
+        self.failed_in: tuple[str, type] | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, self._leaves) or super().is_leaf_module(m, qualname)
 
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # the innermost module sees the error first
+                self.failed_in = (self.path_of_module(m), type(m))
+            raise
 
-def _capture_fx(model: nn.Module, inputs: tuple[Any, ...], leaves: tuple[type, ...]) -> torch.fx.GraphModule:
+
+def _capture_fx(model: nn.Module, inputs: tuple[Any, ...], tracer: _LeafTracer) -> torch.fx.GraphModule:
     from torch.fx.passes.shape_prop import ShapeProp
 
-    tracer = _LeafTracer(leaves)
     graph = tracer.trace(model)
     gm = torch.fx.GraphModule(tracer.root, graph)
     meta_inputs = [x.to("meta") if isinstance(x, torch.Tensor) else x for x in inputs]
@@ -183,36 +204,85 @@ def _capture_fx(model: nn.Module, inputs: tuple[Any, ...], leaves: tuple[type, .
 
 def _capture(model: nn.Module, inputs: tuple[Any, ...], leaves: tuple[type, ...], method: str):
     export_error: BaseException | None = None
-    if method in ("auto", "export") and not leaves:
+    if method in ("auto", "export"):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ep = torch.export.export(model, inputs, strict=False)
+            ep = torch.export.export(model, inputs, strict=False)
             return EXPORT, ep.graph_module, dict(ep.graph_signature.inputs_to_parameters), ep, None
         except Exception as err:  # any capture failure: try the fallback, then report both
             export_error = err
             if method == "export":
-                raise _untraceable(model, export_error, None) from err
+                raise _untraceable(model, export_error, None, None) from err
+    tracer = _LeafTracer(leaves)
     try:
-        gm = _capture_fx(model, inputs, leaves)
+        gm = _capture_fx(model, inputs, tracer)
     except Exception as err:
-        raise _untraceable(model, export_error, err) from err
+        raise _untraceable(model, export_error, err, tracer.failed_in) from err
     return FX, gm, {}, None, export_error
 
 
-def _untraceable(model: nn.Module, export_error: BaseException | None, fx_error: BaseException | None) -> ParplanError:
+def _untraceable(model: nn.Module, export_error: BaseException | None, fx_error: BaseException | None,
+                 failed_in: tuple[str, type] | None) -> ParplanError:
     parts = []
     if export_error is not None:
         parts.append(f"torch.export failed: {_first_line(export_error)}")
     if fx_error is not None:
         parts.append(f"torch.fx.symbolic_trace failed: {_first_line(fx_error)}")
-    return ParplanError(
-        f"cannot capture {type(model).__name__}: " + "; ".join(parts) + ". "
-        "Fix: move the data-dependent or untraceable code into its own nn.Module and mark it a "
-        "leaf with parplan.trace.trace(model, inputs, leaf_modules=(ThatModule,)) "
-        "(CLI: --leaf package.module.ThatModule); a leaf is kept as one opaque operator. "
-        "For a free function, decorate it with torch.fx.wrap."
-    )
+    exportable = ("make the code torch.export names traceable (no Python branching on tensor values: "
+                  "torch.cond, torch._check), so export captures the whole model with exact costs")
+    if failed_in is not None:
+        path, cls = failed_in
+        cli = "" if "<locals>" in cls.__qualname__ else f" (CLI: --leaf {cls.__module__}.{cls.__qualname__})"
+        fix = (f"Fix: either {exportable}; or keep {path} whole with leaf_modules=({cls.__name__},){cli}: "
+               f"the fx fallback then keeps each {cls.__name__} as one operator costed from its bytes only")
+    elif fx_error is not None:
+        fix = (f"Fix: {exportable}. fx failed in {type(model).__name__}.forward itself, outside any submodule, "
+               f"so marking a module a leaf cannot help; a free function fx cannot trace can be decorated "
+               f"with torch.fx.wrap")
+    else:
+        fix = f"Fix: {exportable}, or use method='auto' to fall back to torch.fx.symbolic_trace"
+    return ParplanError(f"cannot capture {type(model).__name__}: " + "; ".join(parts) + ". " + fix)
+
+
+class _QuietTorchLogs(logging.Filter):
+    """Keeps torch's WARNING-and-above log records (first line) instead of printing them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True  # DEBUG/INFO print only when the user asked for them (TORCH_LOGS)
+        lines = record.getMessage().strip().splitlines()
+        self.messages.append(f"torch log {record.levelname}: {lines[0] if lines else record.name}")
+        return False
+
+
+@contextlib.contextmanager
+def _collected(into: list[str]):
+    """Collect what capture emits into `into` instead of printing it: Python warnings and
+    torch log warnings ("Category: first line" each, in order, repeats included), and text
+    written to sys.stderr (torch.export prints a failed capture's partial graph there)."""
+    loggers = [logging.getLogger("torch")] + [
+        lg for name, lg in logging.Logger.manager.loggerDict.items()
+        if name.startswith("torch.") and isinstance(lg, logging.Logger)]
+    handlers = {h for lg in loggers for h in lg.handlers}
+    quiet = _QuietTorchLogs()
+    printed = io.StringIO()
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(printed):
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for h in handlers:
+            h.removeFilter(quiet)
+        into.extend(f"{w.category.__name__}: {(str(w.message).strip().splitlines() or [''])[0]}" for w in caught)
+        into.extend(quiet.messages)
+        lines = [ln.strip() for ln in printed.getvalue().splitlines() if ln.strip()]
+        if lines:
+            into.append(f"printed to stderr ({len(lines)} lines): {lines[0]}")
 
 
 # ---- main entry -------------------------------------------------------------------------------
@@ -228,22 +298,27 @@ def trace(
     """Trace `model` on `example_inputs` into a costed operator DAG (see `TracedGraph`).
 
     Build the model and inputs on the meta device to avoid materialising weights.
-    `method`: "auto" (export, then fx), "export" or "fx". Operators without a FLOP rule
-    raise an `UnknownOperatorWarning` listing them.
+    `method`: "auto" (export, then fx), "export" or "fx". Each instance of a
+    `leaf_modules` class is kept whole (module docstring); a class with no instance in the
+    model is an error. Warnings emitted during capture are collected on the result
+    (`capture_warnings`, `capture_warning_count`), not printed; operators without a FLOP
+    rule raise an `UnknownOperatorWarning` listing them.
     """
     if method not in ("auto", "export", "fx"):
         raise ParplanError(f"method={method!r} is not a capture method; use auto, export or fx")
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     leaves = tuple(leaf_modules)
     started = time.perf_counter()
-    capture, gm, inputs_to_params, program, export_error = _capture(model, inputs, leaves, method)
+    emitted: list[str] = []
+    with _collected(emitted):
+        capture, gm, inputs_to_params, program, export_error = _capture(model, inputs, leaves, method)
     seconds = time.perf_counter() - started
     notes: list[str] = []
     if capture == FX and export_error is not None:
         notes.append(f"torch.export failed ({_first_line(export_error)}); fell back to torch.fx.symbolic_trace")
-    elif capture == FX:
-        notes.append("captured with torch.fx.symbolic_trace (leaf modules requested)")
-    traced = _build(model, gm, inputs_to_params, capture, seconds, notes)
+    traced = _build(model, gm, inputs_to_params, capture, seconds, notes, leaves)
+    object.__setattr__(traced, "capture_warnings", tuple(dict.fromkeys(emitted)))
+    object.__setattr__(traced, "capture_warning_count", len(emitted))
     if traced.unknown_ops:
         warnings.warn(
             f"no FLOP rule for {len(traced.unknown_ops)} operator kind(s): {', '.join(traced.unknown_ops)}; "
@@ -253,6 +328,34 @@ def trace(
         )
     object.__setattr__(traced, "program", gm)
     return traced
+
+
+def _keep_leaves(calls: list[_Call], model: nn.Module, leaves: tuple[type, ...]) -> tuple[list[_Call], tuple[str, ...]]:
+    """Each call's module stack cut after the outermost `leaves` instance it runs in, so every
+    operator inside a leaf names the leaf as its module; and the leaf instances, in program order."""
+    if not leaves:
+        return calls, ()
+    is_leaf: dict[str, bool] = {}
+    kept: dict[str, None] = {}
+    out = []
+    for c in calls:
+        for i, (path, _) in enumerate(c.stack):
+            if path and path not in is_leaf:
+                try:
+                    is_leaf[path] = isinstance(model.get_submodule(path), leaves)
+                except AttributeError:  # a path export made up for a module it could not resolve
+                    is_leaf[path] = False
+            if path and is_leaf[path]:
+                c = replace(c, stack=c.stack[:i + 1])
+                kept[path] = None
+                break
+        out.append(c)
+    if not kept:
+        names = ", ".join(cls.__name__ for cls in leaves)
+        own = sorted({type(m).__name__ for m in model.modules() if not type(m).__module__.startswith("torch.")})
+        raise ParplanError(f"leaf module class(es) {names}: no instance runs in {type(model).__name__}'s forward; "
+                           f"name a class the model calls (its own classes: {', '.join(own[:8]) or 'none'})")
+    return out, tuple(kept)
 
 
 def _moe_notes(model: nn.Module) -> list[str]:
@@ -306,10 +409,17 @@ def _build(
     capture: str,
     seconds: float,
     notes: list[str],
+    leaves: tuple[type, ...],
 ) -> TracedGraph:
     params = _Params.of(model)
     # pass 2: a value record per node, an OpCall per call that does tensor work
     refs, calls = _normalise(gm, inputs_to_params, params)
+    calls, kept = _keep_leaves(calls, model, leaves)
+    if kept:
+        notes.append(f"kept {len(kept)} leaf module instance(s) whole ({', '.join(kept[:3])}"
+                     f"{', ...' if len(kept) > 3 else ''}): " + (
+                         "each is one operator costed from its bytes only (the fx fallback does not trace into "
+                         "a leaf)" if capture == FX else "their operators keep exact costs and stay in one unit"))
 
     # pass 3: storage sizes and gradient fan-in; the costed nodes; repeated blocks; the DAG
     storage_bytes = _storage_sizes(refs, params.unique)
@@ -336,6 +446,7 @@ def _build(
         blocks=tuple(blocks),
         notes=tuple(notes + _moe_notes(model)),
         storage_bytes=storage_bytes,
+        leaves=kept,
     )
 
 

@@ -114,6 +114,10 @@ class TracedGraph:
     blocks: tuple[RepeatedBlock, ...]
     notes: tuple[str, ...]  # assumptions a user must know (e.g. MoE expected loads)
     storage_bytes: dict[str, int] = field(repr=False, default_factory=dict)
+    leaves: tuple[str, ...] = ()  # module paths of the leaf instances kept whole, program order
+    # what capture emitted (Python warnings, torch log warnings): distinct "Category: first line"s and the total
+    capture_warnings: tuple[str, ...] = ()
+    capture_warning_count: int = 0
     # the captured torch.fx.GraphModule, kept so measured mode can replay operators
     program: object = field(repr=False, compare=False, default=None)
 
