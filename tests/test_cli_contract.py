@@ -206,6 +206,10 @@ CASES = {
     "plan-seq-text": (["plan", TINY, "--seq", "long", "-o", "{out}/p.json"], "'long' is not an integer"),
     "plan-workers-zero": (["plan", TINY, *PLAN_SHAPE, "--workers", "0", "-o", "{out}/p.json"], "--workers: 0"),
     "plan-mode": (["plan", TINY, *PLAN_SHAPE, "--mode", "serve"], "invalid choice: 'serve'"),
+    "plan-leaf": (["plan", TINY, *PLAN_SHAPE, "--leaf", "nowhere.Block", "-o", "{out}/p.json"],
+                  "not an importable class"),
+    "plan-leaf-not-module": (["plan", TINY, *PLAN_SHAPE, "--leaf", "parplan.zoo.gpt.GPTConfig", "-o", "{out}/p.json"],
+                             "not an nn.Module class"),
     # plan: names, files and outputs
     "plan-unknown-cluster": (["plan", TINY, *PLAN_SHAPE, "--cluster", "nope", "-o", "{out}/p.json"], "nope"),
     "plan-missing-cluster-file": (["plan", TINY, *PLAN_SHAPE, "--cluster", "{out}/c.yaml", "-o", "{out}/p.json"],

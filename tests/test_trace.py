@@ -217,6 +217,29 @@ def test_untraceable_root_forward_says_a_leaf_cannot_help():
     assert "leaf_modules=(" not in msg
 
 
+def test_untraceable_backbone_is_not_offered_as_a_leaf():
+    class Backbone(nn.Module):  # like a Hugging Face decoder inside its *ForCausalLM
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(64, 64)
+
+        def forward(self, x):
+            return self.lin(x) if x.sum() > 0 else x
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model, self.head = Backbone(), nn.Linear(64, 2)
+
+        def forward(self, x):
+            return self.head(self.model(x))
+
+    with pytest.raises(ParplanError) as info:
+        trace(Wrapper().to("meta"), (torch.zeros(2, 64, device="meta"),))
+    msg = str(info.value)
+    assert "holds most of the model's parameters" in msg and "torch.cond" in msg and "leaf_modules=(" not in msg
+
+
 def test_untraceable_capture_prints_nothing(capfd):
     class Router(nn.Module):
         def forward(self, x):

@@ -99,6 +99,79 @@ def test_unknown_hardware_and_bad_depth_are_user_errors(capsys):
     assert main(["profile", SMALL_GPT, "--hardware", "h100-sxm", "--depth", "-1"]) == 2
 
 
+TINY_GPT = "gpt:hidden=64,heads=2,layers=2,vocab=128"
+ATTENTION = "parplan.zoo.gpt.CausalSelfAttention"
+NOISY_MODEL = """
+import warnings
+from torch import nn
+
+
+class Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(16, 8)
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, idx):
+        for i in range(3):
+            warnings.warn(f"noisy warning {i}")
+        return self.lin(self.emb(idx))
+
+
+def make(batch, seq, device="meta", **options):
+    return Noisy().to(device)
+"""
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "parplan.cli", *argv], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=ROOT)
+
+
+def test_plan_with_a_leaf_never_cuts_inside_a_leaf_instance(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    argv = ["plan", TINY_GPT, "--seq", "32", "-m", "4", "--pp", "2", "--effort", "quick", "-q", "-o", str(out)]
+    assert main([*argv, "--leaf", ATTENTION]) == 0
+    pieces = [p for stage in json.loads(out.read_text())["stages"] for p in stage["pieces"]]
+    leaves = {"h.0.attn", "h.1.attn"}
+    assert not [p for p in pieces if any(p.startswith(leaf + ".") for leaf in leaves)], pieces
+    covered = {leaf for leaf in leaves for p in pieces if leaf == p or leaf.startswith(p + ".")}
+    assert covered == leaves
+    capsys.readouterr()
+    assert main(argv) == 0  # without the leaf the attention's projections are pieces of their own
+    assert "h.1.attn.qkv" in {p for stage in json.loads(out.read_text())["stages"] for p in stage["pieces"]}
+
+
+def test_profile_honours_leaf(capsys):
+    argv = ["profile", TINY_GPT, "--hardware", "h100-sxm", "--seq", "16", "--depth", "3", "--json"]
+    assert main([*argv, "--leaf", ATTENTION]) == 0
+    modules = json.loads(capsys.readouterr().out)["modules"]
+    assert "h.0.attn" in modules and "h.0.attn.qkv" not in modules
+
+
+def test_capture_warnings_are_one_note_and_debug_lists_them(tmp_path):
+    model = tmp_path / "noisy.py"
+    model.write_text(NOISY_MODEL)
+    plain = _cli("trace", f"{model}:make", "--seq", "4")
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("note: torch emitted ") and "3 distinct" in lines[0], lines
+    assert "first: UserWarning: noisy warning 0" in lines[0] and "--debug" in lines[0]
+    debug = _cli("trace", f"{model}:make", "--seq", "4", "--debug")
+    assert debug.returncode == 0 and "warnings.warn" not in debug.stderr
+    assert [ln.strip() for ln in debug.stderr.splitlines()[1:]] == [f"UserWarning: noisy warning {i}" for i in range(3)]
+
+
+def test_plan_prints_one_note_for_capture_warnings(tmp_path):
+    model = tmp_path / "noisy.py"
+    model.write_text(NOISY_MODEL)
+    proc = _cli("plan", f"{model}:make", "--seq", "4", "-m", "8", "--pp", "2", "--effort", "quick", "-q")
+    assert proc.returncode == 0, proc.stderr
+    notes = [ln for ln in proc.stderr.splitlines() if "noisy warning" in ln]
+    assert len(notes) == 1 and notes[0].startswith("note: torch emitted"), proc.stderr
+
+
 @pytest.mark.parametrize("script", ["trace_gpt.py", "stage_costs.py"])
 def test_examples_run_and_assert(script):
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / script)], capture_output=True, text=True, timeout=300)

@@ -229,7 +229,11 @@ def _untraceable(model: nn.Module, export_error: BaseException | None, fx_error:
         parts.append(f"torch.fx.symbolic_trace failed: {_first_line(fx_error)}")
     exportable = ("make the code torch.export names traceable (no Python branching on tensor values: "
                   "torch.cond, torch._check), so export captures the whole model with exact costs")
-    if failed_in is not None:
+    if failed_in is not None and _share_of_params(model, failed_in[0]) > 0.5:
+        path, cls = failed_in
+        fix = (f"Fix: {exportable}. fx failed inside {path} ({cls.__name__}), which holds most of the model's "
+               f"parameters: kept whole as a leaf it would leave nothing to split into stages")
+    elif failed_in is not None:
         path, cls = failed_in
         cli = "" if "<locals>" in cls.__qualname__ else f" (CLI: --leaf {cls.__module__}.{cls.__qualname__})"
         fix = (f"Fix: either {exportable}; or keep {path} whole with leaf_modules=({cls.__name__},){cli}: "
@@ -241,6 +245,12 @@ def _untraceable(model: nn.Module, export_error: BaseException | None, fx_error:
     else:
         fix = f"Fix: {exportable}, or use method='auto' to fall back to torch.fx.symbolic_trace"
     return ParplanError(f"cannot capture {type(model).__name__}: " + "; ".join(parts) + ". " + fix)
+
+
+def _share_of_params(model: nn.Module, path: str) -> float:
+    """The fraction of the model's parameters that the submodule at `path` holds."""
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.get_submodule(path).parameters()) / total if total else 0.0
 
 
 class _QuietTorchLogs(logging.Filter):
