@@ -198,6 +198,8 @@ CASES = {
     "plan-tp-text": (["plan", TINY, *PLAN_SHAPE, "--tp", "abc", "-o", "{out}/p.json"], "'abc' is not an integer"),
     "plan-tp-too-big": (["plan", TINY, *PLAN_SHAPE, "--tp", "16", "-o", "{out}/p.json"], "larger than the 8 GPUs"),
     "plan-pp-not-dividing": (["plan", TINY, *PLAN_SHAPE, "--pp", "3", "-o", "{out}/p.json"], "does not divide"),
+    "plan-replicas-over-microbatches": (["plan", TINY, "--seq", "32", "-m", "2", "--effort", "quick", "--pp", "1",
+                                         "-o", "{out}/p.json"], "does not split evenly over the 8 data-parallel"),
     "plan-memory-bare": (["plan", TINY, *PLAN_SHAPE, "--memory-limit", "5", "-o", "{out}/p.json"], "e.g. 70GiB"),
     "plan-memory-zero": (["plan", TINY, *PLAN_SHAPE, "--memory-limit", "0GiB", "-o", "{out}/p.json"], "must be > 0"),
     "plan-memory-match": (["plan", TINY, *PLAN_SHAPE, "--memory-limit", "match:1f1b"], "bytes per device"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from parplan.errors import ParplanError
 from parplan.cost.hardware import ClusterProfile, GPUProfile, LinkProfile
 
 __all__ = ["Degrees", "candidate_degrees", "slowest"]
@@ -51,6 +52,11 @@ class Degrees:
 def candidate_degrees(cluster: ClusterProfile, *, microbatches: int, max_pp: int,
                       fixed: Degrees | None = None) -> list[Degrees]:
     if fixed is not None:
+        if microbatches % fixed.dp:
+            raise ParplanError(
+                f"--microbatches {microbatches} does not split evenly over the {fixed.dp} data-parallel replicas "
+                f"of {fixed}: each replica runs the same number of micro-batches; use a multiple of {fixed.dp}, "
+                f"or a larger --pp/--tp so fewer GPUs are left for data parallelism")
         return [fixed]
     total = cluster.num_gpus
     per_node = min(g.gpus_per_node for g in cluster.groups)
