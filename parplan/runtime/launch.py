@@ -20,7 +20,7 @@ import torch
 from parplan.errors import ParplanError
 from parplan.plan import Plan
 from parplan.runtime.chain import load_plan_model
-from parplan.runtime.stages import check_model, synthetic_batch, token_cross_entropy
+from parplan.runtime.stages import stage_graphs, synthetic_batch, token_cross_entropy
 
 __all__ = ["Measured", "MeasuredAction", "launch", "reference_step", "compare_with_reference", "check_runnable"]
 
@@ -56,16 +56,26 @@ class Measured:
 
 
 def check_runnable(plan: Plan, nproc: int) -> None:
-    """Everything that can be checked before a process starts: ranks, chains, the model."""
+    """Everything that can be checked before a process starts, on a meta-device model.
+
+    The rank count, one chain, a training plan, then the stage pieces against the model
+    built from the plan's spec: the runtime's own split (`stage_graphs`: fingerprint,
+    `check_pieces`, data-flow order, tied weights) runs here exactly as every rank will run it.
+    """
     if nproc != plan.num_ranks:
-        raise ParplanError(f"--nproc {nproc} but the plan has {plan.num_ranks} ranks; pass --nproc {plan.num_ranks}")
+        raise ParplanError(f"--nproc {nproc} but the plan has {plan.num_ranks} ranks: a run starts one process "
+                           f"per plan rank; pass --nproc {plan.num_ranks}")
+    idle = [r for r in range(plan.num_ranks) if not plan.stages_of_rank(r)]
+    if idle:
+        raise ParplanError(f"plan ranks {idle} hold no stage: every rank of a run must hold one; "
+                           f"regenerate the plan with fewer ranks")
     from parplan.runtime.export import torch_csv
 
     torch_csv(plan.schedule)  # raises for DualPipe's two chains
     if plan.mode != "train":
         raise ParplanError("parplan run executes training plans; this plan's mode is 'inference'")
     zoo = load_plan_model(plan.model.spec, batch=plan.model.batch, seq=plan.model.seq)
-    check_model(zoo.model, plan)
+    stage_graphs(zoo.model, plan, zoo.example_inputs)
 
 
 def launch(plans: list[Plan], *, nproc: int, steps: int = 3, seed: int = 0, timeout_s: float = 300.0,
