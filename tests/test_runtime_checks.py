@@ -147,3 +147,21 @@ def test_a_failing_rank_is_named_with_its_exception(debug, tmp_path, capsys, mon
     assert str(log) in err and "injected fault on rank 1" in log.read_text()
     assert ("Traceback (most recent call last)" in tracebacks) == debug
     assert "Traceback" not in message
+
+
+def test_the_earliest_failure_is_reported_and_an_unreadable_record_skipped(tmp_path):
+    errors = tmp_path / "errors"
+    errors.mkdir()
+    for rank, when, kind in ((0, 2.0, "ConnectionError"), (1, 1.0, "ValueError"), (3, 1.0, "KeyError")):
+        (errors / f"rank{rank}.json").write_text(json.dumps(
+            {"rank": rank, "type": kind, "message": f"boom {rank}", "outer": None, "time": when,
+             "traceback": f"Traceback (most recent call last):\n{kind}: boom {rank}\n"}))
+    (errors / "rank2.json").write_text('{"rank": 2, "ty')  # killed while writing
+    err = launch_module._failure(errors, 1, "torchrun output", workdir=str(tmp_path))
+    assert str(err).startswith("rank 1 failed: ValueError: boom 1\nthe torchrun job exited with status 1 "
+                               "(ranks [0, 3] failed after rank 1)")
+    assert [line for line in err.tracebacks.splitlines() if line.startswith("----")] == [
+        "---- rank 0: ConnectionError ----", "---- rank 1: ValueError ----", "---- rank 3: KeyError ----"]
+    assert "torchrun output" in (tmp_path / err.log).read_text()
+    bare = launch_module._failure(tmp_path / "none", 1, "Traceback (most recent call last):\nOSError: x", workdir=None)
+    assert "no rank reported an exception" in str(bare) and "OSError: x" in str(bare)

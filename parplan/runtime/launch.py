@@ -135,7 +135,12 @@ def _failure(errors: Path, status: int, output: str, *, workdir: str | None) -> 
     Ranks that the worker's error files do not cover (killed, or failed before Python ran
     the worker) leave only torchrun's output: the first traceback in it is reported.
     """
-    records = [json.loads(f.read_text()) for f in sorted(errors.glob("rank*.json"))]
+    records = []
+    for path in sorted(errors.glob("rank*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):  # a rank killed while writing it: torchrun's output still has the rest
+            continue
     if not records:
         return ParplanError(f"the torchrun job failed with exit status {status} and no rank reported an "
                             f"exception:\n{_first_traceback(output)}")
