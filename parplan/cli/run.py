@@ -1,13 +1,17 @@
 """`parplan run PLAN --nproc N`: execute a plan under torchrun; predicted vs measured step time.
 
 A thin layer over parplan.runtime.launch. The plan is read and checked (format version,
-fields, model fingerprint) before anything else; a bad plan exits 2 before a process is
-launched or a file is written.
+fields, orders) before anything else, then `launch` checks it against the model built from
+its spec on the meta device (rank count, stage pieces, tied weights): a bad plan exits 2
+before a process is launched or a file is written. A rank that fails anyway is reported
+as `rank R failed: Type: message` and the exit status; `--debug` also prints every failed
+rank's traceback (they are saved in a file the message names).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
 from parplan.cli.args import chart_format, integer, load_checked_plan, positive_int, seconds
 from parplan.cli.progress import name_written
@@ -37,7 +41,7 @@ def run_run(args) -> int:
     from parplan.render.chrome_trace import measured_trace
     from parplan.render.plan_chart import render_plan_gantt
     from parplan.runtime.chain import load_plan_model
-    from parplan.runtime.launch import check_runnable, compare_with_reference, launch, reference_step
+    from parplan.runtime.launch import WorkerFailure, compare_with_reference, launch, reference_step
     from parplan.runtime.stages import check_model
 
     fmt = chart_format(args.gantt)
@@ -47,8 +51,13 @@ def run_run(args) -> int:
     if args.model is not None:
         zoo = load_plan_model(args.model, batch=plan.model.batch, seq=plan.model.seq)
         check_model(zoo.model, plan)
-    check_runnable(plan, args.nproc)
-    (measured,) = launch([plan], nproc=args.nproc, steps=args.steps, seed=args.seed, timeout_s=args.timeout)
+    # launch checks the plan against its model (check_runnable) before torchrun starts
+    try:
+        (measured,) = launch([plan], nproc=args.nproc, steps=args.steps, seed=args.seed, timeout_s=args.timeout)
+    except WorkerFailure as err:
+        if args.debug:
+            print(err.tracebacks, file=sys.stderr)
+        raise
     outputs: dict[str, str | bytes] = {}
     if args.trace:
         outputs[args.trace] = json.dumps(measured_trace(measured.timeline, schedule_name=plan.schedule.name,

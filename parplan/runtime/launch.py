@@ -3,10 +3,13 @@
 `launch` starts one `torchrun --standalone` job (gloo on CPU, NCCL with CUDA) that runs
 the given plans one after the other and returns each plan's `Measured` result. A job
 that outlives `timeout_s` is killed and reported, so a hang fails instead of blocking.
+Plans are checked against their models before the job starts (`check_runnable`); a rank
+that raises anyway is reported as `rank R failed: Type: message` (`WorkerFailure`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -20,9 +23,10 @@ import torch
 from parplan.errors import ParplanError
 from parplan.plan import Plan
 from parplan.runtime.chain import load_plan_model
-from parplan.runtime.stages import check_model, synthetic_batch, token_cross_entropy
+from parplan.runtime.stages import stage_graphs, synthetic_batch, token_cross_entropy
 
-__all__ = ["Measured", "MeasuredAction", "launch", "reference_step", "compare_with_reference", "check_runnable"]
+__all__ = ["Measured", "MeasuredAction", "WorkerFailure", "launch", "reference_step", "compare_with_reference",
+           "check_runnable"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -56,21 +60,47 @@ class Measured:
 
 
 def check_runnable(plan: Plan, nproc: int) -> None:
-    """Everything that can be checked before a process starts: ranks, chains, the model."""
+    """Everything that can be checked before a process starts, on a meta-device model.
+
+    The rank count, one chain, a training plan, then the stage pieces against the model
+    built from the plan's spec: the runtime's own split (`stage_graphs`: fingerprint,
+    `check_pieces`, data-flow order, tied weights) runs here exactly as every rank will run it.
+    """
     if nproc != plan.num_ranks:
-        raise ParplanError(f"--nproc {nproc} but the plan has {plan.num_ranks} ranks; pass --nproc {plan.num_ranks}")
+        raise ParplanError(f"--nproc {nproc} but the plan has {plan.num_ranks} ranks: a run starts one process "
+                           f"per plan rank; pass --nproc {plan.num_ranks}")
+    idle = [r for r in range(plan.num_ranks) if not plan.stages_of_rank(r)]
+    if idle:
+        raise ParplanError(f"plan ranks {idle} hold no stage: every rank of a run must hold one; "
+                           f"regenerate the plan with fewer ranks")
     from parplan.runtime.export import torch_csv
 
     torch_csv(plan.schedule)  # raises for DualPipe's two chains
     if plan.mode != "train":
         raise ParplanError("parplan run executes training plans; this plan's mode is 'inference'")
     zoo = load_plan_model(plan.model.spec, batch=plan.model.batch, seq=plan.model.seq)
-    check_model(zoo.model, plan)
+    stage_graphs(zoo.model, plan, zoo.example_inputs)
+
+
+class WorkerFailure(ParplanError):
+    """A rank raised during a run: the message names the first failure and the exit status.
+
+    `tracebacks` holds every failed rank's traceback, also saved in the file `log`.
+    """
+
+    def __init__(self, message: str, *, tracebacks: str, log: str) -> None:
+        super().__init__(message)
+        self.tracebacks = tracebacks
+        self.log = log
 
 
 def launch(plans: list[Plan], *, nproc: int, steps: int = 3, seed: int = 0, timeout_s: float = 300.0,
            workdir: str | None = None) -> list[Measured]:
-    """Run `plans` (same rank count) in one torchrun job; one `Measured` per plan."""
+    """Run `plans` (same rank count) in one torchrun job; one `Measured` per plan.
+
+    Every plan is checked (`check_runnable`) before the job starts. When a rank raises,
+    the error is a `WorkerFailure` naming the first rank that failed (by time).
+    """
     for plan in plans:
         check_runnable(plan, nproc)
     with tempfile.TemporaryDirectory(prefix="parplan-run-", dir=workdir) as tmp:
@@ -81,17 +111,56 @@ def launch(plans: list[Plan], *, nproc: int, steps: int = 3, seed: int = 0, time
         out = Path(tmp) / "out"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "parplan.runtime.worker", *paths, "--out", str(out), "--steps", str(steps), "--seed", str(seed)]
+        # The children inherit this environment (PYTHONPATH included), so they import this parplan.
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        try:
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired as err:
-            tail = (err.stdout or b"")[-3000:] if isinstance(err.stdout, bytes) else (err.stdout or "")[-3000:]
-            raise ParplanError(f"the torchrun job did not finish within {timeout_s:.0f}s (a hang?); "
-                               f"output tail:\n{tail}") from None
+        done = _torchrun(cmd, env, timeout_s)
         if done.returncode != 0:
-            raise ParplanError(f"the torchrun job failed with exit status {done.returncode}:\n"
-                               f"{_first_traceback(done.stdout + done.stderr)}")
+            raise _failure(out / "errors", done.returncode, done.stdout + done.stderr, workdir=workdir)
         return [_collect(out / str(k), nproc) for k in range(len(plans))]
+
+
+def _torchrun(cmd: list[str], env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess:
+    """The torchrun job, run to its end; a job past `timeout_s` is killed and reported."""
+    try:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as err:
+        tail = (err.stdout or b"")[-3000:] if isinstance(err.stdout, bytes) else (err.stdout or "")[-3000:]
+        raise ParplanError(f"the torchrun job did not finish within {timeout_s:.0f}s (a hang?); "
+                           f"output tail:\n{tail}") from None
+
+
+def _failure(errors: Path, status: int, output: str, *, workdir: str | None) -> ParplanError:
+    """The first failing rank's exception, by the time it was caught (then by rank), and the exit status.
+
+    Ranks that the worker's error files do not cover (killed, or failed before Python ran
+    the worker) leave only torchrun's output: the first traceback in it is reported.
+    """
+    records = []
+    for path in sorted(errors.glob("rank*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):  # a rank killed while writing it: torchrun's output still has the rest
+            continue
+    if not records:
+        return ParplanError(f"the torchrun job failed with exit status {status} and no rank reported an "
+                            f"exception:\n{_first_traceback(output)}")
+    first = min(records, key=lambda r: (r["time"], r["rank"]))
+    tracebacks = "\n".join(f"---- rank {r['rank']}: {r['type']} ----\n{r['traceback']}"
+                           for r in sorted(records, key=lambda r: r["rank"]))
+    handle, log = tempfile.mkstemp(prefix="parplan-run-", suffix="-errors.log", dir=workdir)
+    with os.fdopen(handle, "w") as f:
+        f.write(f"{tracebacks}\n---- torchrun output ----\n{output}")
+    later = sorted(r["rank"] for r in records if r is not first)
+    message = first["message"] if len(first["message"]) <= 2000 else first["message"][:1997] + "..."
+    outer = first.get("outer")
+    if outer:
+        message += f"\n(raised as {outer[:297] + '...' if len(outer) > 300 else outer})"
+    return WorkerFailure(
+        f"rank {first['rank']} failed: {first['type']}: {message}\n"
+        f"the torchrun job exited with status {status}"
+        + (f" (ranks {later} failed after rank {first['rank']})" if later else "")
+        + f"; every failed rank's traceback is in {log}",
+        tracebacks=tracebacks, log=log)
 
 
 def _first_traceback(log: str, limit: int = 4000) -> str:

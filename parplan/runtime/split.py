@@ -25,13 +25,14 @@ one-to-one with a single-process run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import fx, nn
 
 from parplan.errors import ParplanError
 
-__all__ = ["StageGraph", "split_graph", "default_pieces", "export_graph"]
+__all__ = ["StageGraph", "split_graph", "default_pieces", "check_pieces", "export_graph"]
 
 _MODULE_LISTS = (nn.ModuleList, nn.Sequential)
 
@@ -83,6 +84,62 @@ def default_pieces(model: nn.Module) -> tuple[str, ...]:
     return tuple(walk(model, ""))
 
 
+def _holders(name: str, pieces: set[str]) -> list[str]:
+    """The pieces among `pieces` that hold the parameter or module path `name`."""
+    out = []
+    while "." in name:
+        name = name.rpartition(".")[0]
+        if name in pieces:
+            out.append(name)
+    return out
+
+
+def check_pieces(model: nn.Module, pieces_per_stage: Sequence[Sequence[str]]) -> None:
+    """Refuse stage pieces that do not describe `model` (checked without tracing it):
+
+      1. every piece is a module path of the model;
+      2. no piece is listed on two stages, and no parameter lies in pieces of two stages;
+      3. the pieces cover the model: every parameter inside one of its `default_pieces`
+         lies in some stage's pieces.
+
+    Parameters outside every default piece (held by the root module, or by a container
+    `default_pieces` opens up) are glue: the splitter puts them on the stage that reads
+    them. Pieces nested on one stage (`h.1.attn` with `h.1.attn.qkv`) are allowed.
+    """
+    modules = {name for name, _ in model.named_modules() if name}
+    defaults = default_pieces(model)
+    stage_of: dict[str, int] = {}
+    for s, pieces in enumerate(pieces_per_stage):
+        for piece in pieces:
+            if piece not in modules:
+                raise ParplanError(
+                    f"stage {s} piece {piece!r} is not a module of {type(model).__name__}: pieces are module "
+                    f"paths of the model, such as {list(defaults[:4])}; correct the name or regenerate the plan"
+                )
+            if stage_of.setdefault(piece, s) != s:
+                raise ParplanError(
+                    f"piece {piece!r} is listed on stages {stage_of[piece]} and {s}: each piece runs on one "
+                    f"stage; remove it from one of them"
+                )
+    uncovered = []
+    for name, _ in model.named_parameters():
+        holders = _holders(name, set(stage_of))
+        owners = sorted({stage_of[p] for p in holders})
+        if len(owners) > 1:
+            raise ParplanError(
+                f"parameter {name!r} lies in pieces {holders[::-1]} of stages {owners}: each parameter belongs "
+                f"to exactly one stage; keep the pieces holding it on one stage"
+            )
+        if not owners:
+            uncovered += [(name, p) for p in _holders(name, set(defaults))]
+    if uncovered:
+        name, piece = uncovered[0]
+        raise ParplanError(
+            f"parameter {name!r} (and {len(uncovered) - 1} more) lies in no stage's pieces: the pieces must "
+            f"cover the model; add {piece!r} (or the pieces under it) to a stage, or regenerate the plan"
+        )
+
+
 def export_graph(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
     """The model as one flat fx graph with parameters as `get_attr` nodes (training mode)."""
     model.train()
@@ -127,7 +184,8 @@ def _assign_stages(graph: fx.Graph, piece_stage: dict[str, int], num_stages: int
                     raise ParplanError(
                         f"graph node {node.name} ({_module_path(node)}) is planned on stage {own} but reads a "
                         f"value computed on stage {max(late)}; the plan's pieces must follow the model's "
-                        f"data flow (a piece may not come before a piece it reads from)"
+                        f"data flow (a piece may not come before a piece it reads from); move it to stage {max(late)} or "
+                        f"later, or regenerate the plan"
                     )
                 stage[node] = own
             elif from_inputs:

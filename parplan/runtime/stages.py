@@ -10,7 +10,7 @@ from torch import nn
 
 from parplan.errors import ParplanError
 from parplan.plan import model_fingerprint
-from parplan.runtime.split import StageGraph, export_graph, split_graph
+from parplan.runtime.split import StageGraph, check_pieces, export_graph, split_graph
 
 if TYPE_CHECKING:
     from parplan.plan import Plan
@@ -55,13 +55,18 @@ def _microbatch_inputs(example_inputs: tuple, plan: "Plan", device) -> tuple:
 def stage_graphs(model: nn.Module, plan: "Plan", example_inputs: tuple) -> list[StageGraph]:
     """Every stage's module, split from the model traced at the micro-batch shape.
 
-    `example_inputs` has the whole step's batch (`plan.model.batch`) on dim 0.
+    `example_inputs` has the whole step's batch (`plan.model.batch`) on dim 0. The plan is
+    checked first (one chain, the model's fingerprint, `check_pieces`), then the split's
+    own rules apply (data-flow order, tied weights). On a meta-device model this checks a
+    plan without weights, as `launch` does before it starts a process.
     """
     _runnable(plan)
     check_model(model, plan)
+    pieces = [list(st.pieces) for st in plan.stages]
+    check_pieces(model, pieces)
     device = next(iter(model.parameters())).device
     graph = export_graph(model, _microbatch_inputs(example_inputs, plan, device))
-    return split_graph(graph, [list(st.pieces) for st in plan.stages])
+    return split_graph(graph, pieces)
 
 
 def stage_extras(model: nn.Module, plan: "Plan", example_inputs: tuple) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:

@@ -12,19 +12,26 @@ followed by an SGD update each. It saves, per plan and rank, `rank{r}.pt`:
   step_seconds  wall time of every step, barrier to barrier
   timeline      the measured actions of the last step: (lane, label, start, end) in
                 seconds from that step's start barrier; lane is "compute" or "comm"
+
+A rank that raises writes `errors/rank{r}.json` under `--out` before it exits:
+{rank, type, message, outer, traceback, time} (time.time() when it was caught), from
+which `launch` names the first failure.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import time
+import traceback
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from parplan.errors import ParplanError
 from parplan.plan import Plan
 from parplan.runtime.chain import load_plan_model
 from parplan.runtime.export import torch_schedule
@@ -155,15 +162,38 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
-        for k, path in enumerate(args.plans):
-            plan = Plan.load(path)
-            _run_plan(plan, Path(args.out) / str(k), steps=args.steps, seed=args.seed, lr=args.lr, device=device)
-            dist.barrier()
-    finally:
-        dist.destroy_process_group()
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        try:
+            for k, path in enumerate(args.plans):
+                plan = Plan.load(path)
+                _run_plan(plan, Path(args.out) / str(k), steps=args.steps, seed=args.seed, lr=args.lr, device=device)
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+    except Exception as err:
+        _record_failure(Path(args.out) / "errors", err)
+        raise
     return 0
+
+
+def _record_failure(folder: Path, err: Exception) -> None:
+    """This rank's exception as JSON, for the launcher's report (see the module docstring).
+
+    `type` and `message` are the root cause's: PyTorch re-raises a stage's error as
+    `[Stage k] failed to run forward` `from` the original, so the chain of explicit causes
+    is followed down; a ParplanError's message already names its cause, so it stops there.
+    `outer` is the outermost exception, one line, when it differs from the root.
+    """
+    root = err
+    while root.__cause__ is not None and not isinstance(root, ParplanError):
+        root = root.__cause__
+    rank = int(os.environ.get("RANK", "0"))
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"rank": rank, "type": type(root).__name__, "message": str(root), "time": time.time(),
+              "outer": None if root is err else f"{type(err).__name__}: {' '.join(str(err).split())}",
+              "traceback": "".join(traceback.format_exception(err))}
+    (folder / f"rank{rank}.json").write_text(json.dumps(record))
 
 
 if __name__ == "__main__":
