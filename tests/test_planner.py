@@ -241,7 +241,7 @@ def test_plan_cli_json_and_plan_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["plan", GPT, "--cluster", "nowhere"], "nowhere"),
-    (["plan", GPT, "--memory-limit", "12"], "give a size such as 70GiB"),
+    (["plan", GPT, "--memory-limit", "12"], "give e.g. 70GiB"),
     (["plan", GPT, "--pp", "3"], "does not divide"),
 ])
 def test_plan_cli_bad_input_exits_2(argv, message, capsys, tmp_path):

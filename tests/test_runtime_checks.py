@@ -165,3 +165,19 @@ def test_the_earliest_failure_is_reported_and_an_unreadable_record_skipped(tmp_p
     assert "torchrun output" in (tmp_path / err.log).read_text()
     bare = launch_module._failure(tmp_path / "none", 1, "Traceback (most recent call last):\nOSError: x", workdir=None)
     assert "no rank reported an exception" in str(bare) and "OSError: x" in str(bare)
+
+
+def test_run_says_when_the_prediction_is_for_another_machine():
+    from types import SimpleNamespace
+
+    from parplan.cli.run import _other_machine
+
+    def plan(name, devices):
+        return SimpleNamespace(cluster=SimpleNamespace(name=name, devices=devices))
+
+    h100 = plan("h100x8", [{"name": "h100-sxm", "pipeline_rank": r} for r in range(2)])
+    note = _other_machine(h100, "cpu")
+    assert note and "h100-sxm (h100x8)" in note and "ran on cpu" in note and "--costs measure" in note
+    assert _other_machine(h100, "cuda:0") is None  # the device string does not name the GPU model
+    local = plan("local-cpu", [{"name": f"cpu:{r}", "kind": "cpu"} for r in range(2)])
+    assert _other_machine(local, "cpu") is None

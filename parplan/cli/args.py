@@ -96,21 +96,23 @@ def memory_cap(text: str) -> str:
     """A schedule's activation cap: units, a size such as 70GiB, or match:NAME (checked, kept as text)."""
     from parplan.compare import parse_memory_limit
 
-    try:
-        parse_memory_limit(text)
-    except ParplanError as err:
-        raise argparse.ArgumentTypeError(str(err).removeprefix("--memory-limit ")) from None
-    return text
+    return _checked_by(parse_memory_limit, text, "--memory-limit")
 
 
 def effort(text: str) -> str:
     """An --effort value: quick, normal, thorough, or a positive number of deterministic seconds (kept as text)."""
     from parplan.budget import effort_work
 
+    return _checked_by(effort_work, text, "--effort")
+
+
+def _checked_by(check, text: str, flag: str) -> str:
+    """`text`, once the API's own `check` accepts it; its ParplanError becomes argparse's
+    message (argparse names the flag itself, so the error's leading flag is dropped)."""
     try:
-        effort_work(text)
+        check(text)
     except ParplanError as err:
-        raise argparse.ArgumentTypeError(str(err).removeprefix("--effort ")) from None
+        raise argparse.ArgumentTypeError(str(err).removeprefix(f"{flag} ")) from None
     return text
 
 

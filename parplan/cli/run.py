@@ -73,6 +73,9 @@ def run_run(args) -> int:
     else:
         lines.append(f"predicted step time {plan.predicted.step_time:.6g} cost units (abstract costs: make the plan "
                      f"with --costs measure for seconds), measured {measured.step_time:.6g} s")
+    other = _other_machine(plan, measured.device)
+    if other:
+        lines.append(other)
     lines.append(f"loss {measured.loss:.6f}")
     if args.check:
         diff = compare_with_reference(measured, reference_step(plan, seed=args.seed))
@@ -82,3 +85,16 @@ def run_run(args) -> int:
     name_written(outputs)
     print("\n".join(lines))
     return 0
+
+
+def _other_machine(plan, device: str) -> str | None:
+    """A note when the plan was costed for devices other than the ones the job ran on
+    (an H100 profile's prediction against a CPU run differs ~50×, which says nothing
+    about the plan)."""
+    planned = sorted({str(d.get("name")) for d in plan.cluster.devices})
+    kinds = {str(d.get("kind", d.get("name", ""))).split(":")[0] for d in plan.cluster.devices}
+    if device.split(":")[0] != "cpu" or kinds == {"cpu"}:
+        return None  # a GPU run's device string does not name its model: nothing to compare
+    return (f"note: the plan was costed for {', '.join(planned)} ({plan.cluster.name}) but ran on {device}: "
+            f"measured/predicted compares two machines; for a prediction of this one make the plan with "
+            f"`parplan plan-chain ... --costs measure`")
