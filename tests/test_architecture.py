@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "parplan": {"errors", "schedule"},
     "errors": set(),
     "budget": {"errors"},
+    "sizes": set(),
     "io": {"errors"},
     "schedule": {"errors"},
     "trace": {"errors"},
@@ -33,9 +34,9 @@ ALLOWED: dict[str, set[str]] = {
     "plan": {"errors", "io", "schedule"},
     "compare": {"errors", "schedule", "baselines", "mip"},
     "runtime": {"errors", "io", "schedule", "baselines", "mip", "cost", "planner", "plan", "zoo"},
-    "render": {"errors", "schedule", "plan", "runtime"},
-    "planner": {"errors", "budget", "io", "schedule", "baselines", "mip", "cost", "trace", "zoo", "plan"},
-    "cli": {"errors", "budget", "io", "schedule", "baselines", "mip", "cost", "trace", "zoo", "plan", "compare",
+    "render": {"errors", "sizes", "schedule", "plan", "runtime"},
+    "planner": {"errors", "budget", "sizes", "io", "schedule", "baselines", "mip", "cost", "trace", "zoo", "plan"},
+    "cli": {"errors", "budget", "sizes", "io", "schedule", "baselines", "mip", "cost", "trace", "zoo", "plan", "compare",
             "runtime", "render", "planner"},
 }
 # Data modules: what they import (directly or through other modules) must not reach these.

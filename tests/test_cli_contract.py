@@ -557,3 +557,10 @@ def test_mutated_plan_files_never_crash_and_leave_nothing_on_failure(capsys, tmp
     assert "Traceback" not in err
     if code != 0:
         assert os.listdir(folder) == [path.name]
+
+
+def test_byte_sizes_read_as_a_person_reads_them():
+    from parplan.sizes import format_bytes
+
+    assert [format_bytes(x) for x in (0, 12, 1536, 1000 * 2**20, 8.13e10, 3 * 2**40)] == [
+        "0 B", "12 B", "1.50 KiB", "1000 MiB", "75.7 GiB", "3.00 TiB"]

@@ -11,6 +11,7 @@ import warnings
 
 from parplan.cli.args import capture_warning_lines, model_args
 from parplan.io import check_writable, write_outputs
+from parplan.sizes import format_bytes
 
 __all__ = ["add_parsers", "traced_model"]
 
@@ -37,14 +38,6 @@ def traced_model(args):
     return traced, [str(w.message) for w in caught if issubclass(w.category, UnknownOperatorWarning)]
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 def run_trace(args) -> int:
     from parplan.trace.summary import graph_json, trace_summary
 
@@ -60,10 +53,10 @@ def run_trace(args) -> int:
         s = summary
         print(f"captured with {s['capture']} in {s['capture_seconds']:.2f} s")
         print(f"operators: {s['operators']} ({', '.join(f'{k} {v}' for k, v in s['operators_by_kind'].items())})")
-        print(f"parameters: {s['parameters']:,} ({_fmt_bytes(s['parameter_bytes'])})")
+        print(f"parameters: {s['parameters']:,} ({format_bytes(s['parameter_bytes'])})")
         print(f"FLOPs: forward {s['forward_flops']:.4g}, backward-input (I) {s['backward_input_flops']:.4g}, "
               f"backward-weight (W) {s['backward_weight_flops']:.4g}")
-        print(f"saved for backward: {_fmt_bytes(s['saved_activation_bytes'])}")
+        print(f"saved for backward: {format_bytes(s['saved_activation_bytes'])}")
         for b in s["repeated_blocks"]:
             print(f"repeated block: {b['instances']} x {b['module_class']} (first {b['first']}, "
                   f"{b['ops_per_instance']} ops, {b['forward_flops_per_instance']:.4g} forward FLOPs each)")

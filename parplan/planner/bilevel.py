@@ -27,6 +27,7 @@ from typing import Callable, Literal
 from parplan.budget import EFFORT_LEVELS, SafetyStop, check_work
 from parplan.cost.hardware import ClusterProfile
 from parplan.errors import ParplanError
+from parplan.sizes import format_bytes
 from parplan.planner.costing import Coster
 from parplan.planner.degrees import Degrees, candidate_degrees
 from parplan.planner.events import Phase, PlanProgress, Step
@@ -371,8 +372,8 @@ def _choose(run: _Search, refined: list[Evaluated], screened: _Screened, *, work
     if not best.fits:
         smallest = min(max(e.peak_memory_bytes) for e in pool)
         raise ParplanError(
-            f"no plan fits the memory cap of {run.cap / 2**30:.2f} GiB per device; the smallest peak any "
-            f"candidate needs is {smallest / 2**30:.2f} GiB — raise --memory-limit to at least that, "
+            f"no plan fits the memory cap of {format_bytes(run.cap)} per device; the smallest peak any "
+            f"candidate needs is {format_bytes(smallest)} — raise --memory-limit to at least that, "
             f"add GPUs, or shrink the micro-batch"
         )
     if best.label == "parplan" and run.config.mode == "train":

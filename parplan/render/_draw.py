@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from parplan.errors import ParplanError
+from parplan.sizes import binary_unit, format_bytes
 from parplan.schedule.ir import Kind, Schedule
 
 __all__ = ["KIND_COLOURS", "KIND_LABELS", "TRANSFER_COLOUR", "TimeAxis", "time_axis", "format_time", "format_memory",
@@ -68,20 +69,14 @@ def format_time(value: float, time_unit: str) -> str:
     return f"{value * axis.factor:.4g}{suffix}"
 
 
-_BINARY = ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"), (1, "B"))
-
-
 def memory_scale(memory_unit: str, peak: float) -> tuple[str, float]:
     """(unit, divisor) for amounts up to `peak`: binary prefixes for bytes, "units" otherwise."""
-    if memory_unit != "bytes":
-        return "units", 1.0
-    return next(((name, size) for size, name in _BINARY if peak >= size), ("B", 1.0))
+    return binary_unit(peak) if memory_unit == "bytes" else ("units", 1.0)
 
 
 def format_memory(amount: float, memory_unit: str) -> str:
     """`75.6 GiB` for bytes, `8 units` for rank-share units."""
-    unit, size = memory_scale(memory_unit, amount)
-    return f"{amount / size:.3g} {unit}"
+    return format_bytes(amount) if memory_unit == "bytes" else f"{amount:.3g} units"
 
 
 def check_format(fmt: str) -> None:
