@@ -128,10 +128,49 @@ def _scalars(node: torch.fx.Node, op: str, root: nn.Module) -> dict[str, Any]:
         kwargs.update({names[i]: a for i, a in enumerate(node.args) if i < len(names)})
     if op == "scaled_dot_product_attention":
         out["is_causal"] = kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False)
+        mask = kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
+        if isinstance(mask, torch.fx.Node):
+            out["mask_causal"] = _mask_is_causal(mask, root)
+    elif op == "einsum":
+        out["equation"] = kwargs.get("equation", node.args[0] if node.args else None)
     elif op in ("dropout", "native_dropout"):
         out["p"] = kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
         out["train"] = kwargs.get("train", kwargs.get("training", node.args[2] if len(node.args) > 2 else True))
     return {k: v for k, v in out.items() if not isinstance(v, torch.fx.Node)}
+
+
+_TRIANGLE = frozenset({"tril", "triu", "tril_", "triu_"})
+_COMPARE = frozenset({"lt", "le", "gt", "ge", "lt_", "le_", "gt_", "ge_"})
+
+
+def _mask_is_causal(mask: torch.fx.Node, root: nn.Module) -> bool:
+    """Whether an attention mask is built as a causal one. Its values are unknown on meta
+    tensors, so this reads how it is built: a `tril`/`triu` among the nodes it is computed
+    from, or a comparison of two tensors that both come from an `arange` (query index >=
+    key index). A mask read from a graph input alone (padding) is not causal."""
+    return any(
+        op in _TRIANGLE or (op in _COMPARE and _both_from_arange(n, root))
+        for n, op in _ancestors(mask, root)
+    )
+
+
+def _ancestors(node: torch.fx.Node, root: nn.Module) -> list[tuple[torch.fx.Node, str]]:
+    """`node` and every node it is computed from, with their normalised op names."""
+    seen: dict[torch.fx.Node, str] = {}
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen[n] = _op_name(n, root)[0] if n.op not in ("placeholder", "get_attr") else n.op
+        todo.extend(n.all_input_nodes)
+    return list(seen.items())
+
+
+def _both_from_arange(compare: torch.fx.Node, root: nn.Module) -> bool:
+    operands = compare.all_input_nodes
+    return len(operands) == 2 and all(
+        any(op == "arange" for _, op in _ancestors(x, root)) for x in operands)
 
 
 def _tensor_args(node: torch.fx.Node) -> list[torch.fx.Node]:

@@ -15,6 +15,13 @@ Conventions (why they are what they are):
   the cost model, not a FLOP of the algorithm.
 * A matmul operand that is a parameter contributes its gradient to W; an activation
   operand that requires grad contributes to I. Hence a linear's dgrad is I, its wgrad W.
+* `_grouped_mm` (MoE experts: tokens sorted by expert, `offs` the group ends) counts every
+  row of its input once: 2 x M x k x n for M tokens, exact whatever the split between
+  groups, since each row belongs to one group (offs values are unknown on meta tensors).
+* An in-place op (`mul_`, `masked_fill_`...) has no rule of its own: it is costed by the
+  rule of its out-of-place op.
+* SDPA with an explicit mask is causal when capture found the mask built from `tril`/
+  `triu` or from comparing `arange`s (`scalars["mask_causal"]`, set by capture).
 """
 
 from __future__ import annotations
@@ -144,6 +151,57 @@ def _mm(call: OpCall) -> RuleResult:
     return _matmul_result(call, a, b, GemmShape(m=sa[-2], n=n, k=k, batch=math.prod(out[:-2])))
 
 
+def _grouped_mm(call: OpCall) -> RuleResult:
+    """torch._grouped_mm(a, b, offs): 2-D x 3-D ([M, k] x [G, k, n], row groups), 3-D x 3-D
+    (batched), 3-D x 2-D ([G, m, k] x [k, N], column groups) or 2-D x 2-D ([m, K] x [K, n],
+    groups along K: the weight-gradient form, one [m, n] product per group)."""
+    a, b = call.tensors[0], call.tensors[1]
+    sa, sb = a.meta.shape, b.meta.shape
+    if len(sa) == 2 and len(sb) == 3:
+        gemm = GemmShape(m=sa[0], n=sb[-1], k=sa[-1])
+    elif len(sa) == 3 and len(sb) == 3:
+        gemm = GemmShape(m=sa[1], n=sb[-1], k=sa[-1], batch=sa[0])
+    elif len(sa) == 3:
+        gemm = GemmShape(m=sa[1], n=sb[-1], k=sa[-1])
+    else:
+        gemm = GemmShape(m=sa[0], n=sb[-1], k=sa[-1])
+    return _matmul_result(call, a, b, gemm)
+
+
+def _einsum_letters(equation: str, call: OpCall) -> tuple[list[str], str]:
+    """The operands' index letters and the output's; an ellipsis is spelt as upper-case
+    letters, right-aligned as broadcasting aligns dims."""
+    lhs, arrow, out = equation.replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    hidden = [len(t.meta.shape) - len(term.replace("...", "")) for t, term in zip(call.tensors, terms)]
+    ellipsis = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[:max(hidden, default=0)]
+    terms = [term.replace("...", ellipsis[len(ellipsis) - h:]) for term, h in zip(terms, hidden)]
+    if not arrow:  # implicit output: the ellipsis, then the letters seen once, sorted
+        joined = "".join(terms)
+        out = "..." + "".join(sorted(c for c in set(joined) if joined.count(c) == 1 and c.islower()))
+    return terms, out.replace("...", ellipsis)
+
+
+def _einsum(call: OpCall) -> RuleResult:
+    """A two-operand einsum is one GEMM: letters in both operands and the output are its batch,
+    in one operand and the output its m or n, the rest its k; other operand counts are
+    costed from bytes (a one-operand einsum is a permute or reduction)."""
+    equation = call.scalars.get("equation")
+    if not isinstance(equation, str) or len(call.tensors) != 2:
+        return _reduction(call)
+    (ta, tb), out = _einsum_letters(equation, call)
+    a, b = call.tensors
+    size = {c: d for term, t in ((ta, a), (tb, b)) for c, d in zip(term, t.meta.shape)}
+
+    def prod(letters: set[str]) -> int:
+        return math.prod(size[c] for c in letters)
+
+    batch = set(ta) & set(tb) & set(out)
+    m, n = (set(ta) - set(tb)) & set(out), (set(tb) - set(ta)) & set(out)
+    k = set(size) - batch - m - n
+    return _matmul_result(call, a, b, GemmShape(m=prod(m), n=prod(n), k=prod(k), batch=prod(batch)))
+
+
 def _conv(call: OpCall) -> RuleResult:
     x, w = call.tensors[0], call.tensors[1]
     out = call.outputs[0]
@@ -162,7 +220,7 @@ def _sdpa(call: OpCall) -> RuleResult:
     heads = lead[-1] if lead else 1
     batch = math.prod(lead[:-1]) if len(lead) > 1 else 1
     has_mask = len(call.tensors) > 3
-    causal = bool(call.scalars.get("is_causal", False)) and not has_mask
+    causal = bool(call.scalars.get("mask_causal", False)) if has_mask else bool(call.scalars.get("is_causal", False))
     if causal:
         # torch's causal mask is top-left aligned: query i sees keys 0..i
         pairs = sum(min(i + 1, kv_len) for i in range(q_len)) if q_len != kv_len else q_len * (q_len + 1) // 2
@@ -324,6 +382,12 @@ def _factory(call: OpCall) -> RuleResult:
     return RuleResult(kind=OpKind.MEMORY, bytes_written=sum(o.nbytes for o in call.outputs))
 
 
+def _indices(call: OpCall) -> RuleResult:
+    # argsort, integer arithmetic: read the inputs, write the output, nothing to differentiate
+    read, written = _io_bytes(call)
+    return RuleResult(kind=OpKind.MEMORY, bytes_read=read, bytes_written=written)
+
+
 def _topk(call: OpCall) -> RuleResult:
     read, written = _io_bytes(call)
     x = call.tensors[0]
@@ -348,12 +412,13 @@ _UNARY_NO_SAVE = "neg".split()
 _RULES: dict[str, Callable[[OpCall], RuleResult]] = {
     "linear": _linear,
     "mm": _mm, "bmm": _mm, "matmul": _mm, "addmm": _mm, "baddbmm": _mm,
+    "_grouped_mm": _grouped_mm, "einsum": _einsum,
     "conv1d": _conv, "conv2d": _conv, "conv3d": _conv, "convolution": _conv,
     "scaled_dot_product_attention": _sdpa,
     "layer_norm": _norm(2), "native_layer_norm": _norm(2), "rms_norm": _norm(1),
     "embedding": _embedding,
     "dropout": _dropout, "native_dropout": _dropout,
-    "add": _passthrough, "sub": _passthrough, "add_": _passthrough,
+    "add": _passthrough, "sub": _passthrough,
     "mul": _memory("inputs", grad_reads=2), "div": _memory("inputs", grad_reads=2),
     "softmax": _softmax, "_softmax": _softmax,
     "log_softmax": _memory("output", grad_reads=2), "_log_softmax": _memory("output", grad_reads=2),
@@ -368,12 +433,17 @@ _RULES: dict[str, Callable[[OpCall], RuleResult]] = {
     "zeros_like": _factory, "ones_like": _factory, "full_like": _factory, "empty_like": _factory,
     "scalar_tensor": _factory, "tril": _copy_like, "triu": _copy_like,
     "outer": _memory("inputs", grad_reads=2),
-    "topk": _topk,
+    "topk": _topk, "sort": _topk, "cumsum": _reduction,
+    "argsort": _indices, "argmin": _indices, "floor_divide": _indices, "remainder": _indices,
     "eq": _factory, "ne": _factory, "lt": _factory, "gt": _factory, "le": _factory, "ge": _factory,
     "argmax": _factory,
     # mask building in HF models (integer / bool tensors: nothing to differentiate)
     "__and__": _factory, "bitwise_and": _factory, "logical_and": _factory, "__or__": _factory,
     "new_ones": _factory, "new_zeros": _factory, "diff": _copy_like, "index": _copy_like,
+    "clamp": _memory("inputs", grad_reads=2), "clamp_min": _memory("inputs", grad_reads=2),
+    "clamp_max": _memory("inputs", grad_reads=2), "fill": _factory, "zero": _factory,
+    "scatter": _copy_like, "scatter_add": _copy_like, "scatter_reduce": _copy_like,
+    "index_add": _copy_like, "index_copy": _copy_like, "index_put": _copy_like, "masked_scatter": _copy_like,
 }
 for _name in _UNARY_SAVE_INPUT:
     _RULES[_name] = _memory("inputs", grad_reads=2)
@@ -383,13 +453,21 @@ for _name in VIEW_OPS:
     _RULES[_name] = _view
 
 
+def _rule(op: str) -> Callable[[OpCall], RuleResult] | None:
+    """The op's rule; an in-place op (`mul_`, not `__and__`) without one takes its stem's."""
+    rule = _RULES.get(op)
+    if rule is None and op.endswith("_") and not op.startswith("__"):
+        rule = _RULES.get(op[:-1])
+    return rule
+
+
 def has_rule(op: str) -> bool:
-    return op in _RULES
+    return _rule(op) is not None
 
 
 def apply_rule(call: OpCall) -> RuleResult:
     """The op's costs; an op without a rule is costed as a copy and marked UNKNOWN."""
-    rule = _RULES.get(call.op)
+    rule = _rule(call.op)
     if rule is None:
         result = _memory("inputs")(call)
         result.kind = OpKind.UNKNOWN
