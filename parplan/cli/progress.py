@@ -110,11 +110,13 @@ def _stderr_console():
 def _merged(numbers: tuple, event) -> tuple:
     """The latest incumbent, bound and gap; windowed LNS reports incumbents alone, so the
     bound found before stays, and the gap is taken against it."""
+    from parplan.mip.cpsat import relative_gap  # loaded by the solver sending the event
+
     incumbent = numbers[0] if event.incumbent is None else event.incumbent
     bound = numbers[1] if event.bound is None else event.bound
     gap = event.gap
     if gap is None and incumbent is not None and bound is not None:
-        gap = 0.0 if incumbent <= bound else (incumbent - bound) / max(abs(incumbent), 1e-30)
+        gap = relative_gap(incumbent, bound)
     return incumbent, bound, gap
 
 

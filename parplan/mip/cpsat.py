@@ -38,8 +38,8 @@ from parplan.mip.problem import CellKind, Problem, Task
 from parplan.mip.timetable import Cell, Timetable
 from parplan.schedule.ir import Kind
 
-__all__ = ["CpSatOptions", "SolveOutcome", "ProgressEvent", "solve_cpsat", "cell_candidates", "build_model",
-           "extract_timetable", "problem_bounds", "rank_lower_bound", "cell_lower_bound",
+__all__ = ["CpSatOptions", "SolveOutcome", "ProgressEvent", "relative_gap", "solve_cpsat", "cell_candidates",
+           "build_model", "extract_timetable", "problem_bounds", "rank_lower_bound", "cell_lower_bound",
            "makespan_lower_bound"]
 
 Objective = Literal["makespan", "throughput"]
@@ -676,7 +676,7 @@ class _Progress(cp_model.CpSolverSolutionCallback):
     def emit(self) -> None:
         inc = None if self.incumbent is None else self.incumbent / self._scale
         bnd = None if self.bound is None else self.bound / self._scale
-        gap = None if inc is None or bnd is None else _gap(inc, bnd)
+        gap = None if inc is None or bnd is None else relative_gap(inc, bnd)
         self._report(ProgressEvent(inc, bnd, gap, time.perf_counter() - self._started))
 
 
@@ -690,7 +690,9 @@ def extract_timetable(problem: Problem, solver: cp_model.CpSolver, v: _Vars, var
     )
 
 
-def _gap(incumbent: float, bound: float) -> float:
+def relative_gap(incumbent: float, bound: float) -> float:
+    """(incumbent − bound) / incumbent, 0 once the bound meets the incumbent: the gap every
+    progress report shows."""
     return 0.0 if incumbent <= bound + 1e-9 else (incumbent - bound) / max(abs(incumbent), 1e-9)
 
 

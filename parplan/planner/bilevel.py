@@ -325,12 +325,11 @@ def _moves(start: Evaluated, coster: Coster, run: _Search, trials: list[int]) ->
     subject = " ".join(_tag(start))
     run.begin(Phase.BOUNDARY_MOVES, subject)
     left = trials[0]
-    moved = _local_search(start, coster, run, trials)
-    better = moved is not None and run.key(moved) < run.key(start)
+    moved = _local_search(start, coster, run, trials)  # only ever a faster plan, or None
     tried = f"{left - trials[0]} splits tried" if left > trials[0] else "no trials left"
     run.end(Phase.BOUNDARY_MOVES, subject, f"step {start.step_time_s:.4g} s → {moved.step_time_s:.4g} s, {tried}"
-            if better else f"no better split, {tried}")
-    return moved if better else None
+            if moved is not None else f"no better split, {tried}")
+    return moved
 
 
 def _lower_all(run: _Search, refined: list[Evaluated], ours: list[tuple[Evaluated, Coster]], *,

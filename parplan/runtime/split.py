@@ -122,8 +122,9 @@ def check_pieces(model: nn.Module, pieces_per_stage: Sequence[Sequence[str]]) ->
                     f"stage; remove it from one of them"
                 )
     uncovered = []
+    listed, default_set = set(stage_of), set(defaults)
     for name, _ in model.named_parameters():
-        holders = _holders(name, set(stage_of))
+        holders = _holders(name, listed)
         owners = sorted({stage_of[p] for p in holders})
         if len(owners) > 1:
             raise ParplanError(
@@ -131,7 +132,7 @@ def check_pieces(model: nn.Module, pieces_per_stage: Sequence[Sequence[str]]) ->
                 f"to exactly one stage; keep the pieces holding it on one stage"
             )
         if not owners:
-            uncovered += [(name, p) for p in _holders(name, set(defaults))]
+            uncovered += [(name, p) for p in _holders(name, default_set)]
     if uncovered:
         name, piece = uncovered[0]
         raise ParplanError(
