@@ -110,5 +110,5 @@ def pipeline_costs(groups: Sequence[GroupCost], gpu: GPUProfile):
         [StageCost(forward=g.forward_s, backward_input=g.backward_input_s, backward_weight=g.backward_weight_s,
                    activation=float(g.activation_bytes), params=float(g.param_bytes), transfer=g.transfer_s)
          for g in groups],
-        transfer_contention=gpu.efficiency.transfer_contention, overlap_ratio=gpu.efficiency.fb_overlap_ratio,
+        transfer_contention=gpu.efficiency.transfer_contention,
     )

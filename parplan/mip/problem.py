@@ -150,15 +150,15 @@ class Problem:
         return self.dur[task[1]][task[0]]
 
     def cell_duration(self, forward_stage: int, backward_stage: int, kind: CellKind) -> int:
-        """An F&B cell: overlap_ratio × (F + I), or × (F + I + W) when it runs a full B."""
-        c = self.costs
-        back = c.backward(backward_stage) if kind is CellKind.FB else c.backward_input[backward_stage]
-        return _to_int(c.overlap(c.forward[forward_stage], back), self.time_scale)
+        """An F&B cell with an I (FI) or a full B (FB): `PipelineCosts.cell_time`, the
+        simulator's own figure (all-to-alls of one half hidden under the other's compute)."""
+        return _to_int(_cell_seconds(self.costs, forward_stage, backward_stage, kind), self.time_scale)
 
     @property
     def cells_help(self) -> bool:
-        """Cells can only pay off when they are shorter than their parts run back to back."""
-        return self.costs.overlap_ratio < 1.0
+        """Cells can only pay off when they are shorter than their parts run back to back:
+        an overlap gain below 1, or all-to-alls to hide."""
+        return self.costs.overlap_ratio < 1.0 or self.costs.communicates
 
     def activation(self, stage: int) -> float:
         return self.costs.activation[stage]
@@ -203,6 +203,11 @@ def smallest_feasible_cap(skeleton: Schedule, costs: PipelineCosts) -> float:
     return max(max(chain_activation(skeleton, costs, chain)) for chain in skeleton.chains)
 
 
+def _cell_seconds(costs: PipelineCosts, forward_stage: int, backward_stage: int, kind: CellKind) -> float:
+    back = "B" if kind is CellKind.FB else "I"
+    return costs.cell_time(((forward_stage, "F"), (backward_stage, back)))
+
+
 def _to_int(value: float, scale: int) -> int:
     return int(round(value * scale))
 
@@ -232,12 +237,10 @@ def build_problem(
                 f"rank, from F to W). The smallest feasible cap is {need:g}; raise --memory-limit to at least that"
             )
     values = [*staged.forward, *staged.backward_input, *staged.backward_weight, *staged.transfer]
-    r = staged.overlap_ratio
-    if r < 1.0:
+    if staged.overlap_ratio < 1.0 or staged.communicates:
         for a in range(staged.num_stages):
             for b in range(staged.num_stages):
-                values += [staged.overlap(staged.forward[a], staged.backward_input[b]),
-                           staged.overlap(staged.forward[a], staged.backward(b))]
+                values += [_cell_seconds(staged, a, b, kind) for kind in CellKind]
     scale, exact = _time_scale(values)
     notes = () if exact else (
         f"durations are not multiples of 1/1000; the solver rounds them to 1/{_RESOLUTION} of the "

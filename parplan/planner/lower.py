@@ -119,7 +119,7 @@ def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: De
                                      params=c.param_bytes, transfer=xfer))
     efficiency = gpus[0].efficiency
     costs = placement_costs(stage_costs, transfer_contention=efficiency.transfer_contention,
-                            overlap_ratio=efficiency.fb_overlap_ratio, mode=memory.mode)
+                            mode=memory.mode)
     static = [0.0] * n
     grad_bytes = [0.0] * n
     for s in range(num_stages):

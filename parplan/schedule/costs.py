@@ -15,17 +15,23 @@ hand-off on the same rank is free. Transfers are delays, not rank time: they ove
 compute (their contention is the cost model's business, folded into these numbers).
 
 An overlapped F&B cell (DualPipe's F&B) runs one F and one backward of different
-micro-batches together; it lasts `overlap_ratio × (F + backward)`. The default 1.0 is
-"no gain", the honest assumption on one GPU (see the H100 overlap measurements).
+micro-batches together. A stage with `phases` (its parts on the compute and communication
+lanes, `parplan.schedule.phases`: an MoE layer's all-to-alls under expert parallelism)
+gets the cell its parts give, one micro-batch's all-to-all hidden under the other's
+compute; without parts a cell lasts `overlap_ratio × (F + backward)`. The default 1.0 is
+"no gain": two computes on one GPU do not finish sooner together (the H100 overlap
+measurements), and a cell with nothing to hide runs its halves one after the other.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field, replace
 
 from parplan.errors import ParplanError
+from parplan.schedule.phases import Segment, StagePhases, action_parts, in_line, lay_out
 
 __all__ = ["PipelineCosts", "parse_cost_spec"]
 
@@ -53,6 +59,8 @@ class PipelineCosts:
     activation: tuple[float, ...]
     params: tuple[float, ...]
     overlap_ratio: float = 1.0
+    phases: tuple[StagePhases | None, ...] | None = None  # per stage, None: one stretch of compute
+    comm_slowdown: float = 0.0  # compute runs 1 / (1 + this) slower beside an all-to-all
     num_stages: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +78,24 @@ class PipelineCosts:
                 f"costs.overlap_ratio = {r!r} is invalid: an F&B cell lasts ratio × (F + B) "
                 f"with ratio > 0; use 1.0 for no overlap gain"
             )
+        if not (isinstance(self.comm_slowdown, (int, float)) and 0 <= self.comm_slowdown < 10):
+            raise ParplanError(f"costs.comm_slowdown = {self.comm_slowdown!r} is invalid: need 0 <= value < 10")
+        if self.phases is not None:
+            object.__setattr__(self, "phases", tuple(self.phases))
+            self._check_phases()
+
+    def _check_phases(self) -> None:
+        if len(self.phases) != self.num_stages:
+            raise ParplanError(f"costs.phases has {len(self.phases)} entries for {self.num_stages} stages")
+        for s, ph in enumerate(self.phases):
+            if ph is None:
+                continue
+            for kind, total in (("forward", self.forward[s]), ("backward_input", self.backward_input[s]),
+                                ("backward_weight", self.backward_weight[s])):
+                parts = ph.total(kind)
+                if (parts or total) and not math.isclose(parts, total, rel_tol=1e-6, abs_tol=1e-12):
+                    raise ParplanError(f"costs.phases[{s}].{kind} sums to {parts:g} but costs.{kind}[{s}] is "
+                                       f"{total:g}; a stage's parts must add up to its task")
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -114,6 +140,7 @@ class PipelineCosts:
             backward_weight=mul(self.backward_weight),
             activation=mul(self.activation),
             params=mul(self.params),
+            phases=None if self.phases is None else tuple(p and p.scaled(factor) for p in self.phases),
         )
 
     def restaged(self, model_stage: tuple[int, ...]) -> "PipelineCosts":
@@ -131,6 +158,7 @@ class PipelineCosts:
             transfer=pick(self.transfer),
             activation=pick(self.activation),
             params=pick(self.params),
+            phases=None if self.phases is None else pick(self.phases),
         )
 
     # ---- queries --------------------------------------------------------------------
@@ -139,6 +167,43 @@ class PipelineCosts:
 
     def overlap(self, forward_time: float, backward_time: float) -> float:
         return self.overlap_ratio * (forward_time + backward_time)
+
+    @property
+    def communicates(self) -> bool:
+        """Some stage has an all-to-all a cell could hide."""
+        return self.phases is not None and any(p is not None and p.communicates for p in self.phases)
+
+    def task_time(self, stage: int, kind: str) -> float:
+        """One plain action (F, I, W or B) run in line."""
+        if kind == "F":
+            return self.forward[stage]
+        if kind == "I":
+            return self.backward_input[stage]
+        if kind == "W":
+            return self.backward_weight[stage]
+        return self.backward(stage)
+
+    def cell_time(self, atoms: tuple[tuple[int, str], ...]) -> float:
+        """An F&B cell running `atoms` ((stage, kind) of its plain actions) together."""
+        if not self.communicates:
+            fwd = sum(self.task_time(s, k) for s, k in atoms if k == "F")
+            return self.overlap(fwd, sum(self.task_time(s, k) for s, k in atoms if k != "F"))
+        return max((p.end for p in self.cell_parts(atoms)), default=0.0)
+
+    def cell_parts(self, atoms: tuple[tuple[int, str], ...]):
+        """The cell's parts timed on the compute and communication lanes (offsets from its start)."""
+        parts = [action_parts(self._phases_of(s), k) for s, k in atoms]
+        if not self.communicates:
+            return in_line(parts)
+        return _cached_lay_out(tuple(tuple(p) for p in parts), self.comm_slowdown)
+
+    def _phases_of(self, stage: int) -> StagePhases:
+        ph = self.phases[stage] if self.phases is not None else None
+        if ph is None:  # one stretch of compute per kind
+            ph = StagePhases((Segment("compute", self.forward[stage], "F"),),
+                             (Segment("compute", self.backward_input[stage], "I"),),
+                             (Segment("compute", self.backward_weight[stage], "W"),))
+        return ph
 
     def to_dict(self) -> dict:
         return {
@@ -149,6 +214,9 @@ class PipelineCosts:
             "activation": list(self.activation),
             "params": list(self.params),
             "overlap_ratio": self.overlap_ratio,
+            **({} if self.phases is None else {
+                "phases": [None if p is None else p.to_dict() for p in self.phases],
+                "comm_slowdown": self.comm_slowdown}),
         }
 
     @classmethod
@@ -157,7 +225,15 @@ class PipelineCosts:
         missing = keys - set(data)
         if missing:
             raise ParplanError(f"costs are missing {sorted(missing)}; every per-stage list is required")
-        return cls(**{k: tuple(data[k]) for k in keys}, overlap_ratio=float(data.get("overlap_ratio", 1.0)))
+        phases = data.get("phases")
+        return cls(**{k: tuple(data[k]) for k in keys}, overlap_ratio=float(data.get("overlap_ratio", 1.0)),
+                   phases=None if phases is None else tuple(p and StagePhases.from_dict(p) for p in phases),
+                   comm_slowdown=float(data.get("comm_slowdown", 0.0)))
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_lay_out(parts, slowdown: float):
+    return tuple(lay_out(parts, comm_slowdown=slowdown))
 
 
 _COST_KEYS = {"F": "f", "I": "i", "W": "w", "FB": "fb", "C": "c", "B": "b"}

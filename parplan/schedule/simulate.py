@@ -20,7 +20,7 @@ from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.schedule.ir import Action, Kind, Schedule
 
-__all__ = ["TimedAction", "SimResult", "DeadlockError", "simulate", "costs_for_schedule"]
+__all__ = ["TimedAction", "SimResult", "DeadlockError", "simulate", "costs_for_schedule", "cell_atoms"]
 
 Key = tuple[int, Kind, int]  # (stage, kind, micro-batch) of one plain action
 
@@ -90,9 +90,7 @@ def costs_for_schedule(schedule: Schedule, costs: PipelineCosts) -> PipelineCost
 
 def duration(action: Action, costs: PipelineCosts) -> float:
     if action.kind is Kind.OVERLAP_F_B:
-        fwd = sum(duration(a, costs) for a in action.sub_actions if a.kind is Kind.F)
-        bwd = sum(duration(a, costs) for a in action.sub_actions if a.kind is not Kind.F)
-        return costs.overlap(fwd, bwd)
+        return costs.cell_time(cell_atoms(action))
     s = action.stage
     return {
         Kind.F: costs.forward[s],
@@ -100,6 +98,11 @@ def duration(action: Action, costs: PipelineCosts) -> float:
         Kind.W: costs.backward_weight[s],
         Kind.B: costs.backward(s),
     }[action.kind]
+
+
+def cell_atoms(action: Action) -> tuple[tuple[int, str], ...]:
+    """An overlap cell's plain actions as (stage, kind) pairs, for `PipelineCosts.cell_time`."""
+    return tuple((a.stage, a.kind.value) for a in action.sub_actions)
 
 
 def dependencies(a: Action, schedule: Schedule, costs: PipelineCosts, split: set) -> list[tuple[Key, float]]:

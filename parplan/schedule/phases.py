@@ -1,0 +1,240 @@
+"""A stage task's parts on a device's two lanes: compute and communication.
+
+A stage's forward, input-gradient backward (I) and weight-gradient backward (W) are, for
+most models, one stretch of compute. An MoE layer under expert parallelism is not: its
+forward is attention (+ router) on the compute lane, the dispatch all-to-all on the
+communication lane, the experts on compute, the combine all-to-all on communication; its
+backward runs the same parts in reverse (the combine's gradient is a dispatch-shaped
+all-to-all, and the other way round). `StagePhases` lists those parts, as the traced DAG
+gives them, for one stage and one micro-batch.
+
+Run in line — as torch.distributed.pipelining and plain autograd run a stage — every part
+waits for the one before it, so the task lasts the sum of its parts: an all-to-all is
+exposed. Inside an overlapped F&B cell (DualPipe's, or Megatron's combined 1F1B) the parts
+of two micro-batches share the lanes: one's all-to-all runs while the other computes, which
+is what those schedules exist for. `lay_out` times a cell's parts by list scheduling on the
+two lanes and never returns longer than the parts back to back (a cell can always run its
+halves one after the other, which is what DualPipe's code does with nothing to hide).
+
+Compute beside a running all-to-all is slowed by `comm_slowdown` (the communication kernels
+take streaming multiprocessors from compute: DeepSeek-V3 gives 20 of an H800's 132 to them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from parplan.errors import ParplanError
+
+__all__ = ["Segment", "StagePhases", "PlacedSegment", "action_parts", "lay_out", "in_line", "COMPUTE", "COMM"]
+
+Lane = Literal["compute", "comm"]
+COMPUTE: Lane = "compute"
+COMM: Lane = "comm"
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One part of a task. `after` indexes the parts of the same list it waits for
+    (None: the one before it, so a plain list is a chain)."""
+
+    lane: Lane
+    seconds: float
+    label: str
+    after: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.lane not in (COMPUTE, COMM):
+            raise ParplanError(f"segment lane {self.lane!r} is unknown; use 'compute' or 'comm'")
+        if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds) and self.seconds >= 0):
+            raise ParplanError(f"segment {self.label!r} lasts {self.seconds!r}: durations must be finite and >= 0")
+
+    def waits_for(self, index: int) -> tuple[int, ...]:
+        return (index - 1,) if self.after is None and index > 0 else (self.after or ())
+
+    def to_dict(self) -> dict:
+        out = {"lane": self.lane, "seconds": self.seconds, "label": self.label}
+        if self.after is not None:
+            out["after"] = list(self.after)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Segment":
+        after = data.get("after")
+        return cls(data["lane"], float(data["seconds"]), data["label"], None if after is None else tuple(after))
+
+
+Parts = tuple[Segment, ...]
+
+
+def _check_parts(parts: Parts, where: str, *, offset_ok: int = 0) -> None:
+    for k, seg in enumerate(parts):
+        bad = [i for i in seg.waits_for(k) if not (0 <= i < k or (seg.after is not None and i < 0 and -i <= offset_ok))]
+        if bad:
+            raise ParplanError(f"{where} part {k} ({seg.label}) waits for part {bad[0]}: a part waits only for earlier parts")
+
+
+@dataclass(frozen=True, slots=True)
+class StagePhases:
+    """A stage's parts for one micro-batch. A W part may wait for I parts: its `after`
+    holds negative numbers −(k+1) for I part k (its layer's input gradient)."""
+
+    forward: Parts
+    backward_input: Parts
+    backward_weight: Parts = ()
+
+    def __post_init__(self) -> None:
+        for name in ("forward", "backward_input", "backward_weight"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        _check_parts(self.forward, "forward")
+        _check_parts(self.backward_input, "backward_input")
+        _check_parts(self.backward_weight, "backward_weight", offset_ok=len(self.backward_input))
+        if any(s.lane == COMM for s in self.backward_weight):
+            raise ParplanError("a weight-gradient part communicates: W is compute only (its reduce runs after the step)")
+
+    @property
+    def communicates(self) -> bool:
+        return any(s.lane == COMM and s.seconds > 0 for s in (*self.forward, *self.backward_input))
+
+    def total(self, kind: str) -> float:
+        return sum(s.seconds for s in getattr(self, kind))
+
+    def comm_seconds(self) -> float:
+        return sum(s.seconds for s in (*self.forward, *self.backward_input) if s.lane == COMM)
+
+    def scaled(self, factor: float) -> "StagePhases":
+        def mul(parts: Parts) -> Parts:
+            return tuple(Segment(s.lane, s.seconds * factor, s.label, s.after) for s in parts)
+        return StagePhases(mul(self.forward), mul(self.backward_input), mul(self.backward_weight))
+
+    def to_dict(self) -> dict:
+        return {k: [s.to_dict() for s in getattr(self, k)] for k in ("forward", "backward_input", "backward_weight")}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StagePhases":
+        return cls(*(tuple(Segment.from_dict(s) for s in data.get(k, ()))
+                     for k in ("forward", "backward_input", "backward_weight")))
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedSegment:
+    """A part timed inside its task or cell: offsets from the task's start."""
+
+    atom: int  # which of the task's plain actions it belongs to
+    lane: Lane
+    label: str
+    start: float
+    end: float
+
+
+@dataclass(slots=True)
+class _Node:
+    atom: int
+    seg: Segment
+    preds: list[int]
+    tail: float = 0.0  # longest path from this part's start to its atom's end
+
+
+def _nodes(atom_parts: Sequence[Sequence[tuple[Segment, tuple[int, ...]]]]) -> list[_Node]:
+    nodes: list[_Node] = []
+    for a, parts in enumerate(atom_parts):
+        base = len(nodes)
+        nodes += [_Node(a, seg, [base + i for i in preds]) for seg, preds in parts]
+    succ: list[list[int]] = [[] for _ in nodes]
+    for k, n in enumerate(nodes):
+        for p in n.preds:
+            succ[p].append(k)
+    for k in reversed(range(len(nodes))):  # successors come later in the list
+        nodes[k].tail = nodes[k].seg.seconds + max((nodes[m].tail for m in succ[k]), default=0.0)
+    return nodes
+
+
+def action_parts(phases: "StagePhases", kind: str) -> list[tuple[Segment, tuple[int, ...]]]:
+    """The parts one plain action runs, each with the parts (of this list) it waits for.
+
+    kind is "F", "I", "W" or "B" (I then W: a W part's negative `after` entries name I
+    parts; a W part without `after` waits for the part before it, the first for the last I).
+    """
+    def chain(parts: Parts, offset: int = 0) -> list[tuple[Segment, tuple[int, ...]]]:
+        return [(s, tuple(offset + i for i in s.waits_for(k) if i >= 0)) for k, s in enumerate(parts)]
+
+    if kind == "F":
+        return chain(phases.forward)
+    if kind == "I":
+        return chain(phases.backward_input)
+    if kind == "W":
+        return chain(phases.backward_weight)
+    assert kind == "B", kind
+    n_i = len(phases.backward_input)
+    out = chain(phases.backward_input)
+    for k, s in enumerate(phases.backward_weight):
+        if s.after is None:
+            preds = (n_i + k - 1,) if k > 0 else ((n_i - 1,) if n_i else ())
+        else:
+            preds = tuple(-i - 1 if i < 0 else n_i + i for i in s.after)
+        out.append((s, preds))
+    return out
+
+
+def in_line(atom_parts: Sequence[Sequence[tuple[Segment, tuple[int, ...]]]]) -> list[PlacedSegment]:
+    """Every part after the one before it, atom after atom: a task run without overlap."""
+    out, t = [], 0.0
+    for a, parts in enumerate(atom_parts):
+        for seg, _ in parts:
+            out.append(PlacedSegment(a, seg.lane, seg.label, t, t + seg.seconds))
+            t += seg.seconds
+    return out
+
+
+def lay_out(atom_parts: Sequence[Sequence[tuple[Segment, tuple[int, ...]]]], *, comm_slowdown: float) -> list[PlacedSegment]:
+    """List-schedule the parts of a cell's atoms on one compute and one communication lane.
+
+    Each lane runs one part at a time; a ready part with the longest remaining path to its
+    atom's end goes first (ties: earlier atom, earlier part), which starts all-to-alls
+    early and fills their time with the other atom's compute. Compute runs at rate
+    1 / (1 + comm_slowdown) while an all-to-all is in flight. The result is the faster of
+    this layout and the parts in line.
+    """
+    nodes = _nodes(atom_parts)
+    serial = in_line(atom_parts)
+    if sum(1 for n in nodes if n.seg.lane == COMM and n.seg.seconds > 0) == 0 or len(atom_parts) < 2:
+        return serial
+    placed = _simulate_lanes(nodes, comm_slowdown)
+    span = lambda ps: max((p.end for p in ps), default=0.0)  # noqa: E731
+    return placed if span(placed) < span(serial) - 1e-15 else serial
+
+
+def _simulate_lanes(nodes: list[_Node], slowdown: float) -> list[PlacedSegment]:
+    done: dict[int, float] = {}
+    start: dict[int, float] = {}
+    running: dict[Lane, tuple[int, float] | None] = {COMPUTE: None, COMM: None}  # (node, work left)
+    t = 0.0
+    while len(done) < len(nodes):
+        for lane in (COMM, COMPUTE):  # comm first: a compute part's rate depends on it
+            if running[lane] is None:
+                ready = [k for k, n in enumerate(nodes) if k not in start and n.seg.lane == lane
+                         and all(p in done for p in n.preds)]
+                if ready:
+                    k = min(ready, key=lambda k: (-nodes[k].tail, nodes[k].atom, k))
+                    start[k] = t
+                    running[lane] = (k, nodes[k].seg.seconds)
+        rate = 1.0 / (1.0 + slowdown) if running[COMM] is not None else 1.0
+        steps = []
+        if running[COMM] is not None:
+            steps.append(running[COMM][1])
+        if running[COMPUTE] is not None:
+            steps.append(running[COMPUTE][1] / rate)
+        dt = min(steps)
+        t += dt
+        for lane, r in ((COMM, 1.0), (COMPUTE, rate)):
+            if running[lane] is not None:
+                k, left = running[lane]
+                left -= dt * r
+                if left <= 1e-15 * max(1.0, t):
+                    done[k] = t
+                    running[lane] = None
+                else:
+                    running[lane] = (k, left)
+    return [PlacedSegment(n.atom, n.seg.lane, n.seg.label, start[k], done[k]) for k, n in enumerate(nodes)]
