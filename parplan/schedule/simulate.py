@@ -20,7 +20,7 @@ from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.schedule.ir import Action, Kind, Schedule
 
-__all__ = ["TimedAction", "SimResult", "DeadlockError", "simulate", "costs_for_schedule", "cell_atoms"]
+__all__ = ["TimedAction", "SimResult", "DeadlockError", "simulate", "costs_for_schedule", "cell_atoms", "task_parts"]
 
 Key = tuple[int, Kind, int]  # (stage, kind, micro-batch) of one plain action
 
@@ -103,6 +103,15 @@ def duration(action: Action, costs: PipelineCosts) -> float:
 def cell_atoms(action: Action) -> tuple[tuple[int, str], ...]:
     """An overlap cell's plain actions as (stage, kind) pairs, for `PipelineCosts.cell_time`."""
     return tuple((a.stage, a.kind.value) for a in action.sub_actions)
+
+
+def task_parts(action: Action, costs: PipelineCosts):
+    """The parts (`parplan.schedule.phases.PlacedSegment`, offsets from the action's start) an
+    action runs on its rank's compute and communication lanes: a cell's laid out together,
+    a plain action's in line. `costs` are indexed by schedule stage (`costs_for_schedule`)."""
+    if action.kind is Kind.OVERLAP_F_B:
+        return costs.cell_parts(cell_atoms(action))
+    return costs.cell_parts(((action.stage, action.kind.value),))
 
 
 def dependencies(a: Action, schedule: Schedule, costs: PipelineCosts, split: set) -> list[tuple[Key, float]]:
