@@ -44,6 +44,9 @@ def add_parsers(sub) -> None:
                    help="stage-to-rank family (default auto: try each)")
     p.add_argument("--pp", type=degree, default=None, help="fix the pipeline degree (default: search)")
     p.add_argument("--tp", type=degree, default=None, help="fix the tensor-parallel degree (default: search)")
+    p.add_argument("--ep", type=degree, default=None,
+                   help="fix the expert-parallel degree of MoE layers, out of the data-parallel replicas "
+                        "(default: search; 1 without MoE layers)")
     p.add_argument("--no-zero1", action="store_true", help="keep full optimizer state on every replica")
     p.add_argument("--no-mip", action="store_true", help="skip the lower-level MIP (expert orders only)")
     p.add_argument("--seed", type=integer, default=0)
@@ -75,7 +78,7 @@ def run_plan(args) -> int:
         plan, result = plan_with_report(
             zoo.model, zoo.example_inputs, cluster=cluster, microbatches=args.microbatches, spec=args.model,
             progress=None if args.quiet else display, memory_limit=args.memory_limit, work=effort_work(args.effort),
-            time_limit=args.time_limit, mode=args.mode, objective=args.objective, degrees=degrees,
+            time_limit=args.time_limit, mode=args.mode, objective=args.objective, degrees=degrees, ep=args.ep,
             **({} if args.placement == "auto" else {"families": (args.placement,)}),
             memory=MemoryModel(mode=args.mode, zero1=not args.no_zero1), use_mip=not args.no_mip,
             seed=args.seed, workers=args.workers, leaf_modules=tuple(args.leaf),

@@ -117,6 +117,9 @@ class LinkProfile:
     bandwidth: float  # B/s, one direction
     latency_s: float
     efficiency: float  # achieved fraction of bandwidth for large messages
+    # B/s one GPU achieves sending an MoE dispatch/combine all-to-all over this link (DeepEP-style
+    # kernels); None when the profile gives none, and then expert parallelism over it is refused
+    a2a_bandwidth: float | None = None
 
     def __post_init__(self) -> None:
         if self.bandwidth <= 0 or self.latency_s < 0 or not 0 < self.efficiency <= 1:
@@ -136,6 +139,9 @@ class ClusterProfile:
     name: str
     groups: tuple[NodeGroup, ...]
     inter_node: LinkProfile
+    # compute runs 1 / (1 + this) slower while an all-to-all runs beside it (its kernels take
+    # SMs: DeepSeek-V3 gives 20 of 132); None when the profile gives none
+    a2a_compute_slowdown: float | None = None
 
     @property
     def num_gpus(self) -> int:
@@ -257,6 +263,8 @@ def _parse_link(data: Any, where: str) -> LinkProfile:
         bandwidth=_constant(data, "bandwidth", "B/s", where).value,
         latency_s=_constant(data, "latency", "s", where, allow_zero=True).value,
         efficiency=_fraction(data, "efficiency", where),
+        a2a_bandwidth=_constant(data, "all_to_all_bandwidth", "B/s", where).value
+        if "all_to_all_bandwidth" in data else None,
     )
 
 
@@ -286,8 +294,11 @@ def load_profile_file(path: Path) -> GPUProfile | ClusterProfile:
             gpu = load_gpu(g["gpu"])
             groups.append(NodeGroup(gpu=gpu, nodes=g["nodes"], gpus_per_node=g["gpus_per_node"],
                                     intra_node=_parse_link(g["intra_node"], f"{gw}.intra_node")))
+        slowdown = _constant(data, "all_to_all_compute_slowdown", "fraction", where, allow_zero=True).value \
+            if "all_to_all_compute_slowdown" in data else None
         return ClusterProfile(name=str(data.get("name", where)), groups=tuple(groups),
-                              inter_node=_parse_link(data.get("inter_node"), f"{where}.inter_node"))
+                              inter_node=_parse_link(data.get("inter_node"), f"{where}.inter_node"),
+                              a2a_compute_slowdown=slowdown)
     raise ParplanError(f"{path}: kind = {kind!r}; expected kind: gpu or kind: cluster")
 
 

@@ -94,7 +94,8 @@ def to_plan(result: PlanResult, model, example_inputs: tuple, cluster: ClusterPr
         "planning": {"seconds": result.planning_seconds, "notes": list(result.notes),
                      "work": config.work, "stopped_early": list(result.stopped_early),
                      "memory_cap_bytes": result.memory_cap, "dp_sync_s": placed.dp_sync_s,
-                     "data_parallel": degrees.dp, "tensor_parallel": degrees.tp},
+                     "data_parallel": degrees.dp, "tensor_parallel": degrees.tp,
+                     "expert_parallel": degrees.ep},
     }
     out = plan_from_schedule(
         model=model, model_spec=spec or type(model).__name__, batch=micro * schedule.total_microbatches, seq=seq,

@@ -30,6 +30,7 @@ from parplan.errors import ParplanError
 from parplan.sizes import format_bytes
 from parplan.planner.costing import Coster
 from parplan.planner.degrees import Degrees, candidate_degrees
+from parplan.planner.experts import a2a_seconds, check_ep, expert_counts
 from parplan.planner.events import Phase, PlanProgress, Step
 from parplan.planner.lower import (Evaluated, Placed, baseline_schedules, evaluate_schedule, parplan_schedules, place,
                                    stage_gpus)
@@ -65,7 +66,8 @@ class PlannerConfig:
     mode: Literal["train", "inference"] = "train"
     objective: Literal["makespan", "utilization", "latency"] = "makespan"
     memory: MemoryModel = field(default_factory=MemoryModel)
-    degrees: Degrees | None = None  # fixed degrees; None searches
+    degrees: Degrees | None = None  # fixed PP × DP × TP; None searches
+    ep: int | None = None  # fixed expert-parallel degree; None searches (MoE models)
     families: tuple[str, ...] = ("chain", "loop", "v", "dualpipe")
     use_mip: bool = True
     seed: int = 0
@@ -192,7 +194,9 @@ def _screen(run: _Search) -> _Screened:
     config, cluster = run.config, run.cluster
     families = [FAMILIES["chain"]] if config.mode == "inference" else [FAMILIES[f] for f in config.families]
     degree_list = candidate_degrees(cluster, microbatches=config.microbatches, max_pp=len(run.layers),
-                                    fixed=config.degrees)
+                                    fixed=config.degrees, experts=expert_counts(run.traced), ep=config.ep)
+    if config.ep is not None:
+        check_ep(run.traced, config.ep, config.degrees.dp if config.degrees else None)
     if not degree_list:
         raise ParplanError(
             f"no PP × DP × TP split of {cluster.num_gpus} GPUs divides {config.microbatches} micro-batches "
@@ -213,7 +217,7 @@ def _screen(run: _Search) -> _Screened:
             run.stop.fired("screening")
             out.skipped.append(str(degrees))
             continue
-        coster = Coster(run.traced, tp=degrees.tp, tp_link=degrees.tp_link(cluster))  # one cost function
+        coster = Coster(run.traced, tp=degrees.tp, tp_link=degrees.tp_link(cluster), ep=degrees.ep)  # one cost function
         for family in families:
             for label, placed in _screen_candidates(run, coster, degrees, family):
                 best_ours = _screen_one(run, out, label, placed, coster, best_ours)
@@ -415,12 +419,18 @@ def _promising_first(degree_list: list[Degrees], traced: TracedGraph, cluster: C
     coster = Coster(traced)
     gpu = cluster.gpu(0)
     total = coster.ops((n.name for n in traced.nodes), gpu)
+    routed = coster.ops(coster.routed, gpu)
     work = total.total_s if config.mode == "train" else total.forward_s
 
     def estimate(d: Degrees) -> tuple[bool, float]:
         micro = config.microbatches // d.dp
-        static = config.memory.static_bytes(total.param_bytes, total.param_count, d.dp) / (d.pp * d.tp)
-        step = work * micro / (d.pp * d.tp) * (1 + (d.pp - 1) / micro) * (1 + 0.05 * (d.tp.bit_length() - 1))
+        moved = 1 - 1 / d.ep  # the routed experts' share that other EP ranks hold
+        static = config.memory.static_bytes(total.param_bytes - moved * routed.param_bytes,
+                                            total.param_count - moved * routed.param_count, d.dp,
+                                            expert_count=routed.param_count / d.ep, ep=d.ep) / (d.pp * d.tp)
+        a2a = 4 * sum(a2a_seconds(layer, d, cluster, 0) for layer in traced.moe_layers) if d.ep > 1 else 0.0
+        step = (work / (d.pp * d.tp) + a2a / d.pp) * micro * (1 + (d.pp - 1) / micro) * (
+            1 + 0.05 * (d.tp.bit_length() - 1))
         return (static > cap, step)
 
     return sorted(degree_list, key=estimate)
@@ -436,32 +446,56 @@ def _refine_units(split: list[int] | None, coarse: UnitGraph, fine: UnitGraph) -
 
 
 def _busiest_rank_bound(placed: Placed, schedule) -> float:
-    """Step time can be no less than the busiest rank's compute plus the gradient sync."""
+    """Step time can be no less than the busiest rank's compute plus the gradient sync (an
+    all-to-all a cell may hide does not count)."""
     costs = costs_for_schedule(schedule, placed.costs)
     busy = [0.0] * schedule.num_ranks
     for s in range(schedule.num_stages):
+        hidden = costs.phases[s].comm_seconds() if costs.phases and costs.phases[s] else 0.0
         busy[schedule.stage_to_rank[s]] += schedule.microbatches_per_chain * (
-            costs.forward[s] + costs.backward_input[s] + costs.backward_weight[s])
+            costs.forward[s] + costs.backward_input[s] + costs.backward_weight[s] - hidden)
     return max(busy) + placed.dp_sync_s
 
 
-def _unit_functions(graph: UnitGraph, coster: Coster, gpu_of, memory: MemoryModel, dp: int):
-    """(cost(u, s), static(u, s)): seconds of unit u on stage s's device, and its static bytes."""
+def _unit_functions(graph: UnitGraph, coster: Coster, gpu_of, memory: MemoryModel, degrees: Degrees,
+                    cluster: ClusterProfile):
+    """(cost(u, s), static(u, s)): seconds of unit u on stage s's device — its all-to-alls
+    run in line included —, and its static bytes."""
     units = graph.units
-    cost = lambda u, s: coster.unit(units[u], gpu_of(s)).total_s  # noqa: E731
+    a2a = _a2a_by_op(coster, degrees, cluster, memory.mode)
+    unit_a2a = [sum(a2a.get(op, 0.0) for op in u.ops) for u in units] if a2a else None
+    if unit_a2a is None:
+        cost = lambda u, s: coster.unit(units[u], gpu_of(s)).total_s  # noqa: E731
+    else:
+        cost = lambda u, s: coster.unit(units[u], gpu_of(s)).total_s + unit_a2a[u]  # noqa: E731
 
     def static(u: int, s: int) -> float:
         c = coster.unit(units[u], gpu_of(s))  # parameter bytes do not depend on the device
-        return memory.static_bytes(c.param_bytes, c.param_count, dp)
+        return memory.static_bytes(c.param_bytes, c.param_count, degrees.dp,
+                                   expert_count=c.expert_param_count, ep=degrees.ep)
 
     return cost, static
+
+
+def _a2a_by_op(coster: Coster, degrees: Degrees, cluster: ClusterProfile, mode: str) -> dict[str, float]:
+    """The all-to-alls each operator opens or closes (dispatch before a layer's first routed
+    op, combine after its last), forward and backward, at pipeline position 0."""
+    if degrees.ep == 1:
+        return {}
+    per = 2.0 if mode == "train" else 1.0
+    out: dict[str, float] = {}
+    for layer in coster.traced.moe_layers:
+        t = a2a_seconds(layer, degrees, cluster, 0) * per
+        for op in (layer.routed_ops[0], layer.routed_ops[-1]):
+            out[op] = out.get(op, 0.0) + t
+    return out
 
 
 def _contiguous(graph: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: Degrees, family: Family,
                 *, aware: bool, memory: MemoryModel, cap: float, by_rank: bool = True) -> list[int] | None:
     device = stage_gpus(cluster, degrees, family)
     gpu_of = device.__getitem__ if aware else (lambda s: device[0])
-    cost, static = _unit_functions(graph, coster, gpu_of, memory, degrees.dp)
+    cost, static = _unit_functions(graph, coster, gpu_of, memory, degrees, cluster)
     units = graph.units
     n = degrees.pp
     by_stage = lambda split: max(rank_loads(split, FAMILIES["chain"], family.num_stages(n), cost))  # noqa: E731
@@ -478,7 +512,7 @@ def _refine(result: Evaluated, coster: Coster, run: _Search) -> tuple[Evaluated 
     placed: Placed = result.placed
     degrees, family, config, graph = placed.degrees, placed.family, run.config, run.ops
     cost, static = _unit_functions(graph, coster, stage_gpus(run.cluster, degrees, family).__getitem__,
-                                   config.memory, degrees.dp)
+                                   config.memory, degrees, run.cluster)
     split, report = place_units(
         num_units=len(graph.units), edges=list(graph.edges), family=family, num_ranks=degrees.pp, cost=cost,
         static=static, static_cap=run.cap, hint=list(placed.stage_of_unit), work=_UPPER_WORK * config.work,

@@ -13,6 +13,11 @@ embedding) split their time, parameters and saved activations t ways, and each l
 two all-reduces of its output activation in forward and two in backward (ring:
 2(t−1)/t × bytes / link), charged to the layer's last operator. An approximation — small
 GEMMs lose efficiency when split — stated in docs/planner.md.
+
+Expert parallelism (degree e, `parplan.planner.experts`) leaves a routed expert's time as
+it is (balanced load: a rank's experts see as many tokens as without EP) and divides its
+parameters by e; `UnitCost.expert_param_count` says how many of a unit's parameters are
+such, for the optimizer's sharding. The all-to-alls are parts of the stage, not of an op.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ class UnitCost:
     backward_weight_s: float
     activation_bytes: float
     param_bytes: float
-    param_count: float
+    param_count: float  # held on this device
+    expert_param_bytes: float = 0.0  # the routed-expert share of param_bytes (EP-sharded)
+    expert_param_count: float = 0.0
 
     @property
     def total_s(self) -> float:
@@ -51,10 +58,12 @@ def ring_allreduce_s(nbytes: float, ranks: int, link: LinkProfile) -> float:
 class Coster:
     """Memoised costs of operators and units, keyed on everything their costs read."""
 
-    def __init__(self, traced: TracedGraph, *, tp: int = 1, tp_link: LinkProfile | None = None):
+    def __init__(self, traced: TracedGraph, *, tp: int = 1, tp_link: LinkProfile | None = None, ep: int = 1):
         self.traced = traced
         self.tp = tp
         self.tp_link = tp_link
+        self.ep = ep
+        self.routed = frozenset(op for layer in traced.moe_layers for op in layer.routed_ops)
         last: dict[str, str] = {}
         for node in traced.nodes:
             if node.block_instance is not None:
@@ -75,12 +84,12 @@ class Coster:
         if key is None:
             node = self.traced.node(name)
             inputs = (cost_key(node), node.param_count, node.block_instance is not None,
-                      sum(o.nbytes for o in node.outputs), name in self._layer_last)
+                      sum(o.nbytes for o in node.outputs), name in self._layer_last, name in self.routed)
             key = self._key_of_op[name] = self._key_ids.setdefault(inputs, len(self._key_ids))
         return key
 
     def op(self, name: str, gpu: GPUProfile) -> tuple[float, float, float, float, float]:
-        """(F s, I s, W s, parameter bytes, parameter count) of one operator."""
+        """(F s, I s, W s, parameter bytes, parameter count) of one operator on one device."""
         key = (self._op_key(name), gpu.name)
         hit = self._ops.get(key)
         if hit is None:
@@ -93,19 +102,23 @@ class Coster:
                 if name in self._layer_last and self.tp_link is not None:
                     comm = 2 * ring_allreduce_s(sum(o.nbytes for o in node.outputs), t, self.tp_link)
                     f, i = f + comm, i + comm
+            if self.ep > 1 and name in self.routed:
+                pb, pc = pb / self.ep, pc / self.ep
             hit = (f, i, w, pb, pc)
             self._ops[key] = hit
         return hit
 
     def ops(self, names: Iterable[str], gpu: GPUProfile) -> UnitCost:
         names = list(names)
-        f = i = w = pb = pc = 0.0
+        f = i = w = pb = pc = epb = epc = 0.0
         for name in names:
             a, b, c, d, e = self.op(name, gpu)
             f, i, w, pb, pc = f + a, i + b, w + c, pb + d, pc + e
+            if self.ep > 1 and name in self.routed:
+                epb, epc = epb + d, epc + e
         act = self.traced.saved_bytes(set(names)) / (self.tp if self.tp > 1 else 1)
         return UnitCost(forward_s=f, backward_input_s=i, backward_weight_s=w, activation_bytes=float(act),
-                        param_bytes=pb, param_count=pc)
+                        param_bytes=pb, param_count=pc, expert_param_bytes=epb, expert_param_count=epc)
 
     def unit(self, unit: Unit, gpu: GPUProfile) -> UnitCost:
         inputs = self._key_of_unit.get(unit.ops)

@@ -1,4 +1,5 @@
-"""Parallel degrees on a cluster: pipeline ranks × data-parallel replicas × tensor-parallel groups.
+"""Parallel degrees on a cluster: pipeline ranks × data-parallel replicas × tensor-parallel groups,
+and the expert-parallel degree folded into the data-parallel one (`parplan.planner.experts`).
 
 Rank layout: tensor parallel innermost (inside a node, on NVLink), then pipeline, then data
 parallel: global rank = (dp · PP + pp) · TP + tp. The global batch is fixed — M micro-batches
@@ -28,6 +29,11 @@ class Degrees:
     pp: int
     dp: int
     tp: int
+    ep: int = 1  # MoE experts sharded over ep of the dp replicas
+
+    def __post_init__(self) -> None:
+        if self.ep < 1 or self.dp % self.ep:
+            raise ParplanError(f"expert-parallel degree {self.ep} must divide the data-parallel degree {self.dp}")
 
     def rank(self, dp: int, pp: int, tp: int = 0) -> int:
         return (dp * self.pp + pp) * self.tp + tp
@@ -46,11 +52,22 @@ class Degrees:
         return cluster.link(self.rank(0, 0, 0), self.rank(0, 0, 1)) if self.tp > 1 else None
 
     def __str__(self) -> str:
-        return f"PP{self.pp}×DP{self.dp}×TP{self.tp}"
+        return f"PP{self.pp}×DP{self.dp}×TP{self.tp}" + (f"×EP{self.ep}" if self.ep > 1 else "")
 
 
 def candidate_degrees(cluster: ClusterProfile, *, microbatches: int, max_pp: int,
-                      fixed: Degrees | None = None) -> list[Degrees]:
+                      fixed: Degrees | None = None, experts: tuple[int, ...] = (),
+                      ep: int | None = None) -> list[Degrees]:
+    """Every PP × DP × TP split whose replicas share the micro-batches evenly; with MoE
+    layers of `experts` routed experts each, every EP degree dividing both DP and them
+    (only `ep` when it is fixed)."""
+    out = _pp_dp_tp(cluster, microbatches=microbatches, max_pp=max_pp, fixed=fixed)
+    return [Degrees(pp=d.pp, dp=d.dp, tp=d.tp, ep=e) for d in out
+            for e in ([ep] if ep is not None and d.dp % ep == 0 else [] if ep is not None
+                      else expert_degrees(d.dp, experts))]
+
+
+def _pp_dp_tp(cluster: ClusterProfile, *, microbatches: int, max_pp: int, fixed: Degrees | None) -> list[Degrees]:
     if fixed is not None:
         if microbatches % fixed.dp:
             raise ParplanError(
@@ -72,3 +89,10 @@ def candidate_degrees(cluster: ClusterProfile, *, microbatches: int, max_pp: int
                 continue
             out.append(Degrees(pp=pp, dp=dp, tp=tp))
     return out
+
+
+def expert_degrees(dp: int, experts: tuple[int, ...]) -> list[int]:
+    """EP degrees for `dp` replicas: 1, and each divisor of dp that divides every layer's experts."""
+    if not experts:
+        return [1]
+    return [e for e in range(1, dp + 1) if dp % e == 0 and all(n % e == 0 for n in experts)]

@@ -19,6 +19,7 @@ from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.planner.costing import Coster, ring_allreduce_s
 from parplan.planner.degrees import Degrees, slowest
+from parplan.planner.experts import a2a_seconds, stage_phases
 from parplan.planner.memory import MemoryModel
 from parplan.planner.units import UnitGraph
 from parplan.schedule.ir import Action, Kind, Schedule
@@ -107,31 +108,58 @@ def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: De
         members[s].append(u)
     cut = units.cut_bytes(list(stage_of_unit))
     stage_costs: list[StageCost] = []
-    params, counts = [0.0] * num_stages, [0.0] * num_stages
+    unit_costs = []
     for s in range(num_stages):
-        c = coster.ops((op for u in members[s] for op in units.units[u].ops), device[s])
-        params[s], counts[s] = c.param_bytes, c.param_count
+        ops = [op for u in members[s] for op in units.units[u].ops]
+        c = coster.ops(ops, device[s])
+        unit_costs.append(c)
         xfer = 0.0
         if s + 1 < num_stages and rank_of[s] != rank_of[s + 1]:
             xfer = transfer_time(cut.get(s, 0), degrees.pp_link(cluster, rank_of[s], rank_of[s + 1]))
-        stage_costs.append(StageCost(forward=c.forward_s, backward_input=c.backward_input_s,
+        phases = _phases(ops, coster, cluster, degrees, device[s], family.ranks_of_stage(s, n), memory.mode)
+        comm_f = phases.total("forward") - c.forward_s if phases else 0.0
+        comm_i = phases.total("backward_input") - c.backward_input_s if phases else 0.0
+        stage_costs.append(StageCost(forward=c.forward_s + comm_f, backward_input=c.backward_input_s + comm_i,
                                      backward_weight=c.backward_weight_s, activation=c.activation_bytes,
-                                     params=c.param_bytes, transfer=xfer))
-    efficiency = gpus[0].efficiency
-    costs = placement_costs(stage_costs, transfer_contention=efficiency.transfer_contention,
-                            mode=memory.mode)
-    static = [0.0] * n
-    grad_bytes = [0.0] * n
-    for s in range(num_stages):
-        for r in family.ranks_of_stage(s, n):
-            static[r] += memory.static_bytes(params[s], counts[s], degrees.dp)
-            grad_bytes[r] += params[s] * memory.grad_bytes_per_param_byte
-    dp_link = degrees.dp_link(cluster)
-    dp_sync = 0.0
-    if memory.mode == "train" and dp_link is not None:
-        dp_sync = max(ring_allreduce_s(b, degrees.dp, dp_link) for b in grad_bytes)
+                                     params=c.param_bytes, transfer=xfer, phases=phases))
+    costs = placement_costs(stage_costs, transfer_contention=gpus[0].efficiency.transfer_contention,
+                            comm_slowdown=cluster.a2a_compute_slowdown or 0.0, mode=memory.mode)
+    static, dp_sync = _static_and_sync(unit_costs, family, degrees, cluster, memory)
     return Placed(units=units, degrees=degrees, family=family, stage_of_unit=tuple(stage_of_unit), costs=costs,
                   static_bytes=tuple(static), dp_sync_s=dp_sync, gpu_names=tuple(g.name for g in gpus))
+
+
+def _phases(ops, coster: Coster, cluster: ClusterProfile, degrees: Degrees, gpu: GPUProfile, ranks, mode: str):
+    """The stage's parts around its MoE all-to-alls (None without EP or MoE layers): each
+    all-to-all costed on the slowest of the pipeline ranks holding the stage."""
+    if degrees.ep == 1 or not coster.traced.moe_layers:
+        return None
+    a2a = {layer.path: max(a2a_seconds(layer, degrees, cluster, r) for r in ranks)
+           for layer in coster.traced.moe_layers}
+    return stage_phases(ops, coster, gpu, a2a, mode)
+
+
+def _static_and_sync(unit_costs, family: Family, degrees: Degrees, cluster: ClusterProfile,
+                     memory: MemoryModel) -> tuple[list[float], float]:
+    """Per pipeline rank: parameters + gradients + optimizer state; and the gradient sync
+    after the pipeline drains: dense gradients all-reduced over the dp replicas, routed
+    experts' over the dp / ep replicas holding the same experts (in turn: one link)."""
+    n = degrees.pp
+    static = [0.0] * n
+    dense = [0.0] * n
+    experts = [0.0] * n
+    for s, c in enumerate(unit_costs):
+        for r in family.ranks_of_stage(s, n):
+            static[r] += memory.static_bytes(c.param_bytes, c.param_count, degrees.dp,
+                                             expert_count=c.expert_param_count, ep=degrees.ep)
+            dense[r] += (c.param_bytes - c.expert_param_bytes) * memory.grad_bytes_per_param_byte
+            experts[r] += c.expert_param_bytes * memory.grad_bytes_per_param_byte
+    dp_link = degrees.dp_link(cluster)
+    if memory.mode != "train" or dp_link is None:
+        return static, 0.0
+    expert_dp = degrees.dp // degrees.ep
+    return static, max(ring_allreduce_s(d, degrees.dp, dp_link) + ring_allreduce_s(e, expert_dp, dp_link)
+                       for d, e in zip(dense, experts))
 
 
 def forward_only_schedule(num_ranks: int, num_microbatches: int) -> Schedule:

@@ -30,9 +30,17 @@ class MemoryModel:
         if self.grad_bytes_per_param_byte < 0 or self.optimizer_bytes_per_param < 0:
             raise ParplanError("gradient and optimizer bytes per parameter must be >= 0")
 
-    def static_bytes(self, param_bytes: float, param_count: float, dp: int) -> float:
-        """Bytes a device holds for parameters it hosts, before any activation."""
+    def static_bytes(self, param_bytes: float, param_count: float, dp: int, *,
+                     expert_count: float = 0.0, ep: int = 1) -> float:
+        """Bytes a device holds for parameters it hosts, before any activation.
+
+        `expert_count` of `param_count` are routed-expert parameters of an expert-parallel
+        layer: this device holds them alone among ep replicas, and ZeRO-1 shards their
+        optimizer state over the dp / ep replicas that hold the same experts.
+        """
         if self.mode == "inference":
             return param_bytes
-        optimizer = self.optimizer_bytes_per_param * param_count / (dp if self.zero1 else 1)
+        dense, experts = param_count - expert_count, expert_count
+        shard = (lambda n: n) if self.zero1 else (lambda n: 1)  # noqa: E731
+        optimizer = self.optimizer_bytes_per_param * (dense / shard(dp) + experts / shard(dp // ep))
         return param_bytes * (1 + self.grad_bytes_per_param_byte) + optimizer

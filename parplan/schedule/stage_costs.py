@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from parplan.schedule.costs import PipelineCosts
+from parplan.schedule.phases import StagePhases
 from parplan.errors import ParplanError
 
 __all__ = ["StageCost", "placement_costs"]
@@ -33,24 +34,27 @@ class StageCost:
     activation: float
     params: float
     transfer: float = 0.0  # output to stage s+1; 0 when the next stage is on the same rank
+    phases: StagePhases | None = None  # its parts on compute and communication lanes (sum: the above)
 
 
 def placement_costs(stages: Sequence[StageCost], *, transfer_contention: float = 0.0,
-                    overlap_ratio: float = 1.0,
+                    overlap_ratio: float = 1.0, comm_slowdown: float = 0.0,
                     mode: Literal["train", "inference"] = "train") -> PipelineCosts:
     if mode not in ("train", "inference"):
         raise ParplanError(f"mode {mode!r} is unknown; use train or inference")
     kappa, last = transfer_contention, len(stages) - 1
     train = mode == "train"
+    extra_f = [kappa * g.transfer if s < last else 0.0 for s, g in enumerate(stages)]
+    extra_i = [kappa * stages[s - 1].transfer if s > 0 and train else 0.0 for s in range(len(stages))]
+    phases = [g.phases and g.phases.padded(extra_f[s], extra_i[s]) for s, g in enumerate(stages)]
     return PipelineCosts(
-        forward=tuple(g.forward + (kappa * g.transfer if s < last else 0.0) for s, g in enumerate(stages)),
-        backward_input=tuple(
-            (g.backward_input + (kappa * stages[s - 1].transfer if s > 0 else 0.0)) if train else 0.0
-            for s, g in enumerate(stages)
-        ),
+        forward=tuple(g.forward + extra_f[s] for s, g in enumerate(stages)),
+        backward_input=tuple((g.backward_input + extra_i[s]) if train else 0.0 for s, g in enumerate(stages)),
         backward_weight=tuple(g.backward_weight if train else 0.0 for g in stages),
         transfer=tuple(g.transfer for g in stages),
         activation=tuple(g.activation for g in stages),
         params=tuple(g.params for g in stages),
         overlap_ratio=overlap_ratio,
+        phases=tuple(phases) if any(p is not None for p in phases) else None,
+        comm_slowdown=comm_slowdown,
     )

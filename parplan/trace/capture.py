@@ -32,6 +32,7 @@ from torch import nn
 
 from parplan.errors import ParplanError
 from parplan.trace.blocks import find_repeated_blocks
+from parplan.trace.moe import find_moe_layers
 from parplan.trace.graph import OpKind, OpNode, TensorMeta, TracedGraph
 from parplan.trace.rules import ArgTensor, OpCall, apply_rule
 
@@ -494,6 +495,7 @@ def _build(
         unknown_ops=tuple(sorted({n.op for n in nodes if n.kind is OpKind.UNKNOWN})),
         blocks=tuple(blocks),
         notes=tuple(notes + _moe_notes(model)),
+        moe_layers=find_moe_layers(model, tagged),
         storage_bytes=storage_bytes,
         leaves=kept,
     )

@@ -118,6 +118,7 @@ class TracedGraph:
     # what capture emitted (Python warnings, torch log warnings): distinct "Category: first line"s and the total
     capture_warnings: tuple[str, ...] = ()
     capture_warning_count: int = 0
+    moe_layers: tuple = ()  # parplan.trace.moe.MoELayer per MoE layer, program order
     # the captured torch.fx.GraphModule, kept so measured mode can replay operators
     program: object = field(repr=False, compare=False, default=None)
 
