@@ -18,12 +18,13 @@ Builder = Callable[..., Schedule]
 
 
 def _registry() -> dict[str, Builder]:
-    from parplan.baselines import dualpipe, dualpipev, gpipe, interleaved, one_f_one_b, zb_h1, zb_h2, zb_v
+    from parplan.baselines import combined, dualpipe, dualpipev, gpipe, interleaved, one_f_one_b, zb_h1, zb_h2, zb_v
 
     return {
         "gpipe": gpipe.build,
         "1f1b": one_f_one_b.build,
         "interleaved-1f1b": interleaved.build,
+        "combined-1f1b": combined.build,
         "zb-h1": zb_h1.build,
         "zb-h2": zb_h2.build,
         "zb-v": zb_v.build,
@@ -33,7 +34,7 @@ def _registry() -> dict[str, Builder]:
 
 
 BASELINES: tuple[str, ...] = (
-    "gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zb-h2", "zb-v", "dualpipe", "dualpipev",
+    "gpipe", "1f1b", "interleaved-1f1b", "combined-1f1b", "zb-h1", "zb-h2", "zb-v", "dualpipe", "dualpipev",
 )
 
 

@@ -2,7 +2,7 @@
 
   family    model stages  schedule stage s on rank                 expert schedules
   chain     N             s                                        1f1b, zb-h1, zb-h2, gpipe
-  loop      2N            s mod N                                  interleaved-1f1b
+  loop      2N            s mod N                                  interleaved-1f1b, combined-1f1b
   v         2N            s for s < N, else 2N−1−s                 dualpipev, zb-v
   dualpipe  N (held twice) as v over 2N schedule stages; stage s   dualpipe
                           and N+s compute model stage s (one chain
@@ -107,7 +107,7 @@ def _ranks_of_model_stages(name: str, model_copies: int, stages_per_rank: int,
 # equals (equal objective and peak memory), so the lower-memory schedule comes first.
 FAMILIES: dict[str, Family] = {
     "chain": Family(name="chain", stages_per_rank=1, schedules=("1f1b", "zb-h1", "zb-h2", "gpipe")),
-    "loop": Family(name="loop", stages_per_rank=2, schedules=("interleaved-1f1b",)),
+    "loop": Family(name="loop", stages_per_rank=2, schedules=("interleaved-1f1b", "combined-1f1b")),
     "v": Family(name="v", stages_per_rank=2, schedules=("dualpipev", "zb-v")),
     "dualpipe": Family(name="dualpipe", stages_per_rank=2, model_copies=2, schedules=("dualpipe",)),
 }

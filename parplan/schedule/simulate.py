@@ -26,7 +26,13 @@ Key = tuple[int, Kind, int]  # (stage, kind, micro-batch) of one plain action
 
 
 class DeadlockError(ParplanError):
-    """The order cannot run: every rank waits on something that never (or not yet) happens."""
+    """The order cannot run: every rank waits on something that never (or not yet) happens.
+
+    `blocked` lists (rank, step) of each blocked rank's next action."""
+
+    def __init__(self, message: str, blocked: tuple[tuple[int, int], ...] = ()) -> None:
+        super().__init__(message)
+        self.blocked = blocked
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +188,8 @@ def simulate(schedule: Schedule, costs: PipelineCosts) -> SimResult:
                 remaining -= 1
                 progressed = True
         if not progressed:
-            raise DeadlockError(_deadlock_message(schedule, pos, deps, ends, where))
+            raise DeadlockError(_deadlock_message(schedule, pos, deps, ends, where),
+                                tuple((r, p) for r, p in enumerate(pos) if p < len(schedule.orders[r])))
 
     busy = tuple(sum(t.end - t.start for t in row) for row in timeline)
     makespan = max((row[-1].end for row in timeline if row), default=0.0)
