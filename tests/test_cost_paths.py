@@ -91,7 +91,7 @@ def test_group_path_is_placement_costs_of_its_groups(traced):
               for g in cost]
     eff = gpu.efficiency
     assert pipeline_costs(cost, gpu) == placement_costs(
-        stages, transfer_contention=eff.transfer_contention, overlap_ratio=eff.fb_overlap_ratio)
+        stages, transfer_contention=eff.transfer_contention)
 
 
 def test_split_contiguous_is_the_planner_split(traced):
