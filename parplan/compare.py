@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from parplan.baselines import BASELINES, build_baseline
+from parplan.baselines import BASELINES, CHUNKED, build_baseline
 from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.schedule.ir import Schedule
@@ -111,7 +111,7 @@ def resolve_memory_cap(limit, num_ranks, num_microbatches, costs, *, num_chunks=
     if kind == "units":
         return float(value)
     if kind == "match":
-        chunks = num_chunks if value == "interleaved-1f1b" else None
+        chunks = num_chunks if value in CHUNKED else None
         _, sim = simulate_baseline(value, num_ranks, num_microbatches, costs, num_chunks=chunks)
         return max(sim.peak_activation_per_rank)
     raise ParplanError(
@@ -144,7 +144,7 @@ def compare(
             rows.append(solve_mip_row(num_ranks, num_microbatches, costs, cap, mip_options, progress))
             continue
         # --chunks shapes interleaved-1f1b; other builders reject it when named alone.
-        chunks = num_chunks if name == "interleaved-1f1b" or len(names) == 1 else None
+        chunks = num_chunks if name in CHUNKED or len(names) == 1 else None
         schedule, sim = simulate_baseline(name, num_ranks, num_microbatches, costs, num_chunks=chunks)
         fits = None if cap is None else max(sim.peak_activation_per_rank) <= cap + 1e-9
         rows.append(ComparisonRow(schedule=schedule, simulation=sim, fits=fits,

@@ -318,7 +318,7 @@ def test_auto_is_never_worse_than_any_baseline_under_the_cap():
     def rank_costs(num_stages: int) -> PipelineCosts:
         return PipelineCosts.uniform(num_stages, f=1, i=1.2, w=0.8, c=0.1).scaled(4 / num_stages)
 
-    two_chunk = {"dualpipev", "zb-v", "interleaved-1f1b"}
+    two_chunk = {"dualpipev", "zb-v", "interleaved-1f1b", "combined-1f1b"}
     sims = {n: simulate(build_baseline(n, 4, 8), rank_costs(8 if n in two_chunk else 4)) for n in BASELINES}
     cap = max(sims["dualpipe"].peak_activation_per_rank)
     best = min(s.makespan for s in sims.values() if max(s.peak_activation_per_rank) <= cap + 1e-9)

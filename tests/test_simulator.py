@@ -15,6 +15,7 @@ from parplan.schedule.validate import ScheduleError, validate
 
 SIZES = {  # (N, M) each baseline accepts
     "gpipe": [(3, 2), (4, 6)], "1f1b": [(3, 5), (4, 6)], "interleaved-1f1b": [(3, 6), (4, 8)],
+    "combined-1f1b": [(3, 6), (4, 8)],
     "zb-h1": [(3, 5), (4, 7)], "zb-h2": [(3, 5), (4, 6)], "zb-v": [(3, 5), (4, 6)],
     "dualpipe": [(2, 4), (4, 10)], "dualpipev": [(3, 6), (4, 9)],
 }

@@ -12,7 +12,7 @@ from typing import Callable
 from parplan.errors import ParplanError
 from parplan.schedule.ir import Schedule
 
-__all__ = ["BASELINES", "build_baseline", "baseline_names"]
+__all__ = ["BASELINES", "CHUNKED", "build_baseline", "baseline_names"]
 
 Builder = Callable[..., Schedule]
 
@@ -36,6 +36,10 @@ def _registry() -> dict[str, Builder]:
 BASELINES: tuple[str, ...] = (
     "gpipe", "1f1b", "interleaved-1f1b", "combined-1f1b", "zb-h1", "zb-h2", "zb-v", "dualpipe", "dualpipev",
 )
+
+
+# the schedules taking --chunks (v stage chunks per rank on the loop placement)
+CHUNKED: tuple[str, ...] = ("interleaved-1f1b", "combined-1f1b")
 
 
 def baseline_names() -> tuple[str, ...]:

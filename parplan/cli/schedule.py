@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from parplan.baselines import BASELINES
+from parplan.baselines import BASELINES, CHUNKED
 from parplan.budget import effort_work
 from parplan.compare import ComparisonRow, compare, rank_share_costs
 from parplan.schedule.costs import parse_cost_spec
@@ -101,8 +101,8 @@ def _mip_options(args, dump_path: str | None):
 
 
 def _rows(args, names: list[str], dump_path: str | None = None) -> list[ComparisonRow]:
-    if args.chunks is not None and "interleaved-1f1b" not in names and len(names) > 1:
-        print(f"parplan {args.command}: note: --chunks applies only to interleaved-1f1b; ignored",
+    if args.chunks is not None and not set(CHUNKED) & set(names) and len(names) > 1:
+        print(f"parplan {args.command}: note: --chunks applies only to interleaved-1f1b and combined-1f1b; ignored",
               file=sys.stderr)
     from parplan.planner.events import Phase, PlanProgress, Step
 
