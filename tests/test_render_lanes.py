@@ -1,4 +1,4 @@
-"""Tasks with parts on the compute and communication lanes, in the Chrome trace.
+"""Tasks with parts on the compute and communication lanes, in the Gantt chart and the Chrome trace.
 
 An MoE stage's F and I run attention, dispatch all-to-all, experts, combine all-to-all
 (`PipelineCosts.phases`); inside a DualPipe F&B cell one half's all-to-all runs under the
@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import math
 
-import pytest
+import matplotlib
 
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+from matplotlib.colors import to_rgba
+
+from parplan.baselines import build_baseline
+from parplan.render._draw import KIND_COLOURS
 from parplan.render.chrome_trace import plan_parts, plan_trace
+from parplan.render.gantt import GanttPanel, gantt_figure, render_gantt
+from parplan.render.plan_chart import plan_figure
 from parplan.runtime.chain import plan_chain
 from parplan.schedule.costs import PipelineCosts
+from parplan.schedule.ir import Kind
 from parplan.schedule.phases import Segment, StagePhases, action_parts
+from parplan.schedule.simulate import simulate
 
 GPT = "gpt:hidden=32,heads=2,layers=4,vocab=64,max_positions=8,tie_embeddings=false,dtype=float32"
 _ALL_TO_ALL_TID = 2
@@ -44,6 +55,14 @@ def _costs(num_stages: int, *, phases: bool = True, transfer: float = 0.1) -> Pi
                          backward_weight=per("backward_weight"), transfer=(transfer,) * num_stages,
                          activation=(1.0,) * num_stages, params=(1.0,) * num_stages,
                          phases=tuple(ph) if phases else None, comm_slowdown=0.15)
+
+
+@pytest.fixture
+def figures():
+    made = []
+    yield made
+    for fig in made:
+        plt.close(fig)
 
 
 def _slices(trace: dict, **match) -> list[dict]:
@@ -115,3 +134,74 @@ def test_trace_without_communicating_phases_has_no_part_slices():
     assert plan_parts(plan) == []
     assert {e["tid"] for e in trace["traceEvents"] if "tid" in e} == {0, 1}
     assert {e["cat"] for e in _slices(trace)} <= {"F", "I", "W", "B", "OVERLAP_F_B", "transfer"}
+
+
+# ---- Gantt chart --------------------------------------------------------------------------
+
+def _panels(costs: PipelineCosts, names=("1f1b", "dualpipe")) -> list[GanttPanel]:
+    return [GanttPanel(simulation=simulate(build_baseline(n, 4, 8), costs), costs=costs) for n in names]
+
+
+def _gid(ax, gid: str):
+    return [p for p in ax.patches if p.get_gid() == gid]
+
+
+def test_gantt_draws_every_all_to_all_at_its_time_and_strips_in_cells(figures):
+    costs = _costs(4)
+    panels = _panels(costs)
+    fig = gantt_figure(panels)
+    figures.append(fig)
+    for ax, panel in zip(fig.axes, panels):
+        timeline, stage_of = panel.simulation.timeline, panel.simulation.schedule.model_stage
+        bars = _gid(ax, "all-to-all")
+        want = [seg.seconds for row in timeline for t in row for a in t.action.atoms
+                for seg, _ in action_parts(costs.phases[stage_of[a.stage]], a.kind.value) if seg.lane == "comm"]
+        assert sorted(b.get_width() for b in bars) == pytest.approx(sorted(want))
+        for b in bars:  # under a task of its own rank (the lane sits 0.2 below the row's centre)
+            rank = round(b.get_y() + b.get_height() / 2)
+            assert any(t.start - 1e-9 <= b.get_x() and b.get_x() + b.get_width() <= t.end + 1e-9
+                       for t in timeline[rank]), (rank, b.get_x())
+        # 1F1B's B begins with a combine: that all-to-all starts with its task
+        starts = {round(t.start, 9) for row in timeline for t in row}
+        assert starts & {round(b.get_x(), 9) for b in bars}
+        cells = [t for row in timeline for t in row if t.action.sub_actions]
+        strips = _gid(ax, "cell-part")
+        assert bool(strips) == bool(cells)
+        if cells:  # whose compute runs when: the forward's and the backward's colours
+            colours = {s.get_facecolor() for s in strips}
+            assert to_rgba(KIND_COLOURS[Kind.F]) in colours and len(colours) == 2
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "all-to-all" in legend and any(t.startswith("send") for t in legend)
+
+
+def test_gantt_with_phases_renders_and_differs_from_without():
+    with_parts, without = _panels(_costs(4)), _panels(_costs(4, phases=False))
+    for fmt, magic in (("png", b"\x89PNG"), ("svg", b"<svg")):
+        drawn = render_gantt(with_parts, fmt=fmt)
+        assert magic in drawn[:500]
+        assert drawn != render_gantt(without, fmt=fmt)
+
+
+def test_phases_that_do_not_communicate_change_nothing():
+    """Phases with no all-to-all (compute split in parts, or no phases for a stage) draw the chart as before."""
+    plain = _costs(4, phases=False)
+    split = StagePhases((Segment("compute", 1.0, "a"), Segment("compute", 2.0, "b")), (Segment("compute", 2.5, "I"),),
+                        (Segment("compute", 1.5, "W"),))
+    costs = PipelineCosts(forward=(3.0,) * 4, backward_input=(2.5,) * 4, backward_weight=(1.5,) * 4,
+                          transfer=plain.transfer, activation=plain.activation, params=plain.params,
+                          phases=(split, None, split, None))
+    bare = PipelineCosts(forward=(3.0,) * 4, backward_input=(2.5,) * 4, backward_weight=(1.5,) * 4,
+                         transfer=plain.transfer, activation=plain.activation, params=plain.params)
+    assert not costs.communicates
+    assert render_gantt(_panels(costs)) == render_gantt(_panels(bare))
+
+
+def test_plan_chart_has_the_all_to_all_lane(figures):
+    plan = plan_chain(GPT, "dualpipev", batch=8, seq=8, num_ranks=2, num_microbatches=4, costs=_costs(4))
+    fig = plan_figure(plan)
+    figures.append(fig)
+    gantt = fig.axes[0]
+    comm = [p for p in plan_parts(plan) if p.lane == "comm"]
+    assert len(_gid(gantt, "all-to-all")) == len(comm) > 0
+    assert "all-to-alls and sends" in gantt.get_title(loc="left")
+    assert [t.get_text() for t in gantt.get_yticklabels(minor=True)][:2] == ["all-to-all", "sends"]
