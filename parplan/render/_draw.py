@@ -3,10 +3,13 @@
 A rank's row holds its compute blocks, coloured by kind; the rank's first stage is drawn
 solid, its second (third, ...) stage lighter and hatched (an F&B cell, which runs a forward
 and a backward of the rank's two stages together, is drawn solid). When the schedule has
-transfers, a thin lane under the row holds the sends that rank makes. Every block carries
-its micro-batch number: inside when it fits, in a smaller font, turned upright in a narrow
-block, or, when even that does not fit, in a small font above the block (alternating
-below, so neighbours do not collide).
+transfers, a thin lane under the row holds the sends that rank makes. When its tasks have
+parts on the communication lane (an MoE layer's all-to-alls), another thin lane, between
+the row and the sends, holds those parts at their times, and each F&B cell gets a strip
+along its lower edge coloured by whose compute (the F's or the backward's) runs when.
+Every block carries its micro-batch number: inside when it fits, in a smaller font, turned
+upright in a narrow block, or, when even that does not fit, in a small font above the
+block (alternating below, so neighbours do not collide).
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from parplan.errors import ParplanError
 from parplan.sizes import binary_unit, format_bytes
 from parplan.schedule.ir import Kind, Schedule
 
-__all__ = ["KIND_COLOURS", "KIND_LABELS", "TRANSFER_COLOUR", "TimeAxis", "time_axis", "format_time", "format_memory",
-           "memory_scale", "Rows", "draw_rank_rows", "label_blocks", "legend_handles", "legend_room", "figure_width",
-           "tick_formatter", "stage_style", "micro_label", "encode", "check_format"]
+__all__ = ["KIND_COLOURS", "KIND_LABELS", "TRANSFER_COLOUR", "ALL_TO_ALL_COLOUR", "TimeAxis", "time_axis",
+           "format_time", "format_memory", "memory_scale", "Rows", "draw_rank_rows", "label_blocks", "legend_handles",
+           "legend_room", "figure_width", "tick_formatter", "stage_style", "micro_label", "encode", "check_format"]
 
 KIND_COLOURS = {
     Kind.F: "#4C78A8",
@@ -34,6 +37,7 @@ KIND_COLOURS = {
 KIND_LABELS = {Kind.F: "F forward", Kind.B: "B full backward", Kind.I: "I backward-input",
                Kind.W: "W backward-weight", Kind.OVERLAP_F_B: "F&B overlapped cell"}
 TRANSFER_COLOUR = "#7F7F7F"
+ALL_TO_ALL_COLOUR = "#17A2B8"  # teal: apart from the kinds' colours and the sends' grey
 _HATCHES = ("", "///", "\\\\\\", "xxx")  # a rank's 1st, 2nd, 3rd, 4th stage
 _FONT, _SMALL = 6.0, 4.5  # points
 _CHAR_W, _LINE_H = 0.62, 1.25  # a digit's width and a line's height, in font sizes
@@ -124,16 +128,38 @@ class Rows:
     stacked: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _RowLayout:
+    """Where a rank's compute bar and thin lanes sit, as offsets from the row's centre line."""
+
+    centre: float
+    height: float
+    lanes: tuple[tuple[str, float, float], ...]  # (lane, centre, height): "all-to-all" and/or "sends"
+
+
+def _row_layout(*, sends: bool, all_to_all: bool) -> _RowLayout:
+    # The all-to-alls get a lane of their own, right under the compute they hide under (or
+    # hold up): sends are link delays that overlap them, and in one lane would cover them.
+    if sends and all_to_all:
+        return _RowLayout(-0.15, 0.5, (("all-to-all", 0.2, 0.14), ("sends", 0.36, 0.12)))
+    if sends or all_to_all:
+        return _RowLayout(-0.1, 0.6, (("sends" if sends else "all-to-all", 0.32, 0.16),))
+    return _RowLayout(0.0, 0.8, ())
+
+
 def draw_rank_rows(ax, schedule: Schedule, timeline, transfers: Sequence[tuple[int, str, float, float]],
-                   *, xlim: float) -> Rows:
-    """Compute blocks and (when `transfers` is non-empty) a send lane per rank; labels come later.
+                   *, xlim: float, parts: Sequence = ()) -> Rows:
+    """Compute blocks, a send lane per rank when `transfers` is non-empty, an all-to-all
+    lane when `parts` has comm parts; labels come later.
 
     `timeline` is one row per rank of items with `.action`, `.start`, `.end`; `transfers`
-    holds (sending rank, label, start, end). Call `label_blocks` once the layout is final.
+    holds (sending rank, label, start, end); `parts` the tasks' `chrome_trace.TimedPart`s.
+    Call `label_blocks` once the layout is final.
     """
     num_ranks = len(timeline)
-    lane = bool(transfers)
-    centre, height = (-0.1, 0.6) if lane else (0.0, 0.8)
+    comm = [p for p in parts if p.lane == "comm"]
+    layout = _row_layout(sends=bool(transfers), all_to_all=bool(comm))
+    centre, height = layout.centre, layout.height
     ax.set_xlim(0, xlim)
     ax.set_ylim(num_ranks - 0.5, -0.5)
     blocks, stacked = [], False
@@ -145,15 +171,42 @@ def draw_rank_rows(ax, schedule: Schedule, timeline, transfers: Sequence[tuple[i
             ax.barh(r + centre, t.end - t.start, left=t.start, height=height, color=face, hatch=hatch,
                     edgecolor="white", linewidth=0.4, gid="compute")
             blocks.append((r + centre, t, nth))
+    lane_y = {name: (y, h) for name, y, h in layout.lanes}
     for r, _, start, end in transfers:
-        ax.barh(r + 0.32, end - start, left=start, height=0.16, color=TRANSFER_COLOUR, alpha=0.7,
+        y, h = lane_y["sends"]
+        ax.barh(r + y, end - start, left=start, height=h, color=TRANSFER_COLOUR, alpha=0.7,
                 linewidth=0, gid="transfer")
+    if comm:
+        _draw_parts(ax, parts, layout, lane_y["all-to-all"])
     ax.set_yticks([r + centre for r in range(num_ranks)], [f"rank {r}" for r in range(num_ranks)], fontsize=7)
-    if lane:
-        ax.set_yticks([r + 0.32 for r in range(num_ranks)], ["sends"] * num_ranks, minor=True, fontsize=4.5,
-                      color=TRANSFER_COLOUR)
-        ax.tick_params(axis="y", which="minor", length=0)
+    _lane_ticks(ax, num_ranks, layout)
     return Rows(tuple(blocks), height, stacked)
+
+
+def _draw_parts(ax, parts: Sequence, layout: _RowLayout, lane: tuple[float, float]) -> None:
+    """Each comm part in the all-to-all lane; in an F&B cell, a strip along the block's lower
+    edge in the colour of whose compute runs (F's, B's or I's), so a gap in it is the
+    compute lane waiting, and the part in the lane below is what runs meanwhile."""
+    y, h = lane
+    strip = 0.22 * layout.height
+    strip_y = layout.centre + layout.height / 2 - strip / 2
+    for p in parts:
+        if p.lane == "comm":
+            ax.barh(p.rank + y, p.end - p.start, left=p.start, height=h, color=ALL_TO_ALL_COLOUR,
+                    edgecolor="white", linewidth=0.2, gid="all-to-all")
+        elif p.task.action.sub_actions:
+            ax.barh(p.rank + strip_y, p.end - p.start, left=p.start, height=strip, color=KIND_COLOURS[p.atom.kind],
+                    linewidth=0, gid="cell-part")
+
+
+def _lane_ticks(ax, num_ranks: int, layout: _RowLayout) -> None:
+    if not layout.lanes:
+        return
+    ticks = sorted((r + y, name) for r in range(num_ranks) for name, y, _ in layout.lanes)
+    ax.set_yticks([y for y, _ in ticks], [name for _, name in ticks], minor=True, fontsize=4.5)
+    for label, (_, name) in zip(ax.get_yticklabels(minor=True), ticks):
+        label.set_color(TRANSFER_COLOUR if name == "sends" else ALL_TO_ALL_COLOUR)
+    ax.tick_params(axis="y", which="minor", length=0)
 
 
 def label_blocks(ax, rows: Rows) -> None:
@@ -186,7 +239,7 @@ def label_blocks(ax, rows: Rows) -> None:
                     color="black", clip_on=True)
 
 
-def legend_handles(kinds, *, stacked: bool, transfers: bool) -> list:
+def legend_handles(kinds, *, stacked: bool, transfers: bool, all_to_all: bool = False) -> list:
     from matplotlib.patches import Patch
 
     ordered = sorted(set(kinds), key=list(Kind).index)
@@ -198,6 +251,8 @@ def legend_handles(kinds, *, stacked: bool, transfers: bool) -> list:
     if transfers:
         handles.append(Patch(facecolor=TRANSFER_COLOUR, alpha=0.7,
                              label="send (activation after F, gradient after I/B)"))
+    if all_to_all:  # short: the line is full; a cell's strip is in the kinds' own colours
+        handles.append(Patch(facecolor=ALL_TO_ALL_COLOUR, label="all-to-all"))
     return handles
 
 

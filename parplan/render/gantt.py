@@ -4,8 +4,11 @@ Several schedules share one time axis, so the shortest bar is the least wasteful
 are coloured by kind (F, I, W, B, overlapped F&B) and carry their micro-batch number; a
 rank's second stage is lighter and hatched; white is idle. A panel given the costs it was
 simulated with draws each rank's sends in a thin lane under its row (when any transfer
-costs more than zero). Times are written in s/ms/µs when the costs are seconds, in cost
-units otherwise; activation memory in GiB (or MiB, KiB) when it is bytes.
+costs more than zero) and, when its stages have all-to-alls (`PipelineCosts.phases`),
+every all-to-all part at its time in a lane of its own just under the compute row, with a
+strip in each F&B cell showing whose compute runs meanwhile. Times are written in s/ms/µs
+when the costs are seconds, in cost units otherwise; activation memory in GiB (or MiB,
+KiB) when it is bytes.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from parplan.render._draw import (KIND_COLOURS, check_format, draw_rank_rows, encode, figure_width, format_memory,
                                   format_time, label_blocks, legend_handles, legend_room, tick_formatter, time_axis)
-from parplan.render.chrome_trace import transfer_intervals
+from parplan.render.chrome_trace import timed_parts, transfer_intervals
 from parplan.schedule.costs import PipelineCosts
 from parplan.schedule.simulate import SimResult
 
@@ -30,7 +33,7 @@ class GanttPanel:
     """One schedule's panel: its simulation and, optionally, what the title should add."""
 
     simulation: SimResult
-    costs: PipelineCosts | None = None  # per model stage, as simulated; draws the send lanes
+    costs: PipelineCosts | None = None  # per model stage, as simulated; draws the send and all-to-all lanes
     label: str = ""  # leads the panel title, e.g. "parplan (PP4×DP2×TP1)"
     step_time: float | None = None  # when a step is more than the pipeline (e.g. + DP gradient sync)
 
@@ -56,7 +59,9 @@ def gantt_figure(panels: Sequence[SimResult | GanttPanel], *, time_unit: "TimeUn
     panels = [p if isinstance(p, GanttPanel) else GanttPanel(simulation=p) for p in panels]
     lanes = [transfer_intervals(p.simulation.schedule, p.costs, p.simulation.timeline) if p.costs else []
              for p in panels]
-    heights = [p.simulation.num_ranks * (1.25 if lane else 1.0) + 1.4 for p, lane in zip(panels, lanes)]
+    parts = [timed_parts(p.simulation.schedule, p.costs, p.simulation.timeline) if p.costs else [] for p in panels]
+    heights = [p.simulation.num_ranks * (1.0 + 0.25 * bool(lane) + 0.25 * bool(part)) + 1.4
+               for p, lane, part in zip(panels, lanes, parts)]
     fig, axes = plt.subplots(
         len(panels), 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": heights},
         figsize=(figure_width([p.simulation.timeline for p in panels]), 0.3 * sum(heights) + 1.4),
@@ -64,16 +69,17 @@ def gantt_figure(panels: Sequence[SimResult | GanttPanel], *, time_unit: "TimeUn
     horizon = max(p.simulation.makespan for p in panels)
     axis = time_axis(time_unit, horizon)
     drawn = []
-    for ax, panel, lane in zip(axes[:, 0], panels, lanes):
+    for ax, panel, lane, part in zip(axes[:, 0], panels, lanes, parts):
         sim = panel.simulation
-        drawn.append(draw_rank_rows(ax, sim.schedule, sim.timeline, lane, xlim=horizon * 1.01))
+        drawn.append(draw_rank_rows(ax, sim.schedule, sim.timeline, lane, xlim=horizon * 1.01, parts=part))
         ax.axvline(sim.makespan, color="black", linewidth=0.8, linestyle="--")
         ax.set_title(_panel_title(panel, time_unit, memory_unit), fontsize=9, loc="left")
         ax.grid(axis="x", linewidth=0.3, alpha=0.5)
     axes[-1, 0].xaxis.set_major_formatter(tick_formatter(axis))
     axes[-1, 0].set_xlabel(axis.label)
     kinds = [t.action.kind for p in panels for row in p.simulation.timeline for t in row]
-    handles = legend_handles(kinds, stacked=any(r.stacked for r in drawn), transfers=any(lanes))
+    handles = legend_handles(kinds, stacked=any(r.stacked for r in drawn), transfers=any(lanes),
+                             all_to_all=any(parts))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)

@@ -3,7 +3,8 @@
 The title names the model, cluster, degrees, schedule and predicted step time. Top panel:
 each rank's compute row (kinds coloured, micro-batch numbers on every block, the rank's
 second stage lighter and hatched, as in `parplan.render.gantt`) with a thin lane under it
-for the transfers that rank sends, when any costs time. Bottom panel: each rank's
+for the transfers that rank sends, when any costs time, and one for its all-to-alls when its
+stages have them (drawn as in `parplan.render.gantt`). Bottom panel: each rank's
 activation memory over the step (held from an F's start to its W's end, or its B's end),
 in GiB/MiB/KiB for a plan in bytes. Times are in s, ms or µs for a plan in seconds. With
 `measured`, a third panel draws the measured step on its own time axis, with the time
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 from parplan.render._draw import (KIND_COLOURS, TRANSFER_COLOUR, check_format, draw_rank_rows, encode, figure_width,
                                   format_memory, format_time, label_blocks, legend_handles, legend_room,
                                   memory_scale, tick_formatter, time_axis)
-from parplan.render.chrome_trace import plan_transfers
+from parplan.render.chrome_trace import plan_parts, plan_transfers
 from parplan.schedule.ir import Kind
 
 if TYPE_CHECKING:
@@ -101,16 +102,18 @@ def plan_figure(plan: "Plan", *, measured=None):
     import matplotlib.pyplot as plt
 
     n = plan.num_ranks
-    ratios = [n * 1.3, max(2.0, n * 0.7)] + ([n * 1.3] if measured is not None else [])
+    parts = plan_parts(plan)
+    ratios = [n * (1.55 if parts else 1.3), max(2.0, n * 0.7)] + ([n * 1.3] if measured is not None else [])
     fig, axes = plt.subplots(len(ratios), 1, figsize=(figure_width([plan.timeline]), 0.45 * sum(ratios) + 2.2),
                              gridspec_kw={"height_ratios": ratios})
     horizon = plan.predicted.step_time or 1.0
     axis = time_axis(plan.time_unit, horizon)
     transfers = plan_transfers(plan)
-    rows = draw_rank_rows(axes[0], plan.schedule, plan.timeline, transfers, xlim=horizon * 1.01)
+    rows = draw_rank_rows(axes[0], plan.schedule, plan.timeline, transfers, xlim=horizon * 1.01, parts=parts)
     axes[0].axvline(horizon, color="black", linewidth=0.8, linestyle="--")
-    axes[0].set_title("predicted step: compute per rank" + (", sends in the lane under each row" if transfers else ""),
-                      fontsize=8, loc="left")
+    lanes = " and ".join(name for name, drawn in (("all-to-alls", parts), ("sends", transfers)) if drawn)
+    lanes = f", {lanes} in the lane{'s' if parts and transfers else ''} under each row" if lanes else ""
+    axes[0].set_title(f"predicted step: compute per rank{lanes}", fontsize=8, loc="left")
     _memory_panel(axes[1], plan, horizon)
     for ax in axes[:2]:
         ax.set_xlim(0, horizon * 1.01)
@@ -120,7 +123,7 @@ def plan_figure(plan: "Plan", *, measured=None):
     if measured is not None:
         _measured_panel(axes[2], plan, measured)
     kinds = [t.action.kind for row in plan.timeline for t in row]
-    handles = legend_handles(kinds, stacked=rows.stacked, transfers=bool(transfers))
+    handles = legend_handles(kinds, stacked=rows.stacked, transfers=bool(transfers), all_to_all=bool(parts))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(plan_title(plan), fontsize=10)
     fig.tight_layout(rect=(0, legend_room(fig), 1, 0.97))
