@@ -2,8 +2,10 @@
 
 A thin layer over parplan.runtime.launch. The plan is read and checked (format version,
 fields, orders) before anything else, then `launch` checks it against the model built from
-its spec on the meta device (rank count, stage pieces, tied weights): a bad plan exits 2
-before a process is launched or a file is written. A rank that fails anyway is reported
+its spec on the meta device (process count, expert parallelism, stage pieces, tied
+weights): a bad plan exits 2 before a process is launched or a file is written. An
+expert-parallel plan runs as several replicas of its pipeline; the report lists what each
+process was (replica, pipeline rank, EP rank, experts). A rank that fails anyway is reported
 as `rank R failed: Type: message` and the exit status; `--debug` also prints every failed
 rank's traceback (they are saved in a file the message names).
 """
@@ -25,7 +27,8 @@ def add_parsers(sub) -> None:
                        description="Launch torchrun (gloo on CPU, NCCL with CUDA), run training steps of the "
                                    "plan's schedule on the real model and print predicted vs measured step time.")
     p.add_argument("plan")
-    p.add_argument("--nproc", type=positive_int, required=True, help="processes (= the plan's ranks)")
+    p.add_argument("--nproc", type=positive_int, required=True,
+                   help="processes (= the plan's ranks × its expert-parallel degree)")
     p.add_argument("--steps", type=positive_int, default=3, help="training steps (default 3; step 0 is warm-up)")
     p.add_argument("--seed", type=integer, default=0)
     p.add_argument("--model", default=None, help="run this model spec instead of the plan's (must match the plan)")
@@ -66,6 +69,7 @@ def run_run(args) -> int:
         outputs[args.gantt] = render_plan_gantt(plan, fmt=fmt, measured=measured)
     lines = [f"{plan.schedule.name}: {args.nproc} processes on {measured.device}, {args.steps} steps, "
              f"step times {[round(t, 5) for t in measured.step_seconds]} s"]
+    lines += _replicas(plan, measured)
     if plan.time_unit == "s":
         ratio = measured.step_time / plan.predicted.step_time if plan.predicted.step_time else float("inf")
         lines.append(f"predicted step time {plan.predicted.step_time:.6g} s, measured {measured.step_time:.6g} s "
@@ -85,6 +89,23 @@ def run_run(args) -> int:
     name_written(outputs)
     print("\n".join(lines))
     return 0
+
+
+def _replicas(plan, measured) -> list[str]:
+    """What each process was, when the plan ran as several replicas (expert parallelism);
+    a note when the plan's data-parallel degree is not what ran."""
+    replicas = len(measured.processes) // plan.num_ranks
+    lines = []
+    if replicas > 1:
+        lines.append(f"expert parallel: {replicas} replicas of the {plan.num_ranks}-rank pipeline, each on its share of "
+                     f"the batch; the replicas of a pipeline rank form its EP group")
+        lines += [f"  {role.describe()}" for role in measured.processes]
+    planned = plan.solver.get("planning", {}).get("data_parallel")
+    if isinstance(planned, int) and planned != replicas:
+        lines.append(f"note: the plan's data_parallel={planned} is not what ran: parplan run runs as many replicas "
+                     f"of the pipeline as the plan's expert-parallel degree ({replicas}), so the measured step's "
+                     f"gradient sync spans {replicas} replica{'s' * (replicas != 1)}, not {planned}")
+    return lines
 
 
 def _other_machine(plan, device: str) -> str | None:

@@ -21,6 +21,9 @@ __all__ = [
     "compare_with_reference",
     "Measured",
     "measure_stage_costs",
+    "to_expert_parallel",
+    "ExpertGroup",
+    "RunLayout",
 ]
 
 _HOME = {
@@ -29,6 +32,8 @@ _HOME = {
     "torch_csv": "export", "check_torch_csv": "export", "lower_overlap_cells": "export", "torch_schedule": "export",
     "launch": "launch", "reference_step": "launch", "compare_with_reference": "launch", "Measured": "launch",
     "measure_stage_costs": "measure",
+    "to_expert_parallel": "expert_parallel", "ExpertGroup": "expert_parallel",
+    "RunLayout": "replicas",
 }
 
 

@@ -23,7 +23,8 @@ import torch
 from parplan.errors import ParplanError
 from parplan.plan import Plan
 from parplan.runtime.chain import load_plan_model
-from parplan.runtime.stages import stage_graphs, synthetic_batch, token_cross_entropy
+from parplan.runtime.replicas import ProcessRole, RunLayout, seeded_run
+from parplan.runtime.stages import stage_graphs, token_cross_entropy
 
 __all__ = ["Measured", "MeasuredAction", "WorkerFailure", "launch", "reference_step", "compare_with_reference",
            "check_runnable"]
@@ -40,13 +41,21 @@ class MeasuredAction:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Measured:
-    """What one plan's run measured: step 0's losses and gradients, step times, the last step's timeline."""
+    """What one plan's run measured: step 0's losses and gradients, step times, the last step's timeline.
+
+    With several replicas (expert parallelism, parplan.runtime.replicas) `losses` are every
+    replica's, replica by replica; `grads` are whole tensors named as in the model (an
+    expert weight put together from its EP ranks' rows); `timeline` is replica 0's, one
+    row per pipeline rank (the other replicas run the same orders); `processes` says what
+    each process was.
+    """
 
     losses: tuple[float, ...]
     grads: dict[str, torch.Tensor]
     step_seconds: tuple[float, ...]  # per step, rank 0's barrier-to-barrier wall time
-    timeline: tuple[tuple[MeasuredAction, ...], ...]  # per rank, of the last step
+    timeline: tuple[tuple[MeasuredAction, ...], ...]  # per pipeline rank (of replica 0), of the last step
     device: str
+    processes: tuple[ProcessRole, ...] = ()  # by global rank
 
     @property
     def step_time(self) -> float:
@@ -62,13 +71,22 @@ class Measured:
 def check_runnable(plan: Plan, nproc: int) -> None:
     """Everything that can be checked before a process starts, on a meta-device model.
 
-    The rank count, one chain, a training plan, then the stage pieces against the model
-    built from the plan's spec: the runtime's own split (`stage_graphs`: fingerprint,
-    `check_pieces`, data-flow order, tied weights) runs here exactly as every rank will run it.
+    The process count (pipeline ranks × the expert-parallel degree), one chain, a training
+    plan, then against the model built from the plan's spec: expert parallelism (MoE layers
+    whose experts the degree divides) and the runtime's own split (`stage_graphs`:
+    fingerprint, `check_pieces`, data-flow order, tied weights), run here exactly as every
+    process will run it.
     """
-    if nproc != plan.num_ranks:
-        raise ParplanError(f"--nproc {nproc} but the plan has {plan.num_ranks} ranks: a run starts one process "
-                           f"per plan rank; pass --nproc {plan.num_ranks}")
+    layout = RunLayout.of(plan)
+    if nproc != layout.world_size:
+        if layout.num_replicas == 1:
+            raise ParplanError(f"--nproc {nproc} but the plan has {plan.num_ranks} ranks: a run starts one process "
+                               f"per plan rank; pass --nproc {plan.num_ranks}")
+        raise ParplanError(
+            f"--nproc {nproc} but the plan has {plan.num_ranks} pipeline rank{'s' * (plan.num_ranks != 1)} × "
+            f"expert-parallel degree "
+            f"{layout.num_replicas} = {layout.world_size} processes: an EP plan runs {layout.num_replicas} replicas "
+            f"of its pipeline, one process per pipeline rank each; pass --nproc {layout.world_size}")
     idle = [r for r in range(plan.num_ranks) if not plan.stages_of_rank(r)]
     if idle:
         raise ParplanError(f"plan ranks {idle} hold no stage: every rank of a run must hold one; "
@@ -79,6 +97,10 @@ def check_runnable(plan: Plan, nproc: int) -> None:
     if plan.mode != "train":
         raise ParplanError("parplan run executes training plans; this plan's mode is 'inference'")
     zoo = load_plan_model(plan.model.spec, batch=plan.model.batch, seq=plan.model.seq)
+    if layout.num_replicas > 1:
+        from parplan.runtime.expert_parallel import check_expert_parallel
+
+        check_expert_parallel(zoo.model, layout.num_replicas)
     stage_graphs(zoo.model, plan, zoo.example_inputs)
 
 
@@ -175,29 +197,48 @@ def _first_traceback(log: str, limit: int = 4000) -> str:
 
 def _collect(folder: Path, nproc: int) -> Measured:
     ranks = [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
-    grads: dict[str, torch.Tensor] = {}
-    for data in ranks:
-        grads.update(data["grads"])
-    losses = next((tuple(d["losses"]) for d in ranks if d["losses"]), ())
+    roles = tuple(ProcessRole(**{**d["role"], "experts": tuple(map(tuple, d["role"]["experts"]))}) for d in ranks)
+    first_replica = [d for d, role in zip(ranks, roles) if role.replica == 0]
     return Measured(
-        losses=losses,
-        grads=grads,
+        losses=tuple(x for d in ranks for x in d["losses"]),  # one process per replica has them
+        grads=_whole_grads(ranks, roles),
         step_seconds=tuple(ranks[0]["step_seconds"]),
         timeline=tuple(
             tuple(MeasuredAction(rank=r, lane=lane, label=label, start=t0, end=t1)
                   for lane, label, t0, t1 in data["timeline"])
-            for r, data in enumerate(ranks)
+            for r, data in enumerate(first_replica)
         ),
         device=ranks[0]["device"],
+        processes=roles,
     )
 
 
+def _whole_grads(ranks: list[dict], roles: tuple[ProcessRole, ...]) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient, whole: non-expert ones from replica 0 (all replicas hold the
+    same after the mean), each expert weight stacked from its EP ranks' rows in expert order."""
+    grads: dict[str, torch.Tensor] = {}
+    rows: dict[str, list[tuple[int, int, torch.Tensor]]] = {}
+    for data, role in zip(ranks, roles):
+        for name, grad in data["grads"].items():
+            if name in data["expert_slices"]:
+                rows.setdefault(name, []).append((*data["expert_slices"][name], grad))
+            elif role.replica == 0:
+                grads[name] = grad
+    for name, parts in rows.items():
+        parts.sort(key=lambda part: part[0])
+        starts, ends = [a for a, _, _ in parts], [b for _, b, _ in parts]
+        assert starts == [0] + ends[:-1] and all(g.shape[0] == b - a for a, b, g in parts), (name, starts, ends)
+        grads[name] = torch.cat([g for _, _, g in parts])
+    return grads
+
+
 def reference_step(plan: Plan, *, seed: int = 0) -> tuple[float, dict[str, torch.Tensor]]:
-    """Loss and gradients of one whole-batch step in one process, same weights and data as `launch`."""
-    torch.manual_seed(seed)
-    zoo = load_plan_model(plan.model.spec, batch=plan.model.batch, seq=plan.model.seq, device="cpu")
-    model = zoo.model.train()
-    inputs, target = synthetic_batch(model, zoo.example_inputs, seed=seed + 1)
+    """Loss and gradients of one whole-batch step in one process, same weights and data as `launch`.
+
+    The batch is every replica's rows together (parplan.runtime.replicas), in one process.
+    """
+    model, inputs, target = seeded_run(plan, RunLayout.of(plan), seed=seed)
+    model.train()
     loss = token_cross_entropy(model(*inputs), target)
     loss.backward()
     return float(loss.detach()), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -8,7 +8,9 @@ Every graph node is given a stage:
   * a parameter or buffer (`get_attr`) goes to the one stage that reads it; a weight read
     by two stages (tied embeddings) is refused — its two copies would need a gradient sum;
   * glue code outside every piece (`wte(idx) + wpe(pos)`) runs on the latest stage of its
-    inputs, or, having none (`arange`), on the earliest stage of its users.
+    inputs, or, having none (`arange`), on the earliest stage of its users;
+  * an MoE is one opaque call of the model's own module (parplan.runtime.opaque: its
+    routing cannot be exported), on the stage of the piece holding it.
 
 A value produced at stage i and read at stage k > i + 1 (a skip connection or branch, such
 as the two-tower model's image tokens feeding every text layer) is *passed along*: stages
@@ -31,6 +33,8 @@ import torch
 from torch import fx, nn
 
 from parplan.errors import ParplanError
+from parplan.runtime.opaque import (collapse_opaque_calls, module_path, opaque_path, stage_of_opaque_call,
+                                    static_stand_ins)
 
 __all__ = ["StageGraph", "split_graph", "default_pieces", "check_pieces", "export_graph"]
 
@@ -142,23 +146,20 @@ def check_pieces(model: nn.Module, pieces_per_stage: Sequence[Sequence[str]]) ->
 
 
 def export_graph(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
-    """The model as one flat fx graph with parameters as `get_attr` nodes (training mode)."""
+    """The model as one flat fx graph with parameters as `get_attr` nodes (training mode),
+    each MoE as one `call_module` node of the model's own module (parplan.runtime.opaque)."""
     model.train()
     try:
-        exported = torch.export.export(model, tuple(example_inputs), strict=False)
+        with static_stand_ins(model):
+            exported = torch.export.export(model, tuple(example_inputs), strict=False)
     except Exception as err:  # export failures come in many types; name the model and the cause
         raise ParplanError(
             f"torch.export could not trace {type(model).__name__} at the micro-batch shape "
             f"{[tuple(getattr(x, 'shape', ())) for x in example_inputs]}: {err}"
         ) from err
-    return exported.module()
-
-
-def _module_path(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return ""
-    return list(stack.values())[-1][0]
+    gm = exported.module()
+    collapse_opaque_calls(gm, model)
+    return gm
 
 
 def _piece_of(path: str, pieces: dict[str, int]) -> int | None:
@@ -172,18 +173,21 @@ def _piece_of(path: str, pieces: dict[str, int]) -> int | None:
 
 def _assign_stages(graph: fx.Graph, piece_stage: dict[str, int], num_stages: int) -> dict[fx.Node, int]:
     stage: dict[fx.Node, int] = {}
-    nodes = [n for n in graph.nodes if n.op not in ("output", "call_module")]
+    # call_module nodes are the opaque calls (MoE); export's own (`_guards_fn`) run nowhere
+    nodes = [n for n in graph.nodes if n.op != "output" and (n.op != "call_module" or opaque_path(n))]
     for node in nodes:
         if node.op == "placeholder":
             stage[node] = 0
-        elif node.op == "call_function":
-            own = _piece_of(_module_path(node), piece_stage)
+        elif node.op in ("call_function", "call_module"):
+            own = _piece_of(module_path(node), piece_stage)
+            if node.op == "call_module":
+                own = stage_of_opaque_call(module_path(node), piece_stage, own)
             from_inputs = [stage[a] for a in node.all_input_nodes if a in stage and a.op != "get_attr"]
             if own is not None:
                 late = [s for s in from_inputs if s > own]
                 if late:
                     raise ParplanError(
-                        f"graph node {node.name} ({_module_path(node)}) is planned on stage {own} but reads a "
+                        f"graph node {node.name} ({module_path(node)}) is planned on stage {own} but reads a "
                         f"value computed on stage {max(late)}; the plan's pieces must follow the model's "
                         f"data flow (a piece may not come before a piece it reads from); move it to stage {max(late)} or "
                         f"later, or regenerate the plan"
@@ -237,8 +241,10 @@ def split_graph(gm: fx.GraphModule, pieces_per_stage: list[list[str]]) -> list[S
     """Cut `gm` into `len(pieces_per_stage)` chained stage modules (see the module docstring)."""
     num_stages = len(pieces_per_stage)
     piece_stage = {p: s for s, ps in enumerate(pieces_per_stage) for p in ps}
-    known = {_module_path(n) for n in gm.graph.nodes}
-    missing = [p for p in piece_stage if not any(k == p or k.startswith(p + ".") for k in known)]
+    known = {module_path(n) for n in gm.graph.nodes}
+    opaque = [opaque_path(n) for n in gm.graph.nodes if opaque_path(n)]
+    missing = [p for p in piece_stage if not any(k == p or k.startswith(p + ".") for k in known)
+               and not any(p.startswith(o + ".") for o in opaque)]
     if missing:
         raise ParplanError(
             f"pieces {missing[:4]} run no operation in the traced model; name module paths of this model "

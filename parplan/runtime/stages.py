@@ -14,6 +14,7 @@ from parplan.runtime.split import StageGraph, check_pieces, export_graph, split_
 
 if TYPE_CHECKING:
     from parplan.plan import Plan
+    from parplan.runtime.expert_parallel import ExpertGroup
 
 __all__ = ["stage_graphs", "stages_for_rank", "synthetic_batch", "token_cross_entropy", "check_model", "stage_extras"]
 
@@ -75,13 +76,19 @@ def stage_extras(model: nn.Module, plan: "Plan", example_inputs: tuple) -> list[
 
 
 def stages_for_rank(model: nn.Module, plan: "Plan", rank: int, *, example_inputs: tuple,
-                    device: torch.device | str | None = None, group=None) -> list:
+                    device: torch.device | str | None = None, group=None,
+                    expert_group: "ExpertGroup | None" = None) -> list:
     """This rank's `torch.distributed.pipelining.PipelineStage`s, in stage order.
 
     Every rank traces the whole model (cheap next to training) and keeps its own stages;
-    their parameters are the model's own tensors under the model's own names.
+    their parameters are the model's own tensors under the model's own names. `rank` is
+    the pipeline rank and `group` its pipeline's process group (None: the world). With
+    `expert_group`, each stage's MoEs are swapped for expert-parallel ones on that group
+    (`to_expert_parallel`, after the split: the MoE is an opaque call there).
     """
     from torch.distributed.pipelining import PipelineStage
+
+    from parplan.runtime.expert_parallel import to_expert_parallel
 
     if not 0 <= rank < plan.num_ranks:
         raise ParplanError(f"rank {rank} is outside the plan's ranks 0..{plan.num_ranks - 1}")
@@ -93,6 +100,8 @@ def stages_for_rank(model: nn.Module, plan: "Plan", rank: int, *, example_inputs
     stages = []
     for st in plan.stages_of_rank(rank):
         g = graphs[st.index]
+        if expert_group is not None:
+            to_expert_parallel(g.module, expert_group)
         cls = _full_backward_stage_class() if g.computes_on_tokens else PipelineStage
         stages.append(cls(g.module.to(device), st.index, plan.schedule.num_stages, device,
                           input_args=g.input_meta, output_args=g.output_meta, group=group))

@@ -1,17 +1,24 @@
 """One torchrun worker: run plans' training steps on this rank and record what happened.
 
 Launched by `parplan.runtime.launch` as `torchrun … -m parplan.runtime.worker PLAN… --out DIR`.
-For each plan (all with the same rank count, run one after the other in one process
-group) it builds the model from the plan's spec with a fixed seed (every rank and the
-single-process reference get the same weights), keeps this rank's stages, and runs
+For each plan (all with the same process count, run one after the other in one process
+group) it builds the model from the plan's spec with a fixed seed (every process and the
+single-process reference get the same weights), keeps this process's stages, and runs
 `--steps` steps of PyTorch's `_PipelineScheduleRuntime` on the plan's exported schedule,
-followed by an SGD update each. It saves, per plan and rank, `rank{r}.pt`:
+followed by an SGD update each. A plan with expert-parallel degree e > 1 runs as e
+replicas of its pipeline (parplan.runtime.replicas: layout, data split, gradient mean),
+its MoEs split over each pipeline rank's replicas (parplan.runtime.expert_parallel).
+It saves, per plan and process, `rank{r}.pt`:
 
-  losses        the per-micro-batch losses of step 0 (last stage's rank; else empty)
-  grads         {parameter name: gradient} of this rank's stages after step 0
+  losses        the per-micro-batch losses of step 0 (last stage's process; else empty)
+  grads         {parameter name: gradient} of this process's stages after step 0 (after
+                the replica mean; an expert weight's are its rows only, see expert_slices)
   step_seconds  wall time of every step, barrier to barrier
   timeline      the measured actions of the last step: (lane, label, start, end) in
                 seconds from that step's start barrier; lane is "compute" or "comm"
+  role          `ProcessRole` fields: rank, replica, pipeline_rank, ep_rank, ep_size, experts
+  expert_slices {expert weight name: [first, end)}: the global experts its rows are
+  device        the torch device it ran on
 
 A rank that raises writes `errors/rank{r}.json` under `--out` before it exits:
 {rank, type, message, outer, traceback, time} (time.time() when it was caught), from
@@ -26,6 +33,7 @@ import json
 import os
 import time
 import traceback
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -33,9 +41,10 @@ import torch.distributed as dist
 
 from parplan.errors import ParplanError
 from parplan.plan import Plan
-from parplan.runtime.chain import load_plan_model
+from parplan.runtime.expert_parallel import ExpertGroup, expert_slices
 from parplan.runtime.export import torch_schedule
-from parplan.runtime.stages import stages_for_rank, synthetic_batch, token_cross_entropy
+from parplan.runtime.replicas import ProcessRole, RunLayout, average_replica_grads, replica_groups, seeded_run
+from parplan.runtime.stages import stages_for_rank, token_cross_entropy
 
 __all__ = ["main", "TimelineRecorder"]
 
@@ -107,14 +116,50 @@ class TimelineRecorder:
             schedules._wait_batch_p2p = original
 
 
+def _build(plan: Plan, layout: RunLayout, role: ProcessRole, *, seed: int, device: torch.device, groups):
+    """This process's stages (MoEs swapped for EP ones with several replicas) and its replica's data."""
+    pipeline_group, replica_group = groups
+    model, inputs, target = seeded_run(plan, layout, seed=seed)
+    rows = layout.rows(role.replica)
+    inputs, target = tuple(x[rows].to(device) for x in inputs), target[rows].to(device)
+    expert_group = None
+    if layout.num_replicas > 1:
+        expert_group = ExpertGroup(group=replica_group, rank=role.replica, size=layout.num_replicas)
+    model = model.to(device)
+    stages = stages_for_rank(model, plan, role.pipeline_rank, example_inputs=inputs, device=device,
+                             group=pipeline_group, expert_group=expert_group)
+    return stages, inputs, target
+
+
 def _run_plan(plan: Plan, out: Path, *, steps: int, seed: int, lr: float, device: torch.device) -> None:
+    layout = RunLayout.of(plan)
     rank = dist.get_rank()
-    torch.manual_seed(seed)
-    zoo = load_plan_model(plan.model.spec, batch=plan.model.batch, seq=plan.model.seq, device="cpu")
-    model = zoo.model.to(device)
-    inputs, target = synthetic_batch(model, zoo.example_inputs, seed=seed + 1)
-    inputs, target = tuple(x.to(device) for x in inputs), target.to(device)
-    stages = stages_for_rank(model, plan, rank, example_inputs=zoo.example_inputs, device=device)
+    if dist.get_world_size() != layout.world_size:
+        raise ParplanError(f"the job has {dist.get_world_size()} processes but the plan needs {layout.world_size} "
+                           f"({layout.num_pipeline_ranks} pipeline ranks × {layout.num_replicas} replicas)")
+    replica, pipeline_rank = layout.position(rank)
+    with replica_groups(layout, rank) as groups:
+        role = ProcessRole(rank=rank, replica=replica, pipeline_rank=pipeline_rank, ep_rank=replica,
+                           ep_size=layout.num_replicas)
+        stages, inputs, target = _build(plan, layout, role, seed=seed, device=device, groups=groups)
+        named = [(name, p) for st in stages for name, p in st.submod.named_parameters()]
+        experts = {name: span for st in stages for name, span in expert_slices(st.submod).items()}
+        role = replace(role, experts=tuple(sorted(set(experts.values()))))
+
+        def average() -> None:
+            if layout.num_replicas > 1:
+                average_replica_grads(named, group=groups[1], num_replicas=layout.num_replicas,
+                                      expert_names=set(experts))
+
+        record = _train(plan, stages, inputs, target, steps=steps, lr=lr, device=device, average=average)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({**record, "role": asdict(role), "expert_slices": experts, "device": str(device)},
+               out / f"rank{rank}.pt")
+
+
+def _train(plan: Plan, stages: list, inputs: tuple, target: torch.Tensor, *, steps: int, lr: float,
+           device: torch.device, average) -> dict:
+    """`steps` steps of the plan's schedule, each followed by `average()` and an SGD update; what was measured."""
     schedule = torch_schedule(plan, stages, loss_fn=token_cross_entropy)
     params = [p for st in stages for p in st.submod.parameters()]
     optimizer = torch.optim.SGD(params, lr=lr)
@@ -132,6 +177,7 @@ def _run_plan(plan: Plan, out: Path, *, steps: int, seed: int, lr: float, device
         with recorder.p2p_waits():
             schedule.step(*(inputs if has_first else ()), target=target if has_last else None,
                           losses=losses if has_last else None)
+        average()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dist.barrier()
@@ -141,12 +187,7 @@ def _run_plan(plan: Plan, out: Path, *, steps: int, seed: int, lr: float, device
             grads0 = {name: p.grad.detach().cpu().clone() for st in stages for name, p in st.submod.named_parameters()
                       if p.grad is not None}
         optimizer.step()
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {"rank": rank, "losses": losses0, "grads": grads0, "step_seconds": step_seconds,
-         "timeline": list(recorder.events), "device": str(device)},
-        out / f"rank{rank}.pt",
-    )
+    return {"losses": losses0, "grads": grads0, "step_seconds": step_seconds, "timeline": list(recorder.events)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RMSNorm", "RotaryEmbedding", "Attention", "SwiGLU", "MoE", "expected_expert_tokens"]
+__all__ = ["RMSNorm", "RotaryEmbedding", "Attention", "SwiGLU", "MoE", "expected_expert_tokens", "top_k_routing",
+           "expert_swiglu"]
 
 
 class RMSNorm(nn.Module):
@@ -102,6 +103,22 @@ def expected_expert_tokens(tokens: int, *, experts: int, top_k: int, capacity_fa
     return max(1, min(tokens, math.ceil(tokens * top_k / experts * capacity_factor)))
 
 
+def top_k_routing(router: nn.Module, flat: torch.Tensor, top_k: int) -> tuple[torch.Tensor, ...]:
+    """(probs, weights, chosen) of tokens `flat` [t, d]: softmax over experts, then its top k.
+
+    The one routing rule of the zoo's MoE, also used by the runtime's expert-parallel
+    layer, so both route every token to the same experts with the same gates.
+    """
+    probs = F.softmax(router(flat), dim=-1)
+    weights, chosen = torch.topk(probs, top_k, dim=-1)
+    return probs, weights, chosen
+
+
+def expert_swiglu(tokens: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """One routed expert's SwiGLU on its tokens [n, d] with its weights (one row of the stacks)."""
+    return (F.silu(tokens @ w_gate) * (tokens @ w_up)) @ w_down
+
+
 class MoE(nn.Module):
     """Top-k routed SwiGLU experts (weights stacked as one grouped GEMM) plus shared experts.
 
@@ -141,8 +158,7 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
         flat = x.reshape(b * s, d)
-        probs = F.softmax(self.router(flat), dim=-1)
-        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        probs, weights, chosen = top_k_routing(self.router, flat, self.top_k)
         expected = self.routing == "expected" or (self.routing == "auto" and x.device.type == "meta")
         if expected:
             routed = self._expected(flat, probs)
@@ -172,6 +188,6 @@ class MoE(nn.Module):
             if token_idx.numel() == 0:
                 continue
             xe = flat[token_idx]
-            ye = (F.silu(xe @ self.w_gate[e]) * (xe @ self.w_up[e])) @ self.w_down[e]
+            ye = expert_swiglu(xe, self.w_gate[e], self.w_up[e], self.w_down[e])
             out.index_add_(0, token_idx, ye * weights[token_idx, slot].unsqueeze(-1))
         return out
