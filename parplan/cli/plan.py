@@ -79,6 +79,7 @@ def run_plan(args) -> int:
             zoo.model, zoo.example_inputs, cluster=cluster, microbatches=args.microbatches, spec=args.model,
             progress=None if args.quiet else display, memory_limit=args.memory_limit, work=effort_work(args.effort),
             time_limit=args.time_limit, mode=args.mode, objective=args.objective, degrees=degrees, ep=args.ep,
+            tp=args.tp if args.pp is None else None,
             **({} if args.placement == "auto" else {"families": (args.placement,)}),
             memory=MemoryModel(mode=args.mode, zero1=not args.no_zero1), use_mip=not args.no_mip,
             seed=args.seed, workers=args.workers, leaf_modules=tuple(args.leaf),

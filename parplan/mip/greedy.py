@@ -88,11 +88,15 @@ def _chains(problem: Problem, window: bool) -> _Chains:
 
 
 def _initial_state(problem: Problem, chains: _Chains) -> _State:
+    """Ready: a chain head's first F only. Its later F's would all be ready at time 0 with
+    keys that differ only in the micro-batch, so the lowest always wins: each enters the
+    ready set when the one before it starts (`_run`), which keeps a pick O(ranks' ready
+    tasks) instead of O(micro-batches) on the head rank."""
     ranks = range(problem.num_ranks)
     waiting = {t: len(problem.predecessors(t)) for t in problem.tasks()}
     ready: list[dict[Task, int]] = [{} for _ in ranks]
     for t, n in waiting.items():
-        if n == 0:
+        if n == 0 and (t[1] is not Kind.F or t[2] == 0):
             ready[problem.rank(t[0])][t] = 0
     return _State(ready=ready, waiting=waiting, free_at=[0 for _ in ranks], reserved=[0.0 for _ in ranks],
                   in_chain={head: 0 for head in chains.need})
@@ -132,6 +136,8 @@ def _run(problem: Problem, chains: _Chains, state: _State, succ: dict[Task, list
     state.start[t], state.end[t] = at, at + problem.duration(t)
     state.free_at[r] = state.end[t]
     touched = {r}
+    if t[1] is Kind.F and not problem.predecessors(t) and t[2] + 1 < len(problem.microbatches):
+        state.ready[r][(t[0], Kind.F, t[2] + 1)] = 0  # the head's next F (`_initial_state`)
     if t[1] is Kind.F and t[0] in chains.need:
         state.in_chain[t[0]] += 1
         for k, x in enumerate(chains.need[t[0]]):

@@ -237,11 +237,14 @@ def build_problem(
                 f"rank, from F to W). The smallest feasible cap is {need:g}; raise --memory-limit to at least that"
             )
     values = [*staged.forward, *staged.backward_input, *staged.backward_weight, *staged.transfer]
-    if staged.overlap_ratio < 1.0 or staged.communicates:
+    scale, exact = _time_scale(values)
+    if exact and (staged.overlap_ratio < 1.0 or staged.communicates):
+        # cells must be whole too; when the tasks are not, rounding at the longest task's
+        # resolution serves cells as well (a cell is at most its two tasks)
         for a in range(staged.num_stages):
             for b in range(staged.num_stages):
                 values += [_cell_seconds(staged, a, b, kind) for kind in CellKind]
-    scale, exact = _time_scale(values)
+        scale, exact = _time_scale(values)
     notes = () if exact else (
         f"durations are not multiples of 1/1000; the solver rounds them to 1/{_RESOLUTION} of the "
         f"longest one and the reported makespan is the exact re-timed one",

@@ -189,8 +189,12 @@ def parse_degrees(pp: int | None, tp: int | None, cluster: ClusterProfile) -> De
         if value is not None and value > total:
             raise ParplanError(f"{flag} {value} is larger than the {total} GPUs of {cluster.name}; "
                                f"choose a degree that divides {total}")
+    if pp is None:  # --tp alone: the pipeline degree is still searched (PlannerConfig.tp)
+        if total % tp:
+            raise ParplanError(f"--tp {tp} does not divide the {total} GPUs of {cluster.name}; "
+                               f"choose a degree that divides {total}")
+        return None
     tp = tp or 1
-    pp = pp or total // tp
     if total % (pp * tp):
         raise ParplanError(
             f"--pp {pp} × --tp {tp} does not divide the {total} GPUs of {cluster.name}; "

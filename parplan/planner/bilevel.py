@@ -68,6 +68,7 @@ class PlannerConfig:
     memory: MemoryModel = field(default_factory=MemoryModel)
     degrees: Degrees | None = None  # fixed PP × DP × TP; None searches
     ep: int | None = None  # fixed expert-parallel degree; None searches (MoE models)
+    tp: int | None = None  # with degrees None: search only splits of this tensor-parallel degree
     families: tuple[str, ...] = ("chain", "loop", "v", "dualpipe")
     use_mip: bool = True
     seed: int = 0
@@ -195,6 +196,8 @@ def _screen(run: _Search) -> _Screened:
     families = [FAMILIES["chain"]] if config.mode == "inference" else [FAMILIES[f] for f in config.families]
     degree_list = candidate_degrees(cluster, microbatches=config.microbatches, max_pp=len(run.layers),
                                     fixed=config.degrees, experts=expert_counts(run.traced), ep=config.ep)
+    if config.tp is not None:
+        degree_list = [d for d in degree_list if d.tp == config.tp]
     if config.ep is not None:
         check_ep(run.traced, config.ep, config.degrees.dp if config.degrees else None)
     if not degree_list:
@@ -413,8 +416,9 @@ def _promising_first(degree_list: list[Degrees], traced: TracedGraph, cluster: C
     """Screen likely winners first, so a time limit cuts off the unlikely ones.
 
     Estimate: the work per device, stretched by a 1F1B-like fill (pp−1)/m, a few percent per
-    TP doubling for its collectives; degrees whose parameters and optimizer state alone
-    overflow the cap go last.
+    TP doubling for its collectives; with EP the all-to-alls, mostly hidden (the longer of
+    compute and all-to-all plus a fifth of the shorter); degrees whose parameters and
+    optimizer state alone overflow the cap go last.
     """
     coster = Coster(traced)
     gpu = cluster.gpu(0)
@@ -428,9 +432,11 @@ def _promising_first(degree_list: list[Degrees], traced: TracedGraph, cluster: C
         static = config.memory.static_bytes(total.param_bytes - moved * routed.param_bytes,
                                             total.param_count - moved * routed.param_count, d.dp,
                                             expert_count=routed.param_count / d.ep, ep=d.ep) / (d.pp * d.tp)
-        a2a = 4 * sum(a2a_seconds(layer, d, cluster, 0) for layer in traced.moe_layers) if d.ep > 1 else 0.0
-        step = (work / (d.pp * d.tp) + a2a / d.pp) * micro * (1 + (d.pp - 1) / micro) * (
-            1 + 0.05 * (d.tp.bit_length() - 1))
+        a2a = sum(a2a_seconds(layer, d, cluster, 0).total for layer in traced.moe_layers) if d.ep > 1 else 0.0
+        compute, comm = work / (d.pp * d.tp) * (1 + 0.05 * (d.tp.bit_length() - 1)), a2a / d.pp
+        # an overlapping schedule hides the shorter of compute and all-to-all, all but its slowdown
+        per_micro = max(compute, comm) + 0.2 * min(compute, comm)
+        step = per_micro * micro * (1 + (d.pp - 1) / micro)
         return (static > cap, step)
 
     return sorted(degree_list, key=estimate)
@@ -482,11 +488,11 @@ def _a2a_by_op(coster: Coster, degrees: Degrees, cluster: ClusterProfile, mode: 
     op, combine after its last), forward and backward, at pipeline position 0."""
     if degrees.ep == 1:
         return {}
-    per = 2.0 if mode == "train" else 1.0
     out: dict[str, float] = {}
     for layer in coster.traced.moe_layers:
-        t = a2a_seconds(layer, degrees, cluster, 0) * per
-        for op in (layer.routed_ops[0], layer.routed_ops[-1]):
+        a = a2a_seconds(layer, degrees, cluster, 0)
+        train = mode == "train"
+        for op, t in ((layer.routed_ops[0], a.dispatch + a.other * train), (layer.routed_ops[-1], a.other * (1 + train))):
             out[op] = out.get(op, 0.0) + t
     return out
 

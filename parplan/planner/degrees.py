@@ -2,7 +2,11 @@
 and the expert-parallel degree folded into the data-parallel one (`parplan.planner.experts`).
 
 Rank layout: tensor parallel innermost (inside a node, on NVLink), then pipeline, then data
-parallel: global rank = (dp · PP + pp) · TP + tp. The global batch is fixed — M micro-batches
+parallel: global rank = (dp · PP + pp) · TP + tp. With expert parallelism the data-parallel
+replicas come before the pipeline — global rank = (pp · DP + dp) · TP + tp — so an EP
+group (consecutive replicas) fills nodes: its all-to-alls, far heavier than a pipeline
+send, stay on NVLink as far as they can (DeepSeek-V3's PP16 × EP64 puts one pipeline stage's
+64 EP ranks on 8 whole nodes the same way). The global batch is fixed — M micro-batches
 of B sequences per step — so a plan with DP replicas gives each replica M / DP of them and
 step times stay comparable across degrees. The gradient sync (all-reduce, or ZeRO-1's
 reduce-scatter + all-gather of the same volume) of each pipeline rank's parameters runs over
@@ -36,6 +40,8 @@ class Degrees:
             raise ParplanError(f"expert-parallel degree {self.ep} must divide the data-parallel degree {self.dp}")
 
     def rank(self, dp: int, pp: int, tp: int = 0) -> int:
+        if self.ep > 1:
+            return (pp * self.dp + dp) * self.tp + tp
         return (dp * self.pp + pp) * self.tp + tp
 
     def gpu(self, cluster: ClusterProfile, pp: int) -> GPUProfile:

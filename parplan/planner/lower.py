@@ -19,7 +19,7 @@ from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.planner.costing import Coster, ring_allreduce_s
 from parplan.planner.degrees import Degrees, slowest
-from parplan.planner.experts import a2a_seconds, stage_phases
+from parplan.planner.experts import AllToAll, a2a_seconds, stage_phases
 from parplan.planner.memory import MemoryModel
 from parplan.planner.units import UnitGraph
 from parplan.schedule.ir import Action, Kind, Schedule
@@ -109,6 +109,7 @@ def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: De
     cut = units.cut_bytes(list(stage_of_unit))
     stage_costs: list[StageCost] = []
     unit_costs = []
+    a2a = _a2a_by_rank(coster, cluster, degrees)
     for s in range(num_stages):
         ops = [op for u in members[s] for op in units.units[u].ops]
         c = coster.ops(ops, device[s])
@@ -116,7 +117,7 @@ def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: De
         xfer = 0.0
         if s + 1 < num_stages and rank_of[s] != rank_of[s + 1]:
             xfer = transfer_time(cut.get(s, 0), degrees.pp_link(cluster, rank_of[s], rank_of[s + 1]))
-        phases = _phases(ops, coster, cluster, degrees, device[s], family.ranks_of_stage(s, n), memory.mode)
+        phases = _phases(ops, coster, a2a, device[s], family.ranks_of_stage(s, n), memory.mode)
         comm_f = phases.total("forward") - c.forward_s if phases else 0.0
         comm_i = phases.total("backward_input") - c.backward_input_s if phases else 0.0
         stage_costs.append(StageCost(forward=c.forward_s + comm_f, backward_input=c.backward_input_s + comm_i,
@@ -129,14 +130,31 @@ def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: De
                   static_bytes=tuple(static), dp_sync_s=dp_sync, gpu_names=tuple(g.name for g in gpus))
 
 
-def _phases(ops, coster: Coster, cluster: ClusterProfile, degrees: Degrees, gpu: GPUProfile, ranks, mode: str):
+def _a2a_by_rank(coster: Coster, cluster: ClusterProfile, degrees: Degrees) -> list[dict[str, AllToAll]]:
+    """Per pipeline rank, each MoE layer's all-to-alls (costed once per distinct layer shape)."""
+    if degrees.ep == 1:
+        return []
+    out = []
+    for r in range(degrees.pp):
+        by_shape: dict[tuple, AllToAll] = {}
+        row = {}
+        for layer in coster.traced.moe_layers:
+            shape = (layer.tokens, layer.top_k, layer.hidden, layer.dtype_bytes, layer.dispatch_bytes,
+                     layer.route_nodes)
+            if shape not in by_shape:
+                by_shape[shape] = a2a_seconds(layer, degrees, cluster, r)
+            row[layer.path] = by_shape[shape]
+        out.append(row)
+    return out
+
+
+def _phases(ops, coster: Coster, a2a: list[dict[str, AllToAll]], gpu: GPUProfile, ranks, mode: str):
     """The stage's parts around its MoE all-to-alls (None without EP or MoE layers): each
     all-to-all costed on the slowest of the pipeline ranks holding the stage."""
-    if degrees.ep == 1 or not coster.traced.moe_layers:
+    if not a2a or not coster.traced.moe_layers:
         return None
-    a2a = {layer.path: max(a2a_seconds(layer, degrees, cluster, r) for r in ranks)
-           for layer in coster.traced.moe_layers}
-    return stage_phases(ops, coster, gpu, a2a, mode)
+    slowest = {path: max((a2a[r][path] for r in ranks), key=lambda a: a.total) for path in a2a[0]}
+    return stage_phases(ops, coster, gpu, slowest, mode)
 
 
 def _static_and_sync(unit_costs, family: Family, degrees: Degrees, cluster: ClusterProfile,

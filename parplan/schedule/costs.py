@@ -192,17 +192,13 @@ class PipelineCosts:
 
     def cell_parts(self, atoms: tuple[tuple[int, str], ...]):
         """The cell's parts timed on the compute and communication lanes (offsets from its start)."""
-        parts = [action_parts(self._phases_of(s), k) for s, k in atoms]
-        if not self.communicates:
-            return in_line(parts)
-        return _cached_lay_out(tuple(tuple(p) for p in parts), self.comm_slowdown)
+        key = tuple((self._phases_of(s), k) for s, k in atoms)
+        return _laid_out(key, self.comm_slowdown if self.communicates else None)
 
     def _phases_of(self, stage: int) -> StagePhases:
         ph = self.phases[stage] if self.phases is not None else None
         if ph is None:  # one stretch of compute per kind
-            ph = StagePhases((Segment("compute", self.forward[stage], "F"),),
-                             (Segment("compute", self.backward_input[stage], "I"),),
-                             (Segment("compute", self.backward_weight[stage], "W"),))
+            ph = _compute_only(self.forward[stage], self.backward_input[stage], self.backward_weight[stage])
         return ph
 
     def to_dict(self) -> dict:
@@ -232,8 +228,17 @@ class PipelineCosts:
 
 
 @functools.lru_cache(maxsize=65536)
-def _cached_lay_out(parts, slowdown: float):
-    return tuple(lay_out(parts, comm_slowdown=slowdown))
+def _laid_out(atoms: tuple[tuple[StagePhases, str], ...], slowdown: float | None):
+    """Memoised on the atoms' phases (hashed once each): a planner prices the same stage
+    pairs in every problem it builds. `slowdown` None: in line, nothing to overlap."""
+    parts = [action_parts(ph, kind) for ph, kind in atoms]
+    return tuple(in_line(parts) if slowdown is None else lay_out(parts, comm_slowdown=slowdown))
+
+
+@functools.lru_cache(maxsize=4096)
+def _compute_only(forward: float, backward_input: float, backward_weight: float) -> StagePhases:
+    return StagePhases((Segment("compute", forward, "F"),), (Segment("compute", backward_input, "I"),),
+                       (Segment("compute", backward_weight, "W"),))
 
 
 _COST_KEYS = {"F": "f", "I": "i", "W": "w", "FB": "fb", "C": "c", "B": "b"}

@@ -111,6 +111,9 @@ class Schedule:
     model_stage: tuple[int, ...] = None  # type: ignore[assignment]
     num_ranks: int = field(init=False)
     num_stages: int = field(init=False)
+    # stage -> (previous, next) stage on its chain (None at the ends), built once: the
+    # simulator asks for every action
+    _neighbours: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -126,6 +129,11 @@ class Schedule:
                 f"schedule {self.name!r}: chains {self.chains} must cover stages 0..{num_stages - 1} "
                 f"exactly once"
             )
+        neighbours = {}
+        for chain in self.chains:
+            for k, st in enumerate(chain):
+                neighbours[st] = (chain[k - 1] if k > 0 else None, chain[k + 1] if k + 1 < len(chain) else None)
+        set_("_neighbours", neighbours)
         if len(self.model_stage) != num_stages:
             raise ParplanError(f"schedule {self.name!r}: model_stage needs one entry per stage")
         bad = [s for s, r in enumerate(self.stage_to_rank) if not 0 <= r < self.num_ranks]
@@ -150,14 +158,14 @@ class Schedule:
         return all(a.kind is Kind.F for o in self.orders for x in o for a in x.atoms)
 
     def prev_stage(self, stage: int) -> int | None:
-        chain = self._chain_of(stage)
-        k = chain.index(stage)
-        return chain[k - 1] if k > 0 else None
+        if stage not in self._neighbours:
+            self._chain_of(stage)  # raises naming the stage
+        return self._neighbours[stage][0]
 
     def next_stage(self, stage: int) -> int | None:
-        chain = self._chain_of(stage)
-        k = chain.index(stage)
-        return chain[k + 1] if k + 1 < len(chain) else None
+        if stage not in self._neighbours:
+            self._chain_of(stage)
+        return self._neighbours[stage][1]
 
     def _chain_of(self, stage: int) -> tuple[int, ...]:
         for chain in self.chains:

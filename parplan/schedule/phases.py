@@ -22,8 +22,9 @@ take streaming multiprocessors from compute: DeepSeek-V3 gives 20 of an H800's 1
 
 from __future__ import annotations
 
+import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 from parplan.errors import ParplanError
@@ -79,11 +80,17 @@ def _check_parts(parts: Parts, where: str, *, offset_ok: int = 0) -> None:
 @dataclass(frozen=True, slots=True)
 class StagePhases:
     """A stage's parts for one micro-batch. A W part may wait for I parts: its `after`
-    holds negative numbers −(k+1) for I part k (its layer's input gradient)."""
+    holds negative numbers −(k+1) for I part k (its layer's input gradient).
+
+    Hashed once (cells are laid out per pair of stages, memoised on their phases)."""
 
     forward: Parts
     backward_input: Parts
     backward_weight: Parts = ()
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __post_init__(self) -> None:
         for name in ("forward", "backward_input", "backward_weight"):
@@ -93,6 +100,7 @@ class StagePhases:
         _check_parts(self.backward_weight, "backward_weight", offset_ok=len(self.backward_input))
         if any(s.lane == COMM for s in self.backward_weight):
             raise ParplanError("a weight-gradient part communicates: W is compute only (its reduce runs after the step)")
+        object.__setattr__(self, "_hash", hash((self.forward, self.backward_input, self.backward_weight)))
 
     @property
     def communicates(self) -> bool:
@@ -218,34 +226,43 @@ def lay_out(atom_parts: Sequence[Sequence[tuple[Segment, tuple[int, ...]]]], *, 
 
 
 def _simulate_lanes(nodes: list[_Node], slowdown: float) -> list[PlacedSegment]:
-    done: dict[int, float] = {}
+    """Event by event: at each part's end, every lane left free starts its best ready part."""
+    succ: list[list[int]] = [[] for _ in nodes]
+    waiting = [len(n.preds) for n in nodes]
+    for k, n in enumerate(nodes):
+        for p in n.preds:
+            succ[p].append(k)
+    ready: dict[Lane, list] = {COMPUTE: [], COMM: []}
+    for k, n in enumerate(nodes):
+        if not waiting[k]:
+            heapq.heappush(ready[n.seg.lane], (-n.tail, n.atom, k))
     start: dict[int, float] = {}
-    running: dict[Lane, tuple[int, float] | None] = {COMPUTE: None, COMM: None}  # (node, work left)
+    done: dict[int, float] = {}
+    running: dict[Lane, list | None] = {COMPUTE: None, COMM: None}  # [node, work left]
     t = 0.0
     while len(done) < len(nodes):
         for lane in (COMM, COMPUTE):  # comm first: a compute part's rate depends on it
-            if running[lane] is None:
-                ready = [k for k, n in enumerate(nodes) if k not in start and n.seg.lane == lane
-                         and all(p in done for p in n.preds)]
-                if ready:
-                    k = min(ready, key=lambda k: (-nodes[k].tail, nodes[k].atom, k))
-                    start[k] = t
-                    running[lane] = (k, nodes[k].seg.seconds)
+            if running[lane] is None and ready[lane]:
+                k = heapq.heappop(ready[lane])[2]
+                start[k] = t
+                running[lane] = [k, nodes[k].seg.seconds]
         rate = 1.0 / (1.0 + slowdown) if running[COMM] is not None else 1.0
-        steps = []
-        if running[COMM] is not None:
-            steps.append(running[COMM][1])
+        steps = [running[COMM][1]] if running[COMM] is not None else []
         if running[COMPUTE] is not None:
             steps.append(running[COMPUTE][1] / rate)
         dt = min(steps)
         t += dt
         for lane, r in ((COMM, 1.0), (COMPUTE, rate)):
-            if running[lane] is not None:
-                k, left = running[lane]
-                left -= dt * r
-                if left <= 1e-15 * max(1.0, t):
-                    done[k] = t
-                    running[lane] = None
-                else:
-                    running[lane] = (k, left)
+            job = running[lane]
+            if job is None:
+                continue
+            job[1] -= dt * r
+            if job[1] <= 1e-15 * max(1.0, t):
+                k = job[0]
+                done[k] = t
+                running[lane] = None
+                for q in succ[k]:
+                    waiting[q] -= 1
+                    if not waiting[q]:
+                        heapq.heappush(ready[nodes[q].seg.lane], (-nodes[q].tail, nodes[q].atom, q))
     return [PlacedSegment(n.atom, n.seg.lane, n.seg.label, start[k], done[k]) for k, n in enumerate(nodes)]

@@ -79,6 +79,7 @@ def validate(
 def _structure(schedule: Schedule) -> list[Violation]:
     out: list[Violation] = []
     m = schedule.microbatches_per_chain
+    forward_only = schedule.forward_only  # a scan of every action: once, not per (stage, micro-batch)
     seen: Counter = Counter()
     position: dict[tuple[int, Kind, int], tuple[int, int]] = {}
     for r, order in enumerate(schedule.orders):
@@ -109,7 +110,7 @@ def _structure(schedule: Schedule) -> list[Violation]:
             where = (schedule.stage_to_rank[s], None)
             if f == 0:
                 out.append(Violation("V3", f"{s}F{j} is missing", *where))
-            if schedule.forward_only:
+            if forward_only:
                 continue
             if not ((b == 1 and i == w == 0) or (b == 0 and i == 1 and w == 1)):
                 out.append(Violation(

@@ -35,11 +35,8 @@ class MoELayer:
     dtype_bytes: int
     routed_ops: tuple[str, ...]  # program order; the dispatch precedes the first, the combine follows the last
     expert_params: tuple[str, ...]  # parameter names of the routed experts
-
-    def a2a_bytes(self, ep: int) -> float:
-        """Bytes one rank sends in one dispatch (or combine) all-to-all over `ep` ranks: every
-        token goes to top_k experts, (ep − 1) / ep of them on other ranks."""
-        return self.tokens * self.top_k * self.hidden * self.dtype_bytes * (ep - 1) / ep
+    route_nodes: int = 0  # > 0: node-limited routing (a token's experts on at most this many nodes)
+    dispatch_bytes: int = 0  # > 0: bytes per element of the forward dispatch (1: FP8); else dtype_bytes
 
 
 def _expert_params(module: nn.Module, path: str, experts: int) -> tuple[str, ...]:
@@ -84,5 +81,6 @@ def find_moe_layers(model: nn.Module, nodes: Sequence[OpNode]) -> tuple[MoELayer
                             capacity_factor=float(load.get("capacity_factor", 1.0)),
                             tokens=numel // x.shape[-1] if x.shape else 1, hidden=x.shape[-1] if x.shape else 1,
                             dtype_bytes=max(1, x.nbytes // max(1, numel)), routed_ops=routed,
-                            expert_params=params))
+                            expert_params=params, route_nodes=int(load.get("route_nodes", 0)),
+                            dispatch_bytes=int(load.get("dispatch_bytes", 0))))
     return tuple(out)

@@ -68,14 +68,15 @@ _REGISTRY: dict[str, _Entry] = {
         inputs=_decoder_inputs,
     ),
     # DeepSeek-V3 shape (MLA replaced by GQA attention of the same head count and dims):
-    # 61 layers, first 3 dense, 256 routed experts of width 2048, 1 shared, top-8.
+    # 61 layers, first 3 dense, 256 routed experts of width 2048, 1 shared, top-8; its
+    # node-limited routing (at most 4 nodes per token) and FP8 dispatch (technical report §3.2.2).
     "deepseek-moe": _Entry(
         config_cls=DecoderConfig,
         model_cls=Decoder,
         defaults=dict(
             vocab=129280, hidden=7168, heads=128, kv_heads=128, head_dim=128, layers=61,
             intermediate=18432, experts=256, top_k=8, expert_hidden=2048, shared_experts=1,
-            first_dense_layers=3,
+            first_dense_layers=3, route_nodes=4, dispatch_bytes=1,
         ),
         inputs=_decoder_inputs,
     ),

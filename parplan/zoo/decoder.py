@@ -39,6 +39,8 @@ class DecoderConfig:
     first_dense_layers: int = 0
     capacity_factor: float = 1.0
     routing: str = "auto"
+    route_nodes: int = 0  # > 0: node-limited routing, a token's experts on at most this many nodes
+    dispatch_bytes: int = 0  # > 0: the EP dispatch's bytes per element (1: FP8, as DeepSeek-V3)
     dtype: str = "bfloat16"
 
     def __post_init__(self) -> None:
@@ -57,6 +59,9 @@ class DecoderConfig:
                 raise ParplanError(f"top_k={self.top_k} must be in [1, experts={self.experts}]")
             if self.expert_hidden < 1:
                 raise ParplanError(f"expert_hidden={self.expert_hidden} must be >= 1 when experts > 0")
+            if self.route_nodes < 0 or self.dispatch_bytes < 0:
+                raise ParplanError(f"route_nodes={self.route_nodes}, dispatch_bytes={self.dispatch_bytes} must be "
+                                   f">= 0 (0: unlimited / the model dtype)")
             if self.capacity_factor <= 0:
                 raise ParplanError(f"capacity_factor={self.capacity_factor} must be > 0 (1.0 = perfectly balanced)")
         if self.routing not in ("auto", "expected", "dynamic"):
@@ -87,6 +92,8 @@ class DecoderLayer(nn.Module):
                 shared_experts=cfg.shared_experts,
                 capacity_factor=cfg.capacity_factor,
                 routing=cfg.routing,
+                route_nodes=cfg.route_nodes,
+                dispatch_bytes=cfg.dispatch_bytes,
             )
         else:
             self.mlp = SwiGLU(cfg.hidden, cfg.intermediate)

@@ -139,6 +139,8 @@ class MoE(nn.Module):
         shared_experts: int = 0,
         capacity_factor: float = 1.0,
         routing: str = "auto",
+        route_nodes: int = 0,
+        dispatch_bytes: int = 0,
     ) -> None:
         super().__init__()
         self.experts, self.top_k, self.routing = experts, top_k, routing
@@ -149,10 +151,15 @@ class MoE(nn.Module):
         self.w_up = nn.Parameter(torch.randn(experts, hidden, expert_hidden) * scale)
         self.w_down = nn.Parameter(torch.randn(experts, expert_hidden, hidden) / math.sqrt(expert_hidden))
         self.shared = SwiGLU(hidden, shared_experts * expert_hidden) if shared_experts else None
+        # How expert parallelism would move tokens (parplan.trace.moe): route_nodes > 0 is
+        # DeepSeek-V3's node-limited routing (a token's experts span at most that many nodes);
+        # dispatch_bytes > 0 sends the dispatch in that many bytes per element (1: FP8).
         self.parplan_expected_load = {
             "experts": experts,
             "top_k": top_k,
             "capacity_factor": capacity_factor,
+            "route_nodes": route_nodes,
+            "dispatch_bytes": dispatch_bytes,
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
