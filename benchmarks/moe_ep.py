@@ -44,7 +44,7 @@ DEEPSEEK_16L = ("deepseek-moe:layers=16,hidden=2048,heads=16,kv_heads=16,head_di
 CASES = [
     ("EP 8 (one node per stage)", DEEPSEEK_16L, 4096, "h100x16", 64, Degrees(pp=2, dp=8, tp=1, ep=8)),
     ("EP 16 (two nodes per stage)", DEEPSEEK_16L, 4096, "h100x32", 128, Degrees(pp=2, dp=16, tp=1, ep=16)),
-    ("EP 8 of DP 16, PP4", DEEPSEEK_16L, 4096, "h100x64", 256, Degrees(pp=4, dp=16, tp=1, ep=8)),
+    ("EP 32 (four nodes per stage)", DEEPSEEK_16L, 4096, "h100x64", 256, Degrees(pp=2, dp=32, tp=1, ep=32)),
 ]
 ANCHORS = ("dualpipe", "dualpipev", "zb-v", "combined-1f1b")
 IN_LINE = ("1f1b", "zb-h1", "zb-h2", "zb-v", "interleaved-1f1b")
@@ -112,6 +112,42 @@ def run_case(name, spec, seq, cluster_name, microbatches, degrees, work) -> dict
     }
 
 
+DEEPSEEK_V3 = "deepseek-moe"  # the zoo's full shape: 61 layers, 256 experts top-8, node-limited, FP8 dispatch
+
+
+def run_deepseek_v3(work: float, memory_limit: float | None) -> dict:
+    """The full DeepSeek-V3 shape on 2048 H800s: parplan's own search over PP × EP × DP (TP 1,
+    as DeepSeek trains), and DeepSeek's published layout (PP16 × EP64, ZeRO-1 DP, DualPipe)."""
+    zoo = load_model(DEEPSEEK_V3, batch=1, seq=4096)
+    traced = trace(zoo.model, zoo.example_inputs)
+    cluster = load_cluster("h800x2048")
+    out = {"case": "DeepSeek-V3 on h800x2048", "microbatches": 4096, "memory_limit": memory_limit}
+    for label, config in (
+            ("search", PlannerConfig(microbatches=4096, work=work, tp=1, memory_limit=memory_limit)),
+            ("deepseek layout", PlannerConfig(microbatches=4096, work=work, degrees=Degrees(pp=16, dp=128, tp=1),
+                                              ep=64, families=("dualpipe",), memory_limit=memory_limit))):
+        started = time.perf_counter()
+        result = plan_traced(traced, cluster, config)
+        out[label] = {"planning_s": time.perf_counter() - started, "degrees": str(result.best.placed.degrees),
+                      "considered": len(result.reports["degrees_considered"]),
+                      "rows": {"parplan": row(result.best), **{e.label: row(e) for e in result.baselines}},
+                      "degrees_of": {e.label: str(e.placed.degrees) for e in [result.best, *result.baselines]}}
+    return out
+
+
+def print_deepseek_v3(c: dict) -> None:
+    cap = "the devices' HBM" if c["memory_limit"] is None else f"{c['memory_limit'] / 2**30:.0f} GiB"
+    print(f"\n### {c['case']}, seq 4096, M={c['microbatches']}, memory cap {cap}\n")
+    print("| run | schedule | degrees | step (s) | a2a/rank (s) | hidden | peak (GiB) | fits | planning (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label in ("search", "deepseek layout"):
+        run = c[label]
+        for name, r in sorted(run["rows"].items(), key=lambda kv: kv[1]["step_s"]):
+            hidden = "-" if r["hidden"] is None else f"{r['hidden']:.0%}"
+            print(f"| {label} | {name} | {run['degrees_of'][name]} | {r['step_s']:.3f} | {r['a2a_per_rank_s']:.3f} | "
+                  f"{hidden} | {r['peak_gib']:.1f} | {'yes' if r['fits'] else 'NO'} | {run['planning_s']:.1f} |")
+
+
 def print_case(c: dict) -> None:
     print(f"\n### {c['case']}: {c['degrees']} on {c['cluster']}, seq {c['seq']}, M={c['microbatches']} "
           f"(planned in {c['planning_s']:.1f} s)\n")
@@ -133,14 +169,22 @@ def main() -> None:
     parser.add_argument("--effort", default="normal")
     parser.add_argument("--only", nargs="*", default=None, help="case names (substring match)")
     parser.add_argument("--json", default=None, help="write every number here")
+    parser.add_argument("--deepseek-v3", action="store_true", help="also the full DeepSeek-V3 shape on 2048 H800s")
+    parser.add_argument("--deepseek-effort", default="quick")
+    parser.add_argument("--deepseek-memory-gib", type=float, default=None,
+                        help="memory cap for the DeepSeek-V3 runs (default: the devices' HBM)")
     args = parser.parse_args()
     work = effort_work(args.effort)
     out = []
     for case in CASES:
-        if args.only and not any(o in case[0] for o in args.only):
+        if args.only is not None and not any(o in case[0] for o in args.only):
             continue
         out.append(run_case(*case, work=work))
         print_case(out[-1])
+    if args.deepseek_v3:
+        cap = None if args.deepseek_memory_gib is None else args.deepseek_memory_gib * 2**30
+        out.append(run_deepseek_v3(effort_work(args.deepseek_effort), cap))
+        print_deepseek_v3(out[-1])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

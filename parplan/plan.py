@@ -211,6 +211,16 @@ class Plan:
     def microbatch_size(self) -> int:
         return self.model.batch // self.num_microbatches
 
+    def overlap_note(self) -> str | None:
+        """What a run cannot reproduce of the prediction: the all-to-alls its F&B cells hide.
+        The runtime executes a cell's two halves one after the other, each all-to-all in line."""
+        cells = sum(1 for order in self.schedule.orders for a in order if a.sub_actions)
+        if not cells or not self.costs.communicates:
+            return None
+        return (f"note: the prediction hides all-to-alls under the other micro-batch's compute inside {cells} F&B "
+                f"cells; parplan run executes each cell's halves one after the other (dispatch and combine in "
+                f"line), so a run measures the in-line time of those cells, not the overlap")
+
     def stages_of_rank(self, rank: int) -> tuple[StagePlan, ...]:
         return tuple(st for st in self.stages if st.rank == rank)
 

@@ -3,6 +3,7 @@ expert memory, and the errors for EP that cannot apply."""
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -131,7 +132,6 @@ def test_a_link_without_all_to_all_bandwidth_is_refused_for_ep(tmp_path, moe):
     _, traced = moe
     text = _profile("h100x16").read_text()
     stripped = "\n".join(line for line in text.splitlines() if "all_to_all_compute" not in line)
-    import re
     stripped = re.sub(r", all_to_all_bandwidth: \{[^}]*\}", "", stripped)
     path = tmp_path / "noa2a.yaml"
     path.write_text(stripped)
@@ -149,12 +149,15 @@ def _profile(name):
     return PROFILE_DIR / f"{name}.yaml"
 
 
-def test_plan_json_records_the_ep_degree(tmp_path):
+def test_plan_json_records_the_ep_degree_and_show_says_cells_run_in_line(tmp_path):
     out = tmp_path / "p.json"
-    proc = _cli("plan", MOE, "--cluster", "h100x16", "--seq", "128", "-m", "16", "--pp", "2", "--ep", "4",
-                "--effort", "quick", "--quiet", "-o", str(out), tmp_path=tmp_path)
+    proc = _cli("plan", MOE, "--cluster", "h100x16", "--seq", "128", "-m", "64", "--pp", "2", "--ep", "4",
+                "--placement", "dualpipe", "--effort", "quick", "--quiet", "-o", str(out), tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(out.read_text())
     assert plan["solver"]["planning"]["expert_parallel"] == 4
     assert "EP4" in plan["solver"]["upper"]["degrees"]
     assert plan["costs"]["phases"] is not None
+    assert any("OVERLAP_F_B" in a for order in plan["schedule"]["orders"] for a in order)
+    shown = _cli("show", str(out), tmp_path=tmp_path)
+    assert shown.returncode == 0 and "executes each cell's halves one after the other" in shown.stdout

@@ -8,8 +8,6 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import pytest
 
 from parplan.compare import compare
 from parplan.render._draw import format_memory, format_time
@@ -24,14 +22,6 @@ GIB = 2**30
 SECONDS = PipelineCosts(forward=(1e-3, 1.5e-3, 1e-3, 2e-3), backward_input=(1e-3, 2e-3, 1e-3, 2e-3),
                         backward_weight=(5e-4, 1e-3, 5e-4, 1e-3), transfer=(2.5e-4, 5e-4, 2.5e-4, 0.0),
                         activation=(2 * GIB, 3 * GIB, 2 * GIB, GIB), params=(GIB, GIB, GIB, GIB))
-
-
-@pytest.fixture
-def figures():
-    made = []
-    yield made
-    for fig in made:
-        plt.close(fig)
 
 
 def _patches(ax, gid):

@@ -13,7 +13,6 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pytest
 from matplotlib.colors import to_rgba
 
@@ -55,14 +54,6 @@ def _costs(num_stages: int, *, phases: bool = True, transfer: float = 0.1) -> Pi
                          backward_weight=per("backward_weight"), transfer=(transfer,) * num_stages,
                          activation=(1.0,) * num_stages, params=(1.0,) * num_stages,
                          phases=tuple(ph) if phases else None, comm_slowdown=0.15)
-
-
-@pytest.fixture
-def figures():
-    made = []
-    yield made
-    for fig in made:
-        plt.close(fig)
 
 
 def _slices(trace: dict, **match) -> list[dict]:

@@ -80,6 +80,8 @@ def run_run(args) -> int:
     other = _other_machine(plan, measured.device)
     if other:
         lines.append(other)
+    if plan.overlap_note():
+        lines.append(plan.overlap_note())
     lines.append(f"loss {measured.loss:.6f}")
     if args.check:
         diff = compare_with_reference(measured, reference_step(plan, seed=args.seed))

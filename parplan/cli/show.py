@@ -36,6 +36,8 @@ def plan_summary(plan) -> str:
     p = plan.predicted
     lines.append(f"predicted step time {p.step_time:.6g} {unit}, bubble ratio {p.bubble_ratio:.1%}, "
                  f"peak activation per rank {[round(x, 4) for x in p.peak_activation_per_rank]} {plan.memory_unit}")
+    if plan.overlap_note():
+        lines.append(plan.overlap_note())
     for level, report in plan.solver.items():
         lines.append(f"solver {level}: {json.dumps(report)}")
     return "\n".join(lines) + "\n"

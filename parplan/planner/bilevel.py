@@ -637,7 +637,10 @@ def _lower_mip(start: Evaluated, run: _Search, work: float) -> Evaluated | None:
     if run.stop.expired():
         run.stop.fired(f"the lower-level MIP on {placed.family.name}")
         return None
+    # with all-to-alls to hide, (F; I) cells too: the W then runs apart, filling the compute
+    # lane where another all-to-all would leave it idle
     options = MipOptions(placement=placed.family.name, memory_cap=run.cap - max(placed.static_bytes),
+                         cells="any" if placed.costs.communicates else "fb",
                          work=max(0.05, work), seed=config.seed, workers=config.workers,
                          time_limit=None if run.stop.seconds is None else max(1e-6, run.stop.left()))
     try:
