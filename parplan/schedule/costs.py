@@ -62,6 +62,9 @@ class PipelineCosts:
     phases: tuple[StagePhases | None, ...] | None = None  # per stage, None: one stretch of compute
     comm_slowdown: float = 0.0  # compute runs 1 / (1 + this) slower beside an all-to-all
     num_stages: int = field(init=False)
+    # cell durations asked of these costs, by (stage, kind) atoms: the MIP and the simulator
+    # ask for the same pairs many times
+    _cells: dict = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         num_stages = len(self.forward)
@@ -185,10 +188,15 @@ class PipelineCosts:
 
     def cell_time(self, atoms: tuple[tuple[int, str], ...]) -> float:
         """An F&B cell running `atoms` ((stage, kind) of its plain actions) together."""
-        if not self.communicates:
-            fwd = sum(self.task_time(s, k) for s, k in atoms if k == "F")
-            return self.overlap(fwd, sum(self.task_time(s, k) for s, k in atoms if k != "F"))
-        return max((p.end for p in self.cell_parts(atoms)), default=0.0)
+        hit = self._cells.get(atoms)
+        if hit is None:
+            if not self.communicates:
+                fwd = sum(self.task_time(s, k) for s, k in atoms if k == "F")
+                hit = self.overlap(fwd, sum(self.task_time(s, k) for s, k in atoms if k != "F"))
+            else:
+                hit = max((p.end for p in self.cell_parts(atoms)), default=0.0)
+            self._cells[atoms] = hit
+        return hit
 
     def cell_parts(self, atoms: tuple[tuple[int, str], ...]):
         """The cell's parts timed on the compute and communication lanes (offsets from its start)."""
