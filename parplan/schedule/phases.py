@@ -70,11 +70,16 @@ class Segment:
 Parts = tuple[Segment, ...]
 
 
-def _check_parts(parts: Parts, where: str, *, offset_ok: int = 0) -> None:
+def _check_parts(parts: Parts, where: str, *, input_parts: int = 0) -> None:
+    """Each part waits only for earlier parts of its list; a W part may also name I part k
+    of the `input_parts` as −(k+1)."""
     for k, seg in enumerate(parts):
-        bad = [i for i in seg.waits_for(k) if not (0 <= i < k or (seg.after is not None and i < 0 and -i <= offset_ok))]
-        if bad:
-            raise ParplanError(f"{where} part {k} ({seg.label}) waits for part {bad[0]}: a part waits only for earlier parts")
+        for i in seg.waits_for(k):
+            earlier = 0 <= i < k
+            an_input_part = i < 0 and -i <= input_parts
+            if not (earlier or an_input_part):
+                raise ParplanError(f"{where} part {k} ({seg.label}) waits for part {i}: a part waits only for "
+                                   f"earlier parts (a W part also for I part k, written -(k+1))")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +102,7 @@ class StagePhases:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         _check_parts(self.forward, "forward")
         _check_parts(self.backward_input, "backward_input")
-        _check_parts(self.backward_weight, "backward_weight", offset_ok=len(self.backward_input))
+        _check_parts(self.backward_weight, "backward_weight", input_parts=len(self.backward_input))
         if any(s.lane == COMM for s in self.backward_weight):
             raise ParplanError("a weight-gradient part communicates: W is compute only (its reduce runs after the step)")
         object.__setattr__(self, "_hash", hash((self.forward, self.backward_input, self.backward_weight)))
