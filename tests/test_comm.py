@@ -170,3 +170,28 @@ def test_the_mip_prices_cells_as_the_simulator_does():
         assert problem.cell_duration(f, b, CellKind.FB) == round(want * problem.time_scale)
     assert not build_problem(placement="dualpipe", num_ranks=4, num_microbatches=8,
                              costs=without_comm(unequal(4))).cells_help
+
+
+# ---- the CLI's synthetic costs: --cost A2A=... --------------------------------------------------
+
+def test_cost_spec_a2a_makes_each_stage_an_moe_layer():
+    from parplan.schedule.costs import parse_cost_spec
+
+    spec = parse_cost_spec("F=1,I=1.2,W=0.8,A2A=0.6,SLOW=0.1")
+    assert spec == {"f": 1.0, "i": 1.2, "w": 0.8, "a2a": 0.6, "comm_slowdown": 0.1}
+    c = PipelineCosts.uniform(3, **spec)
+    assert c.communicates and c.forward == pytest.approx((1.6,) * 3) and c.backward_input == pytest.approx((1.8,) * 3)
+    assert c.phases[0].comm_seconds() == pytest.approx(1.2)
+    assert c.cell_time(((0, "F"), (1, "B"))) < c.forward[0] + c.backward(1)
+    assert not PipelineCosts.uniform(3, f=1, i=1, w=1).communicates
+
+
+def test_compare_with_all_to_alls_ranks_the_overlapping_schedules_first(capsys):
+    from parplan.cli import main
+
+    argv = ["compare", "--ranks", "4", "--microbatches", "8", "--cost", "F=1,I=1,W=1,C=0.05,A2A=0.8,SLOW=0.15",
+            "--schedules", "zb-v,dualpipe,combined-1f1b,interleaved-1f1b,mip", "--effort", "quick", "--json"]
+    assert main(argv) == 0
+    rows = {r["schedule"]: r["makespan"] for r in __import__("json").loads(capsys.readouterr().out)}
+    assert rows["dualpipe"] < rows["zb-v"] and rows["combined-1f1b"] < rows["interleaved-1f1b"]
+    assert rows["mip"] <= min(rows["dualpipe"], rows["zb-v"]) + 1e-9

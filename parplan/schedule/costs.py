@@ -113,21 +113,32 @@ class PipelineCosts:
         fb: float | None = None,
         activation: float = 1.0,
         params: float = 1.0,
+        a2a: float = 0.0,
+        comm_slowdown: float = 0.0,
     ) -> "PipelineCosts":
-        """Every stage alike. `fb` is the F&B cell duration (default F + I + W: no gain)."""
+        """Every stage alike. `fb` is the F&B cell duration (default F + I + W: no gain).
+
+        `a2a` > 0 makes each stage an MoE layer under expert parallelism: its F is attention
+        (F/2), a dispatch all-to-all (a2a/2), experts (F/2) and a combine (a2a/2); its I the
+        same parts reversed (I/2 each, the same all-to-alls); its W two halves, each after
+        its part's I. F and I then last F + a2a and I + a2a in line; cells can hide the
+        all-to-alls (`parplan.schedule.phases`)."""
         if num_stages < 1:
             raise ParplanError(f"num_stages = {num_stages} is invalid: need at least 1 stage")
         full = f + i + w
         ratio = 1.0 if fb is None else (fb / full if full > 0 else 1.0)
         n = num_stages
+        phases = (_moe_layer_phases(f, i, w, a2a),) * n if a2a > 0 else None
         return cls(
-            forward=(f,) * n,
-            backward_input=(i,) * n,
+            forward=(f + (a2a if phases else 0.0),) * n,
+            backward_input=(i + (a2a if phases else 0.0),) * n,
             backward_weight=(w,) * n,
             transfer=(c,) * n,
             activation=(activation,) * n,
             params=(params,) * n,
             overlap_ratio=ratio,
+            phases=phases,
+            comm_slowdown=comm_slowdown,
         )
 
     def scaled(self, factor: float) -> "PipelineCosts":
@@ -243,20 +254,33 @@ def _laid_out(atoms: tuple[tuple[StagePhases, str], ...], slowdown: float | None
     return tuple(in_line(parts) if slowdown is None else lay_out(parts, comm_slowdown=slowdown))
 
 
+def _moe_layer_phases(f: float, i: float, w: float, a2a: float) -> StagePhases:
+    """One MoE layer's parts (`PipelineCosts.uniform(a2a=...)`)."""
+    half = lambda x, label: Segment("compute", x / 2, label)  # noqa: E731
+    comm = lambda label: Segment("comm", a2a / 2, label)  # noqa: E731
+    return StagePhases(
+        forward=(half(f, "attention"), comm("dispatch"), half(f, "experts"), comm("combine")),
+        backward_input=(comm("combine"), half(i, "experts"), comm("dispatch"), half(i, "attention")),
+        backward_weight=(Segment("compute", w / 2, "experts", after=(-2,)),
+                         Segment("compute", w / 2, "attention", after=(-4,))))
+
+
 @functools.lru_cache(maxsize=4096)
 def _compute_only(forward: float, backward_input: float, backward_weight: float) -> StagePhases:
     return StagePhases((Segment("compute", forward, "F"),), (Segment("compute", backward_input, "I"),),
                        (Segment("compute", backward_weight, "W"),))
 
 
-_COST_KEYS = {"F": "f", "I": "i", "W": "w", "FB": "fb", "C": "c", "B": "b"}
-_COST_ITEM = re.compile(r"^\s*([A-Za-z]+)\s*=\s*([^,]+?)\s*$")
+_COST_KEYS = {"F": "f", "I": "i", "W": "w", "FB": "fb", "C": "c", "B": "b", "A2A": "a2a", "SLOW": "comm_slowdown"}
+_COST_ITEM = re.compile(r"^\s*([A-Za-z][A-Za-z0-9&]*)\s*=\s*([^,]+?)\s*$")
 
 
 def parse_cost_spec(spec: str) -> dict[str, float]:
     """Parse `F=1,I=1.2,W=0.8,FB=3,C=0.1` into keyword arguments of `PipelineCosts.uniform`.
 
-    `B=x` (full backward) without I/W splits it evenly; F&B may be written FB.
+    `B=x` (full backward) without I/W splits it evenly; F&B may be written FB. `A2A=x`: each
+    F and each I also runs x of MoE all-to-all (dispatch and combine) that cells can hide;
+    `SLOW=s`: compute beside an all-to-all runs 1 / (1 + s) as fast.
     """
     values: dict[str, float] = {}
     for item in spec.split(","):
@@ -270,7 +294,8 @@ def parse_cost_spec(spec: str) -> dict[str, float]:
         if key not in _COST_KEYS:
             raise ParplanError(
                 f"--cost key {match.group(1)!r} is unknown: use one of {sorted(_COST_KEYS)} "
-                f"(F forward, I backward-input, W backward-weight, B full backward, FB overlapped F&B cell, C transfer)"
+                f"(F forward, I backward-input, W backward-weight, B full backward, FB overlapped F&B cell, C transfer, "
+                f"A2A all-to-all per F and per I, SLOW compute slowdown beside an all-to-all)"
             )
         try:
             number = float(raw)
