@@ -30,7 +30,7 @@ from parplan.errors import ParplanError
 from parplan.sizes import format_bytes
 from parplan.planner.costing import Coster
 from parplan.planner.degrees import Degrees, candidate_degrees
-from parplan.planner.experts import a2a_seconds, check_ep, expert_counts
+from parplan.planner.experts import check_ep, expert_counts, layer_a2a
 from parplan.planner.events import Phase, PlanProgress, Step
 from parplan.planner.lower import (Evaluated, Placed, baseline_schedules, evaluate_schedule, parplan_schedules, place,
                                    stage_gpus)
@@ -432,7 +432,7 @@ def _promising_first(degree_list: list[Degrees], traced: TracedGraph, cluster: C
         static = config.memory.static_bytes(total.param_bytes - moved * routed.param_bytes,
                                             total.param_count - moved * routed.param_count, d.dp,
                                             expert_count=routed.param_count / d.ep, ep=d.ep) / (d.pp * d.tp)
-        a2a = sum(a2a_seconds(layer, d, cluster, 0).total for layer in traced.moe_layers) if d.ep > 1 else 0.0
+        a2a = sum(a.total for a in layer_a2a(traced, d, cluster, 0).values()) if d.ep > 1 else 0.0
         compute, comm = work / (d.pp * d.tp) * (1 + 0.05 * (d.tp.bit_length() - 1)), a2a / d.pp
         # an overlapping schedule hides the shorter of compute and all-to-all, all but its slowdown
         per_micro = max(compute, comm) + 0.2 * min(compute, comm)
@@ -469,11 +469,8 @@ def _unit_functions(graph: UnitGraph, coster: Coster, gpu_of, memory: MemoryMode
     run in line included —, and its static bytes."""
     units = graph.units
     a2a = _a2a_by_op(coster, degrees, cluster, memory.mode)
-    unit_a2a = [sum(a2a.get(op, 0.0) for op in u.ops) for u in units] if a2a else None
-    if unit_a2a is None:
-        cost = lambda u, s: coster.unit(units[u], gpu_of(s)).total_s  # noqa: E731
-    else:
-        cost = lambda u, s: coster.unit(units[u], gpu_of(s)).total_s + unit_a2a[u]  # noqa: E731
+    unit_a2a = [sum(a2a.get(op, 0.0) for op in u.ops) for u in units]
+    cost = lambda u, s: coster.unit(units[u], gpu_of(s)).total_s + unit_a2a[u]  # noqa: E731
 
     def static(u: int, s: int) -> float:
         c = coster.unit(units[u], gpu_of(s))  # parameter bytes do not depend on the device
@@ -489,9 +486,10 @@ def _a2a_by_op(coster: Coster, degrees: Degrees, cluster: ClusterProfile, mode: 
     if degrees.ep == 1:
         return {}
     out: dict[str, float] = {}
+    train = mode == "train"
+    a2a = layer_a2a(coster.traced, degrees, cluster, 0)
     for layer in coster.traced.moe_layers:
-        a = a2a_seconds(layer, degrees, cluster, 0)
-        train = mode == "train"
+        a = a2a[layer.path]
         for op, t in ((layer.routed_ops[0], a.dispatch + a.other * train), (layer.routed_ops[-1], a.other * (1 + train))):
             out[op] = out.get(op, 0.0) + t
     return out

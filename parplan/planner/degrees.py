@@ -67,10 +67,11 @@ def candidate_degrees(cluster: ClusterProfile, *, microbatches: int, max_pp: int
     """Every PP × DP × TP split whose replicas share the micro-batches evenly; with MoE
     layers of `experts` routed experts each, every EP degree dividing both DP and them
     (only `ep` when it is fixed)."""
-    out = _pp_dp_tp(cluster, microbatches=microbatches, max_pp=max_pp, fixed=fixed)
-    return [Degrees(pp=d.pp, dp=d.dp, tp=d.tp, ep=e) for d in out
-            for e in ([ep] if ep is not None and d.dp % ep == 0 else [] if ep is not None
-                      else expert_degrees(d.dp, experts))]
+    out = []
+    for d in _pp_dp_tp(cluster, microbatches=microbatches, max_pp=max_pp, fixed=fixed):
+        eps = expert_degrees(d.dp, experts) if ep is None else [ep] if d.dp % ep == 0 else []
+        out += [Degrees(pp=d.pp, dp=d.dp, tp=d.tp, ep=e) for e in eps]
+    return out
 
 
 def _pp_dp_tp(cluster: ClusterProfile, *, microbatches: int, max_pp: int, fixed: Degrees | None) -> list[Degrees]:

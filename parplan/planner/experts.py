@@ -42,7 +42,7 @@ from parplan.schedule.phases import COMM, COMPUTE, Segment, StagePhases
 from parplan.trace.graph import TracedGraph
 from parplan.trace.moe import MoELayer
 
-__all__ = ["AllToAll", "a2a_seconds", "stage_phases", "check_ep", "expert_counts"]
+__all__ = ["AllToAll", "a2a_seconds", "layer_a2a", "stage_phases", "check_ep", "expert_counts"]
 
 
 def expert_counts(traced: TracedGraph) -> tuple[int, ...]:
@@ -104,6 +104,19 @@ def a2a_seconds(layer: MoELayer, degrees: Degrees, cluster: ClusterProfile, pp_r
         return slowest
 
     return AllToAll(seconds(layer.dispatch_bytes or layer.dtype_bytes), seconds(layer.dtype_bytes))
+
+
+def layer_a2a(traced: TracedGraph, degrees: Degrees, cluster: ClusterProfile, pp_rank: int) -> dict[str, AllToAll]:
+    """Each MoE layer's all-to-alls at pipeline position `pp_rank`, by layer path (costed
+    once per distinct layer shape: a model's MoE layers are mostly alike)."""
+    by_shape: dict[tuple, AllToAll] = {}
+    out = {}
+    for layer in traced.moe_layers:
+        shape = (layer.tokens, layer.top_k, layer.hidden, layer.dtype_bytes, layer.dispatch_bytes, layer.route_nodes)
+        if shape not in by_shape:
+            by_shape[shape] = a2a_seconds(layer, degrees, cluster, pp_rank)
+        out[layer.path] = by_shape[shape]
+    return out
 
 
 def _require_a2a(cluster: ClusterProfile, link, tier: str, ep: int) -> None:

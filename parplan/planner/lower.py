@@ -19,7 +19,7 @@ from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.planner.costing import Coster, ring_allreduce_s
 from parplan.planner.degrees import Degrees, slowest
-from parplan.planner.experts import AllToAll, a2a_seconds, stage_phases
+from parplan.planner.experts import AllToAll, layer_a2a, stage_phases
 from parplan.planner.memory import MemoryModel
 from parplan.planner.units import UnitGraph
 from parplan.schedule.ir import Action, Kind, Schedule
@@ -131,21 +131,10 @@ def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: De
 
 
 def _a2a_by_rank(coster: Coster, cluster: ClusterProfile, degrees: Degrees) -> list[dict[str, AllToAll]]:
-    """Per pipeline rank, each MoE layer's all-to-alls (costed once per distinct layer shape)."""
+    """Per pipeline rank, each MoE layer's all-to-alls; none without EP."""
     if degrees.ep == 1:
         return []
-    out = []
-    for r in range(degrees.pp):
-        by_shape: dict[tuple, AllToAll] = {}
-        row = {}
-        for layer in coster.traced.moe_layers:
-            shape = (layer.tokens, layer.top_k, layer.hidden, layer.dtype_bytes, layer.dispatch_bytes,
-                     layer.route_nodes)
-            if shape not in by_shape:
-                by_shape[shape] = a2a_seconds(layer, degrees, cluster, r)
-            row[layer.path] = by_shape[shape]
-        out.append(row)
-    return out
+    return [layer_a2a(coster.traced, degrees, cluster, r) for r in range(degrees.pp)]
 
 
 def _phases(ops, coster: Coster, a2a: list[dict[str, AllToAll]], gpu: GPUProfile, ranks, mode: str):

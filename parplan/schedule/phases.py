@@ -158,6 +158,7 @@ class _Node:
     atom: int
     seg: Segment
     preds: list[int]
+    succ: list[int] = field(default_factory=list)
     tail: float = 0.0  # longest path from this part's start to its atom's end
 
 
@@ -166,12 +167,11 @@ def _nodes(atom_parts: Sequence[Sequence[tuple[Segment, tuple[int, ...]]]]) -> l
     for a, parts in enumerate(atom_parts):
         base = len(nodes)
         nodes += [_Node(a, seg, [base + i for i in preds]) for seg, preds in parts]
-    succ: list[list[int]] = [[] for _ in nodes]
     for k, n in enumerate(nodes):
         for p in n.preds:
-            succ[p].append(k)
-    for k in reversed(range(len(nodes))):  # successors come later in the list
-        nodes[k].tail = nodes[k].seg.seconds + max((nodes[m].tail for m in succ[k]), default=0.0)
+            nodes[p].succ.append(k)
+    for n in reversed(nodes):  # successors come later in the list
+        n.tail = n.seg.seconds + max((nodes[m].tail for m in n.succ), default=0.0)
     return nodes
 
 
@@ -181,8 +181,8 @@ def action_parts(phases: "StagePhases", kind: str) -> list[tuple[Segment, tuple[
     kind is "F", "I", "W" or "B" (I then W: a W part's negative `after` entries name I
     parts; a W part without `after` waits for the part before it, the first for the last I).
     """
-    def chain(parts: Parts, offset: int = 0) -> list[tuple[Segment, tuple[int, ...]]]:
-        return [(s, tuple(offset + i for i in s.waits_for(k) if i >= 0)) for k, s in enumerate(parts)]
+    def chain(parts: Parts) -> list[tuple[Segment, tuple[int, ...]]]:
+        return [(s, tuple(i for i in s.waits_for(k) if i >= 0)) for k, s in enumerate(parts)]
 
     if kind == "F":
         return chain(phases.forward)
@@ -221,22 +221,17 @@ def lay_out(atom_parts: Sequence[Sequence[tuple[Segment, tuple[int, ...]]]], *, 
     1 / (1 + comm_slowdown) while an all-to-all is in flight. The result is the faster of
     this layout and the parts in line.
     """
-    nodes = _nodes(atom_parts)
     serial = in_line(atom_parts)
-    if sum(1 for n in nodes if n.seg.lane == COMM and n.seg.seconds > 0) == 0 or len(atom_parts) < 2:
+    if len(atom_parts) < 2 or not any(seg.lane == COMM and seg.seconds > 0 for parts in atom_parts for seg, _ in parts):
         return serial
-    placed = _simulate_lanes(nodes, comm_slowdown)
+    placed = _simulate_lanes(_nodes(atom_parts), comm_slowdown)
     span = lambda ps: max((p.end for p in ps), default=0.0)  # noqa: E731
     return placed if span(placed) < span(serial) - 1e-15 else serial
 
 
 def _simulate_lanes(nodes: list[_Node], slowdown: float) -> list[PlacedSegment]:
     """Event by event: at each part's end, every lane left free starts its best ready part."""
-    succ: list[list[int]] = [[] for _ in nodes]
     waiting = [len(n.preds) for n in nodes]
-    for k, n in enumerate(nodes):
-        for p in n.preds:
-            succ[p].append(k)
     ready: dict[Lane, list] = {COMPUTE: [], COMM: []}
     for k, n in enumerate(nodes):
         if not waiting[k]:
@@ -266,7 +261,7 @@ def _simulate_lanes(nodes: list[_Node], slowdown: float) -> list[PlacedSegment]:
                 k = job[0]
                 done[k] = t
                 running[lane] = None
-                for q in succ[k]:
+                for q in nodes[k].succ:
                     waiting[q] -= 1
                     if not waiting[q]:
                         heapq.heappush(ready[nodes[q].seg.lane], (-nodes[q].tail, nodes[q].atom, q))

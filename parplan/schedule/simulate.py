@@ -97,13 +97,7 @@ def costs_for_schedule(schedule: Schedule, costs: PipelineCosts) -> PipelineCost
 def duration(action: Action, costs: PipelineCosts) -> float:
     if action.kind is Kind.OVERLAP_F_B:
         return costs.cell_time(cell_atoms(action))
-    s = action.stage
-    return {
-        Kind.F: costs.forward[s],
-        Kind.I: costs.backward_input[s],
-        Kind.W: costs.backward_weight[s],
-        Kind.B: costs.backward(s),
-    }[action.kind]
+    return costs.task_time(action.stage, action.kind.value)
 
 
 def cell_atoms(action: Action) -> tuple[tuple[int, str], ...]:
