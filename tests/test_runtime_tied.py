@@ -11,17 +11,17 @@ process count is launched once.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from parplan.runtime.chain import load_plan_model, plan_chain
-from parplan.runtime.launch import compare_with_reference, launch, reference_step
+from parplan.runtime.launch import compare_with_reference, reference_step
 from parplan.runtime.replicas import RunLayout, seeded_run
 from parplan.runtime.split import TiedWeight, default_pieces, export_graph, split_graph, tied_weights
 from parplan.runtime.stages import synthetic_batch
 from parplan.runtime.worker import LEARNING_RATE
+
+from _launched import launch_each_count, with_ep
 
 GPT = "gpt:hidden=32,heads=2,layers=4,vocab=64,max_positions=8,dtype=float32"  # tie_embeddings=true by default
 MOE = ("mixtral:vocab=64,hidden=16,heads=2,kv_heads=2,intermediate=32,top_k=2,expert_hidden=8,dtype=float32,"
@@ -60,11 +60,6 @@ def test_a_tied_weight_is_held_by_two_distinct_stages():
 
 
 # ---- equivalence under torchrun ---------------------------------------------------------
-def with_ep(plan, degree):
-    planning = {**plan.solver.get("planning", {}), "expert_parallel": degree}
-    return dataclasses.replace(plan, solver={**plan.solver, "planning": planning})
-
-
 def _plans() -> dict[int, dict]:
     return {
         2: {"gpt-1f1b-2": plan_chain(GPT, "1f1b", batch=4, seq=8, num_ranks=2, num_microbatches=2),
@@ -76,11 +71,7 @@ def _plans() -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def runs() -> dict:
-    out = {}
-    for nproc, plans in _plans().items():
-        measured = launch(list(plans.values()), nproc=nproc, steps=1, timeout_s=240)
-        out.update({name: (plan, m) for (name, plan), m in zip(plans.items(), measured)})
-    return out
+    return launch_each_count(_plans(), steps=1)
 
 
 # name: (tied weight, the pieces that read it, process count)
@@ -121,3 +112,12 @@ def test_the_v_places_both_copies_on_one_rank(runs):
     plan, measured = runs["gpt-zb-v-2"]
     (first, last) = measured.tied_copies["wte.weight"]
     assert (first.process, first.stage) == (0, 0) and (last.process, last.stage) == (0, plan.schedule.num_stages - 1)
+
+
+def test_the_run_report_names_each_copy(runs):
+    from parplan.cli.run import _tied
+
+    _, measured = runs["gpt-1f1b-4"]
+    (line,) = _tied(measured)
+    assert line == ("tied weight wte.weight: copies on stage 0 on process 0, stage 3 on process 3; gradients summed "
+                    "before each update; copies after the last step differ by at most 0")
