@@ -277,6 +277,12 @@ def _own_copies(module: fx.GraphModule, shared: dict[fx.Node, tuple[int, ...]], 
         if isinstance(value, nn.Parameter) and value.requires_grad:
             tied.append(TiedWeight(name=node.target, stages=readers))
         if k != readers[0]:
+            if type(holder) is not nn.Module:  # fx made a fresh holder unless it is a model module run whole
+                raise ParplanError(
+                    f"weight {node.target!r} is read by stages {list(readers)} but lives inside {owner!r}, a "
+                    f"module that runs whole (an MoE) on stage {k}: its copy cannot be made there; keep the "
+                    f"readers of {node.target!r} on one stage"
+                )
             copy = value.detach().clone()
             if isinstance(value, nn.Parameter):
                 holder.register_parameter(attr, nn.Parameter(copy, requires_grad=value.requires_grad))
