@@ -104,12 +104,6 @@ def test_explicit_split_must_cover_pieces_in_order():
                    split=[["wpe", "wte", "h.0", "h.1"], ["h.2", "h.3", "ln_f", "lm_head"]])
 
 
-def test_tied_embeddings_are_refused_when_split():
-    tied = GPT.replace("tie_embeddings=false", "tie_embeddings=true")
-    with pytest.raises(ParplanError, match="tied weights"):
-        plan_chain(tied, "1f1b", batch=8, seq=8, num_ranks=2, num_microbatches=4)
-
-
 def test_chain_plans_are_built_by_the_planners_function():
     import parplan.planner.api as planner_api
     import parplan.runtime.chain as chain

@@ -13,9 +13,11 @@ import torch
 
 from parplan.errors import ParplanError
 from parplan.runtime.chain import load_plan_model, plan_chain
-from parplan.runtime.launch import compare_with_reference, launch, reference_step
+from parplan.runtime.launch import compare_with_reference, reference_step
 from parplan.runtime.split import default_pieces, export_graph, split_graph
 from parplan.runtime.stages import stage_graphs, synthetic_batch
+
+from _launched import launch_each_count
 
 GPT = "gpt:hidden=32,heads=2,layers=4,vocab=64,max_positions=8,tie_embeddings=false,dtype=float32"
 TWO_TOWER = ("two-tower:image_size=8,patch=4,channels=3,vision_hidden=16,vision_heads=2,vision_layers=2,"
@@ -92,11 +94,7 @@ def _plans_four_ranks() -> dict:
 
 @pytest.fixture(scope="module")
 def runs() -> dict:
-    out = {}
-    for nproc, plans in ((2, _plans_two_ranks()), (4, _plans_four_ranks())):
-        measured = launch(list(plans.values()), nproc=nproc, steps=2, timeout_s=240)
-        out.update({name: (plan, m) for (name, plan), m in zip(plans.items(), measured)})
-    return out
+    return launch_each_count({2: _plans_two_ranks(), 4: _plans_four_ranks()}, steps=2)
 
 
 CASES = ["gpt-1f1b", "gpt-zb-v", "gpt-dualpipev", "two-tower-zb-v-branchy", "gpt-1f1b-4", "two-tower-1f1b-4-branchy"]

@@ -1,8 +1,8 @@
 """`parplan run` on a bad plan exits 2 before any process starts; a rank that fails anyway is named.
 
 Each broken plan is a valid chain plan edited the way a hand edit or another tool would
-break it (an order that lost an action, a piece renamed, moved or dropped, a model that
-ties weights across stages, the wrong rank count). The launcher is replaced by one that
+break it (an order that lost an action, a piece renamed, moved or dropped, the wrong rank
+count). The launcher is replaced by one that
 fails the test, so "exit 2" also proves no torchrun job was started. The last test injects
 a fault into rank 1 of a real 2-rank torchrun job.
 """
@@ -60,8 +60,6 @@ BROKEN = {
     "weight-owned-by-none": (lambda d: d["stages"][1]["pieces"].remove("h.1"), [],
                              "lies in no stage's pieces: the pieces must cover the model; add 'h.1'"),
     "piece-before-its-input": (_move_lm_head, [], "must follow the model's data flow"),
-    "tied-embeddings": (lambda d: d["model"].update(spec=TINY.replace("tie_embeddings=false", "tie_embeddings=true")),
-                        [], "tied weights"),
     "rank-count": (lambda d: None, ["--nproc", "3"], "--nproc 3 but the plan has 2 ranks"),
 }
 
@@ -78,21 +76,6 @@ def test_a_bad_plan_exits_2_before_any_process_starts(case, plan_data, tmp_path,
     assert code == 2, err
     assert err.startswith("parplan run: error: ") and phrase in err, err
     assert "Traceback" not in err
-
-
-def test_the_tie_rule_is_the_splitters_own(plan_data, tmp_path):
-    """The parent's refusal of tied weights is the message every rank's split would raise."""
-    from parplan.errors import ParplanError
-    from parplan.plan import Plan
-    from parplan.runtime.chain import load_plan_model
-    from parplan.runtime.stages import stage_graphs
-
-    data = json.loads(json.dumps(plan_data))
-    BROKEN["tied-embeddings"][0](data)
-    plan = Plan.from_dict(data)
-    zoo = load_plan_model(plan.model.spec, batch=plan.model.batch, seq=plan.model.seq, device="cpu")
-    with pytest.raises(ParplanError, match=r"weight 'lm_head.weight' is read by stages \[0, 1\] \(tied weights\)"):
-        stage_graphs(zoo.model, plan, zoo.example_inputs)
 
 
 FAULTY_MODEL = textwrap.dedent('''

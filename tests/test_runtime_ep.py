@@ -7,7 +7,6 @@ reference is one process on all replicas' rows. Each process count is launched o
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -18,10 +17,12 @@ from parplan.errors import ParplanError
 from parplan.runtime import launch as launch_module
 from parplan.runtime.chain import load_plan_model, plan_chain
 from parplan.runtime.expert_parallel import ExpertGroup, ExpertParallelMoE, expert_slices, to_expert_parallel
-from parplan.runtime.launch import compare_with_reference, launch, reference_step
+from parplan.runtime.launch import compare_with_reference, reference_step
 from parplan.runtime.split import default_pieces, export_graph, split_graph
 from parplan.runtime.stages import synthetic_batch
 from parplan.zoo.layers import MoE
+
+from _launched import launch_each_count, with_ep
 
 _TINY = "mixtral:vocab=64,hidden=16,heads=2,kv_heads=2,intermediate=32,top_k=2,expert_hidden=8,dtype=float32"
 SHARED = f"{_TINY},layers=2,experts=4,shared_experts=1"  # routed experts plus one shared expert
@@ -31,12 +32,6 @@ GPT = "gpt:hidden=32,heads=2,layers=2,vocab=64,max_positions=8,tie_embeddings=fa
 # zb-v places stages 0, 3 on rank 0 and 1, 2 on rank 1: MoEs on both pipeline ranks, split I/W backward
 V_SPLIT = [["embed", "layers.0"], ["layers.1"], ["layers.2"], ["norm", "lm_head"]]
 TOLERANCE = 1e-5
-
-
-def with_ep(plan, degree):
-    """`plan` with the EP degree where the planner puts it."""
-    planning = {**plan.solver.get("planning", {}), "expert_parallel": degree}
-    return dataclasses.replace(plan, solver={**plan.solver, "planning": planning})
 
 
 # ---- one process ------------------------------------------------------------------------
@@ -93,11 +88,7 @@ def _plans() -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def runs() -> dict:
-    out = {}
-    for nproc, plans in _plans().items():
-        measured = launch(list(plans.values()), nproc=nproc, steps=1, timeout_s=240)
-        out.update({name: (plan, m) for (name, plan), m in zip(plans.items(), measured)})
-    return out
+    return launch_each_count(_plans(), steps=1)
 
 
 CASES = {"pp1-ep2": (1, 2), "pp2-ep2-zb-v": (2, 2), "pp1-ep4": (1, 4)}  # name: (pipeline ranks, EP degree)

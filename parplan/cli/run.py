@@ -2,10 +2,11 @@
 
 A thin layer over parplan.runtime.launch. The plan is read and checked (format version,
 fields, orders) before anything else, then `launch` checks it against the model built from
-its spec on the meta device (process count, expert parallelism, stage pieces, tied
-weights): a bad plan exits 2 before a process is launched or a file is written. An
+its spec on the meta device (process count, expert parallelism, stage pieces, the
+split): a bad plan exits 2 before a process is launched or a file is written. An
 expert-parallel plan runs as several replicas of its pipeline; the report lists what each
-process was (replica, pipeline rank, EP rank, experts). A rank that fails anyway is reported
+process was (replica, pipeline rank, EP rank, experts), and a tied weight's line where its
+copies were and how far apart they ended. A rank that fails anyway is reported
 as `rank R failed: Type: message` and the exit status; `--debug` also prints every failed
 rank's traceback (they are saved in a file the message names).
 """
@@ -70,6 +71,7 @@ def run_run(args) -> int:
     lines = [f"{plan.schedule.name}: {args.nproc} processes on {measured.device}, {args.steps} steps, "
              f"step times {[round(t, 5) for t in measured.step_seconds]} s"]
     lines += _replicas(plan, measured)
+    lines += _tied(measured)
     if plan.time_unit == "s":
         ratio = measured.step_time / plan.predicted.step_time if plan.predicted.step_time else float("inf")
         lines.append(f"predicted step time {plan.predicted.step_time:.6g} s, measured {measured.step_time:.6g} s "
@@ -107,6 +109,17 @@ def _replicas(plan, measured) -> list[str]:
         lines.append(f"note: the plan's data_parallel={planned} is not what ran: parplan run runs as many replicas "
                      f"of the pipeline as the plan's expert-parallel degree ({replicas}), so the measured step's "
                      f"gradient sync spans {replicas} replica{'s' * (replicas != 1)}, not {planned}")
+    return lines
+
+
+def _tied(measured) -> list[str]:
+    """One line per tied weight: where its copies were and whether they ended equal."""
+    lines = []
+    for name, copies in measured.tied_copies.items():
+        drift = max(float((c.value - copies[0].value).abs().max()) for c in copies)
+        where = ", ".join(f"stage {c.stage} on process {c.process}" for c in copies)
+        lines.append(f"tied weight {name}: copies on {where}; gradients summed before each update; "
+                     f"copies after the last step differ by at most {drift:.3g}")
     return lines
 
 

@@ -21,6 +21,7 @@ from parplan.planner.costing import Coster, ring_allreduce_s
 from parplan.planner.degrees import Degrees, slowest
 from parplan.planner.experts import AllToAll, layer_a2a, stage_phases
 from parplan.planner.memory import MemoryModel
+from parplan.planner.tied import TiedCopies, tied_copies, tied_sync_s, with_copies
 from parplan.planner.units import UnitGraph
 from parplan.schedule.ir import Action, Kind, Schedule
 from parplan.schedule.placement import Family
@@ -110,9 +111,11 @@ def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: De
     stage_costs: list[StageCost] = []
     unit_costs = []
     a2a = _a2a_by_rank(coster, cluster, degrees)
+    stage_ops = [[op for u in members[s] for op in units.units[u].ops] for s in range(num_stages)]
+    tied = tied_copies(coster.traced, stage_ops)  # tied weights: a copy on every stage reading one
     for s in range(num_stages):
-        ops = [op for u in members[s] for op in units.units[u].ops]
-        c = coster.ops(ops, device[s])
+        ops = stage_ops[s]
+        c = with_copies(coster.ops(ops, device[s]), s, tied, tp=coster.tp)
         unit_costs.append(c)
         xfer = 0.0
         if s + 1 < num_stages and rank_of[s] != rank_of[s + 1]:
@@ -125,7 +128,7 @@ def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: De
                                      params=c.param_bytes, transfer=xfer, phases=phases))
     costs = placement_costs(stage_costs, transfer_contention=gpus[0].efficiency.transfer_contention,
                             comm_slowdown=cluster.a2a_compute_slowdown or 0.0, mode=memory.mode)
-    static, dp_sync = _static_and_sync(unit_costs, family, degrees, cluster, memory)
+    static, dp_sync = _static_and_sync(unit_costs, family, degrees, cluster, memory, tied)
     return Placed(units=units, degrees=degrees, family=family, stage_of_unit=tuple(stage_of_unit), costs=costs,
                   static_bytes=tuple(static), dp_sync_s=dp_sync, gpu_names=tuple(g.name for g in gpus))
 
@@ -147,10 +150,11 @@ def _phases(ops, coster: Coster, a2a: list[dict[str, AllToAll]], gpu: GPUProfile
 
 
 def _static_and_sync(unit_costs, family: Family, degrees: Degrees, cluster: ClusterProfile,
-                     memory: MemoryModel) -> tuple[list[float], float]:
+                     memory: MemoryModel, tied: tuple[TiedCopies, ...]) -> tuple[list[float], float]:
     """Per pipeline rank: parameters + gradients + optimizer state; and the gradient sync
-    after the pipeline drains: dense gradients all-reduced over the dp replicas, routed
-    experts' over the dp / ep replicas holding the same experts (in turn: one link)."""
+    after the pipeline drains: the tied weights' sums over the pipeline ranks holding their
+    copies (parplan.planner.tied), then dense gradients all-reduced over the dp replicas,
+    routed experts' over the dp / ep replicas holding the same experts (in turn: one link)."""
     n = degrees.pp
     static = [0.0] * n
     dense = [0.0] * n
@@ -161,11 +165,12 @@ def _static_and_sync(unit_costs, family: Family, degrees: Degrees, cluster: Clus
                                              expert_count=c.expert_param_count, ep=degrees.ep)
             dense[r] += (c.param_bytes - c.expert_param_bytes) * memory.grad_bytes_per_param_byte
             experts[r] += c.expert_param_bytes * memory.grad_bytes_per_param_byte
+    tied_s = tied_sync_s(tied, family, degrees, cluster, memory)
     dp_link = degrees.dp_link(cluster)
     if memory.mode != "train" or dp_link is None:
-        return static, 0.0
+        return static, tied_s
     expert_dp = degrees.dp // degrees.ep
-    return static, max(ring_allreduce_s(d, degrees.dp, dp_link) + ring_allreduce_s(e, expert_dp, dp_link)
+    return static, tied_s + max(ring_allreduce_s(d, degrees.dp, dp_link) + ring_allreduce_s(e, expert_dp, dp_link)
                        for d, e in zip(dense, experts))
 
 

@@ -24,6 +24,9 @@ __all__ = [
     "to_expert_parallel",
     "ExpertGroup",
     "RunLayout",
+    "tied_weights",
+    "tied_groups",
+    "sum_tied_grads",
 ]
 
 _HOME = {
@@ -34,6 +37,7 @@ _HOME = {
     "measure_stage_costs": "measure",
     "to_expert_parallel": "expert_parallel", "ExpertGroup": "expert_parallel",
     "RunLayout": "replicas",
+    "tied_weights": "split", "tied_groups": "tied", "sum_tied_grads": "tied",
 }
 
 

@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ from parplan.runtime.chain import load_plan_model
 from parplan.runtime.replicas import ProcessRole, RunLayout, seeded_run
 from parplan.runtime.stages import stage_graphs, token_cross_entropy
 
-__all__ = ["Measured", "MeasuredAction", "WorkerFailure", "launch", "reference_step", "compare_with_reference",
+__all__ = ["Measured", "MeasuredAction", "TiedCopy", "WorkerFailure", "launch", "reference_step", "compare_with_reference",
            "check_runnable"]
 
 
@@ -40,6 +40,16 @@ class MeasuredAction:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class TiedCopy:
+    """One copy of a tied weight (parplan.runtime.tied) as a run left it."""
+
+    process: int  # global rank
+    stage: int
+    grad: torch.Tensor  # after step 0's tied sum (and replica mean), before its update
+    value: torch.Tensor  # after the last step's update
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Measured:
     """What one plan's run measured: step 0's losses and gradients, step times, the last step's timeline.
 
@@ -47,7 +57,8 @@ class Measured:
     replica's, replica by replica; `grads` are whole tensors named as in the model (an
     expert weight put together from its EP ranks' rows); `timeline` is replica 0's, one
     row per pipeline rank (the other replicas run the same orders); `processes` says what
-    each process was.
+    each process was. `tied_copies` holds every copy of each tied weight (parplan.runtime.tied),
+    by process then stage: its step-0 gradient and its value after the last step.
     """
 
     losses: tuple[float, ...]
@@ -56,6 +67,7 @@ class Measured:
     timeline: tuple[tuple[MeasuredAction, ...], ...]  # per pipeline rank (of replica 0), of the last step
     device: str
     processes: tuple[ProcessRole, ...] = ()  # by global rank
+    tied_copies: dict[str, tuple[TiedCopy, ...]] = field(default_factory=dict)
 
     @property
     def step_time(self) -> float:
@@ -74,7 +86,7 @@ def check_runnable(plan: Plan, nproc: int) -> None:
     The process count (pipeline ranks × the expert-parallel degree), one chain, a training
     plan, then against the model built from the plan's spec: expert parallelism (MoE layers
     whose experts the degree divides) and the runtime's own split (`stage_graphs`:
-    fingerprint, `check_pieces`, data-flow order, tied weights), run here exactly as every
+    fingerprint, `check_pieces`, data-flow order), run here exactly as every
     process will run it.
     """
     layout = RunLayout.of(plan)
@@ -210,7 +222,17 @@ def _collect(folder: Path, nproc: int) -> Measured:
         ),
         device=ranks[0]["device"],
         processes=roles,
+        tied_copies=_tied_copies(ranks),
     )
+
+
+def _tied_copies(ranks: list[dict]) -> dict[str, tuple[TiedCopy, ...]]:
+    copies: dict[str, list[TiedCopy]] = {}
+    for r, data in enumerate(ranks):
+        for name, by_stage in data["tied_copies"].items():
+            copies.setdefault(name, []).extend(TiedCopy(process=r, stage=stage, grad=grad, value=value)
+                                               for stage, (grad, value) in sorted(by_stage.items()))
+    return {name: tuple(parts) for name, parts in sorted(copies.items())}
 
 
 def _whole_grads(ranks: list[dict], roles: tuple[ProcessRole, ...]) -> dict[str, torch.Tensor]:

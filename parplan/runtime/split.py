@@ -5,8 +5,12 @@ Every graph node is given a stage:
 
   * a node inside a planned *piece* (a module path such as `h.3`) runs on that piece's
     stage — `nn_module_stack` says which module a node came from;
-  * a parameter or buffer (`get_attr`) goes to the one stage that reads it; a weight read
-    by two stages (tied embeddings) is refused — its two copies would need a gradient sum;
+  * a parameter or buffer (`get_attr`) goes to every stage that reads it. A parameter read
+    by several stages (GPT's tied `wte`/`lm_head`) is a *tied weight*: the first reader
+    keeps the model's tensor, each later one holds its own copy (same value, same name),
+    and `StageGraph.tied` records which stages share it, so the runtime can sum the
+    copies' gradients before the optimizer step (parplan.runtime.tied). A tied tensor is
+    read under the model's first name for it (`named_parameters()` order: `wte.weight`);
   * glue code outside every piece (`wte(idx) + wpe(pos)`) runs on the latest stage of its
     inputs, or, having none (`arange`), on the earliest stage of its users;
   * an MoE is one opaque call of the model's own module (parplan.runtime.opaque: its
@@ -36,9 +40,22 @@ from parplan.errors import ParplanError
 from parplan.runtime.opaque import (collapse_opaque_calls, module_path, opaque_path, stage_of_opaque_call,
                                     static_stand_ins)
 
-__all__ = ["StageGraph", "split_graph", "default_pieces", "check_pieces", "export_graph"]
+__all__ = ["StageGraph", "TiedWeight", "split_graph", "default_pieces", "check_pieces", "export_graph", "tied_weights"]
 
 _MODULE_LISTS = (nn.ModuleList, nn.Sequential)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TiedWeight:
+    """A parameter read by several stages: each holds a copy under `name`; their gradients are summed."""
+
+    name: str
+    stages: tuple[int, ...]  # the stages holding a copy, ascending (the first holds the model's tensor)
+
+    def __post_init__(self) -> None:
+        if len(self.stages) < 2 or list(self.stages) != sorted(set(self.stages)):
+            raise ParplanError(f"tied weight {self.name!r} on stages {list(self.stages)}: a tied weight is held "
+                               f"by two or more distinct stages, listed in ascending order")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -53,6 +70,12 @@ class StageGraph:
     input_meta: tuple[torch.Tensor, ...]  # meta-device tensors shaped like the inputs
     computes_on_tokens: bool  # a non-first stage reading a non-float input it receives (not just passing)
     output_meta: tuple[torch.Tensor, ...]  # … and like the outputs
+    tied: tuple[TiedWeight, ...] = ()  # the tied weights this stage holds a copy of, by name
+
+
+def tied_weights(graphs: Sequence[StageGraph]) -> tuple[TiedWeight, ...]:
+    """Every tied weight of a split, by name (the same order on every rank)."""
+    return tuple(sorted({t for g in graphs for t in g.tied}, key=lambda t: t.name))
 
 
 def _meta(node: fx.Node) -> torch.Tensor:
@@ -159,7 +182,29 @@ def export_graph(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
         ) from err
     gm = exported.module()
     collapse_opaque_calls(gm, model)
+    _read_tied_under_first_name(gm, model)
     return gm
+
+
+def _read_tied_under_first_name(gm: fx.GraphModule, model: nn.Module) -> None:
+    """Make every `get_attr` of a tied tensor read it under the model's first name for it.
+
+    torch.export reads GPT's tied weight as `lm_head.weight` (its last name) while
+    `model.named_parameters()` and the trace (parplan.trace.capture) call it `wte.weight`;
+    with one name, stage gradients compare with a single-process run name by name.
+    """
+    first: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        first.setdefault(id(p), name)
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        try:
+            param = gm.get_parameter(node.target)
+        except AttributeError:  # a buffer or a constant: never tied by name
+            continue
+        node.target = first.get(id(param), node.target)
+    gm.recompile()
 
 
 def _piece_of(path: str, pieces: dict[str, int]) -> int | None:
@@ -171,8 +216,12 @@ def _piece_of(path: str, pieces: dict[str, int]) -> int | None:
     return None
 
 
-def _assign_stages(graph: fx.Graph, piece_stage: dict[str, int], num_stages: int) -> dict[fx.Node, int]:
+def _assign_stages(graph: fx.Graph, piece_stage: dict[str, int], num_stages: int
+                   ) -> tuple[dict[fx.Node, int], dict[fx.Node, tuple[int, ...]]]:
+    """Each node's stage, and the readers of each `get_attr` read by several stages (it is
+    copied onto all of them; its stage is the first)."""
     stage: dict[fx.Node, int] = {}
+    shared: dict[fx.Node, tuple[int, ...]] = {}
     # call_module nodes are the opaque calls (MoE); export's own (`_guards_fn`) run nowhere
     nodes = [n for n in graph.nodes if n.op != "output" and (n.op != "call_module" or opaque_path(n))]
     for node in nodes:
@@ -204,13 +253,42 @@ def _assign_stages(graph: fx.Graph, piece_stage: dict[str, int], num_stages: int
             stage[node] = 0 if node.op != "get_attr" else -1
             continue
         if node.op == "get_attr" and len(readers) > 1:
-            raise ParplanError(
-                f"weight {node.target!r} is read by stages {sorted(readers)} (tied weights); each stage must "
-                f"own its weights, or their gradients would need summing across ranks. Untie them "
-                f"(e.g. gpt:tie_embeddings=false) or keep the readers on one stage"
-            )
+            shared[node] = tuple(sorted(readers))
         stage[node] = min(readers)
-    return stage
+    return stage, shared
+
+
+def _own_copies(module: fx.GraphModule, shared: dict[fx.Node, tuple[int, ...]], k: int) -> tuple[TiedWeight, ...]:
+    """Give stage `k`'s module its own copy of each tensor it shares with an earlier stage.
+
+    The first reader keeps the model's tensor; a later one gets a clone (same value, same
+    name). Two stages on one rank (V placements) must not share a Parameter: PyTorch scales
+    each stage's gradients by 1/M on its own, which would scale a shared one twice, and
+    the tied sum (parplan.runtime.tied) adds the copies' gradients explicitly. Returns the
+    tied weights (parameters that take gradients) the stage holds.
+    """
+    tied = []
+    for node, readers in shared.items():
+        if k not in readers:
+            continue
+        owner, _, attr = node.target.rpartition(".")
+        holder = module.get_submodule(owner)
+        value = getattr(holder, attr)
+        if isinstance(value, nn.Parameter) and value.requires_grad:
+            tied.append(TiedWeight(name=node.target, stages=readers))
+        if k != readers[0]:
+            if type(holder) is not nn.Module:  # fx made a fresh holder unless it is a model module run whole
+                raise ParplanError(
+                    f"weight {node.target!r} is read by stages {list(readers)} but lives inside {owner!r}, a "
+                    f"module that runs whole (an MoE) on stage {k}: its copy cannot be made there; keep the "
+                    f"readers of {node.target!r} on one stage"
+                )
+            copy = value.detach().clone()
+            if isinstance(value, nn.Parameter):
+                holder.register_parameter(attr, nn.Parameter(copy, requires_grad=value.requires_grad))
+            else:
+                setattr(holder, attr, copy)
+    return tuple(sorted(tied, key=lambda t: t.name))
 
 
 def _pass_along(graph: fx.Graph, value: fx.Node) -> fx.Node:
@@ -250,7 +328,7 @@ def split_graph(gm: fx.GraphModule, pieces_per_stage: list[list[str]]) -> list[S
             f"pieces {missing[:4]} run no operation in the traced model; name module paths of this model "
             f"(e.g. {sorted(k for k in known if k)[:4]})"
         )
-    stage = _assign_stages(gm.graph, piece_stage, num_stages)
+    stage, shared = _assign_stages(gm.graph, piece_stage, num_stages)
     output = next(n for n in gm.graph.nodes if n.op == "output")
     values = [n for n in gm.graph.nodes if n in stage and n.op != "get_attr" and stage[n] >= 0]
     last_read = {}
@@ -270,7 +348,7 @@ def split_graph(gm: fx.GraphModule, pieces_per_stage: list[list[str]]) -> list[S
             env[v] = graph.placeholder(v.name)
             env[v].meta = dict(v.meta)
         for node in gm.graph.nodes:
-            if node in stage and stage[node] == k and node.op != "placeholder":
+            if node in stage and (stage[node] == k or k in shared.get(node, ())) and node.op != "placeholder":
                 env[node] = graph.node_copy(node, lambda a: env[a])
         if k == num_stages - 1:
             (result,) = output.args
@@ -286,6 +364,7 @@ def split_graph(gm: fx.GraphModule, pieces_per_stage: list[list[str]]) -> list[S
             graph.output(tuple(results) if len(results) > 1 else results[0])
         graph.lint()
         module = fx.GraphModule(gm, graph, class_name=f"Stage{k}")
+        tied = _own_copies(module, shared, k)
         stages.append(StageGraph(
             index=k,
             module=module,
@@ -298,5 +377,6 @@ def split_graph(gm: fx.GraphModule, pieces_per_stage: list[list[str]]) -> list[S
                 for v in boundary[k]
             ),
             output_meta=output_meta,
+            tied=tied,
         ))
     return stages

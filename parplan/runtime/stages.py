@@ -58,7 +58,8 @@ def stage_graphs(model: nn.Module, plan: "Plan", example_inputs: tuple) -> list[
 
     `example_inputs` has the whole step's batch (`plan.model.batch`) on dim 0. The plan is
     checked first (one chain, the model's fingerprint, `check_pieces`), then the split's
-    own rules apply (data-flow order, tied weights). On a meta-device model this checks a
+    own rules apply (data-flow order; weights read by several stages are copied onto each,
+    `StageGraph.tied`). On a meta-device model this checks a
     plan without weights, as `launch` does before it starts a process.
     """
     _runnable(plan)
@@ -77,14 +78,17 @@ def stage_extras(model: nn.Module, plan: "Plan", example_inputs: tuple) -> list[
 
 def stages_for_rank(model: nn.Module, plan: "Plan", rank: int, *, example_inputs: tuple,
                     device: torch.device | str | None = None, group=None,
-                    expert_group: "ExpertGroup | None" = None) -> list:
+                    expert_group: "ExpertGroup | None" = None,
+                    graphs: "list[StageGraph] | None" = None) -> list:
     """This rank's `torch.distributed.pipelining.PipelineStage`s, in stage order.
 
     Every rank traces the whole model (cheap next to training) and keeps its own stages;
     their parameters are the model's own tensors under the model's own names. `rank` is
     the pipeline rank and `group` its pipeline's process group (None: the world). With
     `expert_group`, each stage's MoEs are swapped for expert-parallel ones on that group
-    (`to_expert_parallel`, after the split: the MoE is an opaque call there).
+    (`to_expert_parallel`, after the split: the MoE is an opaque call there). `graphs`:
+    this split's `stage_graphs`, when the caller already made them (it needs their tied
+    weights: a tied weight's copies need `parplan.runtime.tied.sum_tied_grads` each step).
     """
     from torch.distributed.pipelining import PipelineStage
 
@@ -92,7 +96,7 @@ def stages_for_rank(model: nn.Module, plan: "Plan", rank: int, *, example_inputs
 
     if not 0 <= rank < plan.num_ranks:
         raise ParplanError(f"rank {rank} is outside the plan's ranks 0..{plan.num_ranks - 1}")
-    graphs = stage_graphs(model, plan, example_inputs)
+    graphs = graphs if graphs is not None else stage_graphs(model, plan, example_inputs)
     device = torch.device(device) if device is not None else next(iter(model.parameters())).device
     # Shapes are static (the graph was traced at the micro-batch shape), so every stage gets
     # its input/output metadata up front: PyTorch then skips its run-time shape inference,

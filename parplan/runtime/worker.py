@@ -8,6 +8,8 @@ single-process reference get the same weights), keeps this process's stages, and
 followed by an SGD update each. A plan with expert-parallel degree e > 1 runs as e
 replicas of its pipeline (parplan.runtime.replicas: layout, data split, gradient mean),
 its MoEs split over each pipeline rank's replicas (parplan.runtime.expert_parallel).
+A weight read by several stages has a copy on each; their gradients are summed after
+the schedule, before the replica mean and the update (parplan.runtime.tied).
 It saves, per plan and process, `rank{r}.pt`:
 
   losses        the per-micro-batch losses of step 0 (last stage's process; else empty)
@@ -18,6 +20,8 @@ It saves, per plan and process, `rank{r}.pt`:
                 seconds from that step's start barrier; lane is "compute" or "comm"
   role          `ProcessRole` fields: rank, replica, pipeline_rank, ep_rank, ep_size, experts
   expert_slices {expert weight name: [first, end)}: the global experts its rows are
+  tied_copies   {tied weight name: {stage: (gradient after step 0's sum, value after the last
+                step)}} of the copies of tied weights it holds
   device        the torch device it ran on
 
 A rank that raises writes `errors/rank{r}.json` under `--out` before it exits:
@@ -44,9 +48,13 @@ from parplan.plan import Plan
 from parplan.runtime.expert_parallel import ExpertGroup, expert_slices
 from parplan.runtime.export import torch_schedule
 from parplan.runtime.replicas import ProcessRole, RunLayout, average_replica_grads, replica_groups, seeded_run
-from parplan.runtime.stages import stages_for_rank, token_cross_entropy
+from parplan.runtime.split import tied_weights
+from parplan.runtime.stages import stage_graphs, stages_for_rank, token_cross_entropy
+from parplan.runtime.tied import sum_tied_grads, tied_groups
 
-__all__ = ["main", "TimelineRecorder"]
+__all__ = ["main", "TimelineRecorder", "LEARNING_RATE"]
+
+LEARNING_RATE = 1e-3  # the SGD step's default (`--lr`)
 
 
 class TimelineRecorder:
@@ -117,7 +125,8 @@ class TimelineRecorder:
 
 
 def _build(plan: Plan, layout: RunLayout, role: ProcessRole, *, seed: int, device: torch.device, groups):
-    """This process's stages (MoEs swapped for EP ones with several replicas) and its replica's data."""
+    """This process's stages (MoEs swapped for EP ones with several replicas), its replica's data,
+    and the split's tied weights."""
     pipeline_group, replica_group = groups
     model, inputs, target = seeded_run(plan, layout, seed=seed)
     rows = layout.rows(role.replica)
@@ -126,9 +135,10 @@ def _build(plan: Plan, layout: RunLayout, role: ProcessRole, *, seed: int, devic
     if layout.num_replicas > 1:
         expert_group = ExpertGroup(group=replica_group, rank=role.replica, size=layout.num_replicas)
     model = model.to(device)
+    graphs = stage_graphs(model, plan, inputs)
     stages = stages_for_rank(model, plan, role.pipeline_rank, example_inputs=inputs, device=device,
-                             group=pipeline_group, expert_group=expert_group)
-    return stages, inputs, target
+                             group=pipeline_group, expert_group=expert_group, graphs=graphs)
+    return stages, inputs, target, tied_weights(graphs)
 
 
 def _run_plan(plan: Plan, out: Path, *, steps: int, seed: int, lr: float, device: torch.device) -> None:
@@ -141,33 +151,39 @@ def _run_plan(plan: Plan, out: Path, *, steps: int, seed: int, lr: float, device
     with replica_groups(layout, rank) as groups:
         role = ProcessRole(rank=rank, replica=replica, pipeline_rank=pipeline_rank, ep_rank=replica,
                            ep_size=layout.num_replicas)
-        stages, inputs, target = _build(plan, layout, role, seed=seed, device=device, groups=groups)
+        stages, inputs, target, tied = _build(plan, layout, role, seed=seed, device=device, groups=groups)
         named = [(name, p) for st in stages for name, p in st.submod.named_parameters()]
         experts = {name: span for st in stages for name, span in expert_slices(st.submod).items()}
         role = replace(role, experts=tuple(sorted(set(experts.values()))))
+        with tied_groups(plan, tied, layout, rank) as tied_sets:
 
-        def average() -> None:
-            if layout.num_replicas > 1:
-                average_replica_grads(named, group=groups[1], num_replicas=layout.num_replicas,
-                                      expert_names=set(experts))
+            def reduce() -> None:
+                # the tied sum first (across this replica's pipeline ranks), then the replica mean
+                sum_tied_grads(stages, tied_sets)
+                if layout.num_replicas > 1:
+                    average_replica_grads(named, group=groups[1], num_replicas=layout.num_replicas,
+                                          expert_names=set(experts))
 
-        record = _train(plan, stages, inputs, target, steps=steps, lr=lr, device=device, average=average)
+            record = _train(plan, stages, inputs, target, steps=steps, lr=lr, device=device, reduce=reduce,
+                            tied=[t.weight for t in tied_sets])
     out.mkdir(parents=True, exist_ok=True)
     torch.save({**record, "role": asdict(role), "expert_slices": experts, "device": str(device)},
                out / f"rank{rank}.pt")
 
 
 def _train(plan: Plan, stages: list, inputs: tuple, target: torch.Tensor, *, steps: int, lr: float,
-           device: torch.device, average) -> dict:
-    """`steps` steps of the plan's schedule, each followed by `average()` and an SGD update; what was measured."""
+           device: torch.device, reduce, tied: list) -> dict:
+    """`steps` steps of the plan's schedule, each followed by `reduce()` (tied sum, replica mean)
+    and an SGD update; what was measured, with every copy of the `tied` weights."""
     schedule = torch_schedule(plan, stages, loss_fn=token_cross_entropy)
-    params = [p for st in stages for p in st.submod.parameters()]
+    params = [p for st in stages for p in st.submod.parameters()]  # a tied weight's copies are distinct
     optimizer = torch.optim.SGD(params, lr=lr)
     recorder = TimelineRecorder(stages)
     has_first = any(st.is_first for st in stages)
     has_last = any(st.is_last for st in stages)
 
-    step_seconds, losses0, grads0 = [], [], {}
+    copies = [(t.name, st) for t in tied for st in stages if st.stage_index in t.stages]
+    step_seconds, losses0, grads0, tied_grads0 = [], [], {}, {}
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
         losses: list = []
@@ -177,7 +193,7 @@ def _train(plan: Plan, stages: list, inputs: tuple, target: torch.Tensor, *, ste
         with recorder.p2p_waits():
             schedule.step(*(inputs if has_first else ()), target=target if has_last else None,
                           losses=losses if has_last else None)
-        average()
+        reduce()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dist.barrier()
@@ -186,8 +202,15 @@ def _train(plan: Plan, stages: list, inputs: tuple, target: torch.Tensor, *, ste
             losses0 = [float(x) for x in losses]
             grads0 = {name: p.grad.detach().cpu().clone() for st in stages for name, p in st.submod.named_parameters()
                       if p.grad is not None}
+            tied_grads0 = {(name, st.stage_index): st.submod.get_parameter(name).grad.detach().cpu().clone()
+                           for name, st in copies}
         optimizer.step()
-    return {"losses": losses0, "grads": grads0, "step_seconds": step_seconds, "timeline": list(recorder.events)}
+    tied_copies: dict[str, dict] = {}
+    for name, st in copies:
+        value = st.submod.get_parameter(name).detach().cpu().clone()
+        tied_copies.setdefault(name, {})[st.stage_index] = (tied_grads0[name, st.stage_index], value)
+    return {"losses": losses0, "grads": grads0, "step_seconds": step_seconds, "timeline": list(recorder.events),
+            "tied_copies": tied_copies}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=LEARNING_RATE)
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -33,7 +33,7 @@ from torch import nn
 from parplan.errors import ParplanError
 from parplan.trace.blocks import find_repeated_blocks
 from parplan.trace.moe import find_moe_layers
-from parplan.trace.graph import OpKind, OpNode, TensorMeta, TracedGraph
+from parplan.trace.graph import OpKind, OpNode, SharedParam, TensorMeta, TracedGraph
 from parplan.trace.rules import ArgTensor, OpCall, apply_rule
 
 __all__ = ["trace", "UnknownOperatorWarning"]
@@ -496,9 +496,25 @@ def _build(
         blocks=tuple(blocks),
         notes=tuple(notes + _moe_notes(model)),
         moe_layers=find_moe_layers(model, tagged),
+        shared_params=_shared_params(calls, storage_bytes, params.unique),
         storage_bytes=storage_bytes,
         leaves=kept,
     )
+
+
+def _shared_params(calls: list[_Call], storage_bytes: dict[str, int],
+                   all_params: dict[str, nn.Parameter]) -> tuple[SharedParam, ...]:
+    """Parameters read by two or more calls, with their readers in program order (the
+    first is the one `_op_node` attributes the parameter to)."""
+    readers: dict[str, list[str]] = {}
+    for c in calls:
+        for t in c.call.tensors:
+            if t.param is not None and t.param in all_params:
+                ops = readers.setdefault(t.param, [])
+                if c.node.name not in ops:
+                    ops.append(c.node.name)
+    return tuple(SharedParam(name=p, readers=tuple(ops), param_bytes=storage_bytes[p],
+                             param_count=all_params[p].numel()) for p, ops in readers.items() if len(ops) > 1)
 
 
 # ---- pass 2: normalise ------------------------------------------------------------------------

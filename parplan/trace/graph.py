@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-__all__ = ["OpKind", "TensorMeta", "AttentionShape", "GemmShape", "OpNode", "RepeatedBlock", "TracedGraph"]
+__all__ = ["OpKind", "TensorMeta", "AttentionShape", "GemmShape", "OpNode", "RepeatedBlock", "SharedParam",
+           "TracedGraph"]
 
 
 class OpKind(str, enum.Enum):
@@ -102,6 +103,19 @@ class RepeatedBlock:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SharedParam:
+    """A parameter read by several operators (tied weights: GPT's `wte` and `lm_head`).
+
+    It is attributed to its first reader (`OpNode.params`); a pipeline stage holding another
+    reader but not the first holds a copy too, whose gradient is summed with the others'."""
+
+    name: str  # canonical (first) name
+    readers: tuple[str, ...]  # operator names in program order; readers[0] holds it in `params`
+    param_bytes: int
+    param_count: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TracedGraph:
     graph: nx.DiGraph = field(repr=False)  # node name -> {"op": OpNode}; edges carry bytes
     nodes: tuple[OpNode, ...] = field(repr=False)  # topological (program) order
@@ -119,6 +133,7 @@ class TracedGraph:
     capture_warnings: tuple[str, ...] = ()
     capture_warning_count: int = 0
     moe_layers: tuple = ()  # parplan.trace.moe.MoELayer per MoE layer, program order
+    shared_params: tuple[SharedParam, ...] = ()  # parameters read by two or more operators, program order
     # the captured torch.fx.GraphModule, kept so measured mode can replay operators
     program: object = field(repr=False, compare=False, default=None)
 
