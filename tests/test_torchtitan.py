@@ -236,3 +236,59 @@ def test_a_titan_spec_without_the_extra_names_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchtitan", None)  # import torchtitan now raises ImportError
     with pytest.raises(ParplanError, match=r"pip install 'parplan\[torchtitan\]'"):
         load_model("titan:llama3:debugmodel", batch=1, seq=8)
+
+
+# ---- the titan: zoo specs ------------------------------------------------------------------
+def test_traced_module_paths_are_torchtitans_fqns(titan):
+    from parplan.trace import trace
+    from parplan.zoo import load_model
+    from parplan.zoo.torchtitan import flavor_fqns, model_fqns
+
+    zoo = load_model("titan:llama3:debugmodel", batch=2, seq=16)
+    fqns = flavor_fqns("llama3", "debugmodel")
+    assert fqns == ("tok_embeddings", *(f"layers.{k}" for k in range(6)), "norm", "lm_head")
+    assert model_fqns(zoo.model) == fqns
+    traced = trace(zoo.model, zoo.example_inputs)
+    owners = {n.module_path for n in traced.nodes if n.params}
+    assert {p if not p.startswith("layers.") else ".".join(p.split(".")[:2]) for p in owners} == set(fqns)
+    # torchtitan's parameter names, unchanged by the tracing stand-ins
+    with __import__("torch").device("meta"):
+        theirs = {n for n, _ in titan.models.llama3.model_registry("debugmodel").model.build().named_parameters()}
+    assert {n for n, _ in zoo.model.named_parameters()} == theirs
+
+
+def test_deepseek_experts_are_costed_at_expected_load(titan):
+    """Routed experts: 3 GEMMs of [n, D] × [D, F] per expert, n = ceil(T·k / E) tokens each."""
+    import math
+
+    from parplan.trace import trace
+    from parplan.zoo import load_model
+
+    batch, seq = 3, 20  # T = 60 tokens: n = ceil(60 · 3 / 8) = 23, not a divisor of anything
+    zoo = load_model("titan:deepseek_v3:debugmodel", batch=batch, seq=seq)
+    traced = trace(zoo.model, zoo.example_inputs)
+    layers = {m.path: m for m in traced.moe_layers}
+    assert sorted(layers) == [f"layers.{k}.moe" for k in range(1, 6)]  # the first layer is dense
+    moe = layers["layers.1.moe"]
+    assert (moe.experts, moe.top_k, moe.tokens) == (8, 3, batch * seq)
+    n = math.ceil(batch * seq * 3 / 8)
+    routed = [node for node in traced.nodes if set(node.params) & set(moe.expert_params)]
+    flops = 3 * 2 * 8 * n * 256 * 256  # dim 256, moe hidden 256
+    assert sum(node.forward_flops for node in routed) == flops
+    # the weights are parameters of their GEMMs, so the weight gradient is costed too
+    assert sum(node.backward_weight_flops for node in routed) == sum(node.backward_input_flops for node in routed) == flops
+
+
+def test_titan_spec_options(titan):
+    from parplan.zoo import load_model
+    from parplan.zoo.torchtitan import model_fqns
+
+    short = load_model("titan:qwen3:debugmodel,layers=2,dtype=float32", batch=1, seq=8)
+    assert model_fqns(short.model)[1:3] == ("layers.0", "layers.1") and len(model_fqns(short.model)) == 5
+    assert {p.dtype for p in short.model.parameters()} == {__import__("torch").float32}
+    for spec, phrase in [("titan:llama3:debugmodel,layers=9", "give 1 … 6"),
+                         ("titan:llama3:huge", "has no config function 'llama3_huge'; flavors:"),
+                         ("titan:llama9:debugmodel", "torchtitan has no model 'llama9'"),
+                         ("titan:llama3:debugmodel,heads=2", "option 'heads' is unknown")]:
+        with pytest.raises(ParplanError, match=phrase):
+            load_model(spec, batch=1, seq=8)

@@ -112,9 +112,12 @@ def _expected_load_moe_class():
             n = expected_expert_tokens(b * s, experts=load["experts"], top_k=load["top_k"],
                                        capacity_factor=load["capacity_factor"])
             # Stand-in for the dispatch: each expert gets n tokens; which ones does not change the cost.
-            tokens = flat[:n].unsqueeze(0).expand(load["experts"], n, d)
-            hidden = F.silu(tokens @ experts.w1_EFD.transpose(-2, -1)) * (tokens @ experts.w3_EFD.transpose(-2, -1))
-            routed = ((hidden @ experts.w2_EDF.transpose(-2, -1)) * probs[:n].t().unsqueeze(-1)).sum(0)
+            # The weights ([E, out, in]) enter each GEMM untransposed, as the left operand of
+            # w @ tokens^T, so the tracer sees the parameter on the GEMM and costs its gradient.
+            tokens_t = flat[:n].t().unsqueeze(0).expand(load["experts"], d, n)
+            hidden_t = F.silu(torch.bmm(experts.w1_EFD, tokens_t)) * torch.bmm(experts.w3_EFD, tokens_t)
+            routed_t = torch.bmm(experts.w2_EDF, hidden_t)  # [E, d, n]
+            routed = (routed_t.transpose(-2, -1) * probs[:n].t().unsqueeze(-1)).sum(0)
             out = F.pad(routed, (0, 0, 0, b * s - n)).view(b, s, d)
             return out if self.shared_experts is None else out + self.shared_experts(x_BLD)
 
