@@ -292,3 +292,46 @@ def test_titan_spec_options(titan):
                          ("titan:llama3:debugmodel,heads=2", "option 'heads' is unknown")]:
         with pytest.raises(ParplanError, match=phrase):
             load_model(spec, batch=1, seq=8)
+
+
+# ---- fixed configurations: one rank, other placements, inference ---------------------------
+def _fixed_plan(schedule, pieces):
+    from parplan.planner.api import plan_from_schedule
+    from parplan.schedule.costs import PipelineCosts
+    from parplan.zoo import load_model
+
+    zoo = load_model("titan:llama3:debugmodel", batch=4, seq=16)
+    return plan_from_schedule(model=zoo.model, model_spec="titan:llama3:debugmodel", batch=4, seq=16,
+                              schedule=schedule, model_stage_pieces=pieces,
+                              costs=PipelineCosts.uniform(schedule.num_stages), time_unit="unit", memory_unit="unit")
+
+
+def test_a_one_rank_plan_exports_without_pipeline_arguments(titan, tmp_path):
+    from torchtitan.config.manager import ConfigManager
+
+    from parplan.baselines import build_baseline
+    from parplan.runtime.torchtitan_export import export_files
+    from parplan.zoo.torchtitan import flavor_fqns
+
+    plan = _fixed_plan(build_baseline("1f1b", 1, 2), [flavor_fqns("llama3", "debugmodel")])
+    files = export_files(plan, tmp_path)
+    assert sorted(Path(p).name for p in files) == ["README.md", "overrides.txt"]
+    args = files[str(tmp_path.resolve() / "overrides.txt")].split()
+    assert not [a for a in args if "pipeline_parallel_schedule" in a or "module_fqns" in a]
+    config = ConfigManager().parse_args(args)
+    assert config.parallelism.pipeline_parallel_degree == 1 and config.training.local_batch_size == 4
+
+
+def test_placements_torchtitan_cannot_name_and_inference_plans_are_refused(titan):
+    from parplan.baselines import build_baseline
+    from parplan.runtime.torchtitan_export import schedule_name, titan_job
+    from parplan.zoo.torchtitan import flavor_fqns
+
+    blocked = types.SimpleNamespace(num_ranks=2, num_stages=4, stage_to_rank=(0, 0, 1, 1))
+    with pytest.raises(ParplanError, match="--placement chain, loop or v"):
+        schedule_name(blocked)
+    fqns = flavor_fqns("llama3", "debugmodel")
+    plan = _fixed_plan(build_baseline("1f1b", 2, 4), [fqns[:5], fqns[5:]])
+    assert "--parallelism.pipeline_parallel_schedule=1F1B" in titan_job(plan, "s.csv").overrides
+    with pytest.raises(ParplanError, match="inference plan"):
+        titan_job(dataclasses.replace(plan, mode="inference"), "s.csv")

@@ -25,6 +25,7 @@ torchtitan cannot derive from a schedule name.
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,7 @@ def titan_job(plan: "Plan", csv_path: str) -> TitanJob:
             f"model instead, e.g. parplan plan titan:llama3:debugmodel")
     if plan.mode != "train":
         raise ParplanError("torchtitan.train runs training steps; this is an inference plan: plan with --mode train")
+    plan.schedule.require_one_chain()  # before the stage checks, which read the one chain
     model, flavor, _ = titan.parse_spec(plan.model.spec.removeprefix("titan:"))
     parts = stage_fqns(plan, titan.flavor_fqns(model, flavor))
     degrees = _degrees(plan)
@@ -183,11 +185,11 @@ def titan_job(plan: "Plan", csv_path: str) -> TitanJob:
                       "--training.disable_cuda_graphs"]  # torchtitan refuses CUDA graphs with PP
     elif plan.schedule.num_stages > 1:
         raise ParplanError(f"the plan runs {plan.schedule.num_stages} stages on one rank; torchtitan pipelines only "
-                           f"over two or more ranks: plan with --pp 1 placement chain, or --pp 2 or more")
+                           f"over two or more ranks: plan with --placement chain (one stage on the rank), or with --pp 2 or more")
     overrides += [f"--training.local_batch_size={plan.model.batch}", f"--training.seq_len={plan.model.seq}",
                   f"activation-checkpoint:{activation_checkpoint_mode(plan)}"]
-    world = degrees["pipeline_parallel_degree"] * _planned_degree(plan, "data_parallel") \
-        * degrees["tensor_parallel_degree"]
+    world = math.prod(degrees[k] for k in ("pipeline_parallel_degree", "data_parallel_replicate_degree",
+                                           "data_parallel_shard_degree", "tensor_parallel_degree"))
     return TitanJob(module=model, config=titan.config_name(model, flavor), world_size=world,
                     overrides=tuple(overrides), csv=text, stage_modules=tuple(tuple(p) for p in parts))
 
