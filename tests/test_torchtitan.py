@@ -14,6 +14,7 @@ need no torchtitan are in tests/test_cli_contract.py.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 import types
 from pathlib import Path
@@ -107,6 +108,12 @@ def test_config_manager_loads_the_exported_job(exported, name):
     assert Path(par.pipeline_parallel_schedule_csv) == folder.resolve() / "schedule.csv"
     assert config.activation_checkpoint is None  # plans without recomputation: activation-checkpoint:none
     assert [set(part) for part in par.module_fqns_per_model_part] == [set(st.pieces) for st in plan.stages]
+    # the README's launch command runs the same arguments on pp × dp × tp processes
+    readme = (folder / "README.md").read_text()
+    command = shlex.split(next(line for line in readme.splitlines() if line.startswith("torchrun ")))
+    world = plan.num_ranks * planning["data_parallel"] * planning["tensor_parallel"]
+    assert command[:4] == ["torchrun", f"--nproc_per_node={world}", "-m", "torchtitan.train"]
+    assert command[4:] == (folder / "overrides.txt").read_text().split()
 
 
 @pytest.mark.parametrize("name", list(CASES))
