@@ -302,13 +302,13 @@ def test_titan_spec_options(titan):
 
 
 # ---- fixed configurations: one rank, other placements, inference ---------------------------
-def _fixed_plan(schedule, pieces):
+def _fixed_plan(schedule, pieces, spec="titan:llama3:debugmodel"):
     from parplan.planner.api import plan_from_schedule
     from parplan.schedule.costs import PipelineCosts
     from parplan.zoo import load_model
 
-    zoo = load_model("titan:llama3:debugmodel", batch=4, seq=16)
-    return plan_from_schedule(model=zoo.model, model_spec="titan:llama3:debugmodel", batch=4, seq=16,
+    zoo = load_model(spec, batch=4, seq=16)
+    return plan_from_schedule(model=zoo.model, model_spec=spec, batch=4, seq=16,
                               schedule=schedule, model_stage_pieces=pieces,
                               costs=PipelineCosts.uniform(schedule.num_stages), time_unit="unit", memory_unit="unit")
 
@@ -342,3 +342,22 @@ def test_placements_torchtitan_cannot_name_and_inference_plans_are_refused(titan
     assert "--parallelism.pipeline_parallel_schedule=1F1B" in titan_job(plan, "s.csv").overrides
     with pytest.raises(ParplanError, match="inference plan"):
         titan_job(dataclasses.replace(plan, mode="inference"), "s.csv")
+
+
+def test_tied_weights_with_pipeline_and_cut_down_models_are_refused(titan):
+    """torchtitan 0.3 refuses weight tying under PP (qwen3's debug flavour ties them), and
+    builds every layer of a flavour (a layers= plan predicted another model)."""
+    from parplan.baselines import build_baseline
+    from parplan.runtime.torchtitan_export import titan_job
+    from parplan.zoo.torchtitan import flavor_fqns
+
+    fqns = flavor_fqns("qwen3", "debugmodel")
+    tied = _fixed_plan(build_baseline("1f1b", 2, 4), [fqns[:5], fqns[5:]], spec="titan:qwen3:debugmodel")
+    with pytest.raises(ParplanError, match=r"ties its embedding and output weights .* --pp 1"):
+        titan_job(tied, "s.csv")
+    whole = _fixed_plan(build_baseline("1f1b", 1, 2), [fqns], spec="titan:qwen3:debugmodel")
+    assert titan_job(whole, "s.csv").world_size == 1  # one rank: tying is torchtitan's to handle
+    short = flavor_fqns("llama3", "debugmodel")[:3] + ("norm", "lm_head")
+    cut = _fixed_plan(build_baseline("1f1b", 1, 2), [short], spec="titan:llama3:debugmodel,layers=2")
+    with pytest.raises(ParplanError, match=r"2 layers of the flavor; .*\(drop layers=\)"):
+        titan_job(cut, "s.csv")

@@ -168,12 +168,23 @@ def titan_job(plan: "Plan", csv_path: str) -> TitanJob:
     if plan.mode != "train":
         raise ParplanError("torchtitan.train runs training steps; this is an inference plan: plan with --mode train")
     plan.schedule.require_one_chain()  # before the stage checks, which read the one chain
-    model, flavor, _ = titan.parse_spec(plan.model.spec.removeprefix("titan:"))
-    parts = stage_fqns(plan, titan.flavor_fqns(model, flavor))
+    model, flavor, options = titan.parse_spec(plan.model.spec.removeprefix("titan:"))
+    if "layers" in options:
+        raise ParplanError(f"the plan is of {plan.model.spec!r}, {options['layers']} layers of the flavor; torchtitan "
+                           f"builds every layer of {titan.config_name(model, flavor)}, so plan the whole flavor "
+                           f"(drop layers=)")
+    model_config = titan.load_job_config(model, flavor).model_spec.model
+    fqns = titan.config_fqns(model_config)
     degrees = _degrees(plan)
     overrides = [f"--parallelism.{k}={v}" for k, v in degrees.items()]
-    text = ""
+    text, parts = "", [list(fqns)]  # one rank: torchtitan runs the whole model, the pieces do not matter
     if plan.num_ranks > 1:
+        if getattr(model_config, "enable_weight_tying", False):
+            raise ParplanError(
+                f"torchtitan's {titan.config_name(model, flavor)} ties its embedding and output weights "
+                f"(enable_weight_tying), and torchtitan 0.3 refuses weight tying with pipeline parallelism; "
+                f"plan it with --pp 1, or plan a flavour without tied weights")
+        parts = stage_fqns(plan, fqns)
         s = plan.schedule
         text = torch_csv(s)
         check_torch_csv(text, num_ranks=s.num_ranks, num_stages=s.num_stages,
@@ -185,7 +196,8 @@ def titan_job(plan: "Plan", csv_path: str) -> TitanJob:
                       "--training.disable_cuda_graphs"]  # torchtitan refuses CUDA graphs with PP
     elif plan.schedule.num_stages > 1:
         raise ParplanError(f"the plan runs {plan.schedule.num_stages} stages on one rank; torchtitan pipelines only "
-                           f"over two or more ranks: plan with --placement chain (one stage on the rank), or with --pp 2 or more")
+                           f"over two or more ranks: plan with --placement chain (one stage on the rank), or with "
+                           f"--pp 2 or more")
     overrides += [f"--training.local_batch_size={plan.model.batch}", f"--training.seq_len={plan.model.seq}",
                   f"activation-checkpoint:{activation_checkpoint_mode(plan)}"]
     world = math.prod(degrees[k] for k in ("pipeline_parallel_degree", "data_parallel_replicate_degree",

@@ -30,7 +30,7 @@ from parplan.zoo._config import ZooModel, parse_options, torch_dtype
 from parplan.zoo.layers import expected_expert_tokens
 
 __all__ = ["TITAN_MODELS", "EXTRA_HINT", "build", "config_name", "parse_spec", "load_job_config", "model_fqns",
-           "flavor_fqns"]
+           "config_fqns", "flavor_fqns"]
 
 # torchtitan model modules whose debug flavours are checked against torchtitan itself
 # (tests/test_torchtitan.py); others of `torchtitan.models` may trace too.
@@ -167,8 +167,12 @@ def model_fqns(model: torch.nn.Module) -> tuple[str, ...]:
     return tuple(out)
 
 
-def flavor_fqns(model: str, flavor: str) -> tuple[str, ...]:
-    """`model_fqns` of the model torchtitan's config function for MODEL:FLAVOR builds (meta device)."""
-    model_config = load_job_config(model, flavor).model_spec.model
+def config_fqns(model_config) -> tuple[str, ...]:
+    """`model_fqns` of the model a torchtitan model config builds (on the meta device)."""
     with torch.device("meta"):
         return model_fqns(model_config.build())
+
+
+def flavor_fqns(model: str, flavor: str) -> tuple[str, ...]:
+    """`model_fqns` of the model torchtitan's config function for MODEL:FLAVOR builds."""
+    return config_fqns(load_job_config(model, flavor).model_spec.model)
