@@ -37,7 +37,8 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def titan():
-    return pytest.importorskip("torchtitan", reason="the torchtitan extra is not installed: pip install -e '.[torchtitan]'")
+    return pytest.importorskip("torchtitan",
+                               reason="the torchtitan extra is not installed: pip install -e '.[torchtitan]'")
 
 
 @pytest.fixture(scope="module")

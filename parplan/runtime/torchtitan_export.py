@@ -3,24 +3,19 @@
 torchtitan 0.3 picks a job with `--module MODEL --config FUNCTION` (a Python config
 registry, `torchtitan.models.llama3.config_registry.llama3_debugmodel`) and takes every
 other setting as a `--section.field value` override of that config (tyro). A plan of a
-`titan:MODEL:FLAVOR` model (`parplan.zoo.torchtitan`) maps onto it as follows:
-
-| plan | torchtitan |
-|---|---|
-| pipeline ranks, DP, TP, EP degrees | `pipeline_parallel_degree`, `data_parallel_replicate_degree` / `_shard_degree`, `tensor_parallel_degree`, `expert_parallel_degree` |
-| schedule stage s's pieces | `module_fqns_per_model_part[s]` (one list per stage, in stage order) |
-| stage → rank placement | `pipeline_parallel_schedule`: the name whose rank map torchtitan derives is the plan's (`1F1B`: one stage per rank; `Interleaved1F1B`: loop; `ZBVZeroBubble`: V) |
-| the schedule | PyTorch's compute-only CSV, `pipeline_parallel_schedule_csv` |
-| batch, micro-batches, sequence | `training.local_batch_size` (one replica's batch), `pipeline_parallel_microbatch_size`, `training.seq_len` |
-| recomputation | the `activation-checkpoint:none|selective|full` subcommand (`activation_checkpoint_mode`) |
+`titan:MODEL:FLAVOR` model (`parplan.zoo.torchtitan`) maps onto it field by field
+(the table is in docs/torchtitan.md): the degrees; `module_fqns_per_model_part` from each
+schedule stage's pieces, in stage order; a schedule name whose stage → rank map torchtitan
+derives is the plan's (1F1B, Interleaved1F1B, ZBVZeroBubble); the schedule as PyTorch's
+CSV; the micro-batch size and one replica's batch; the activation-checkpoint mode.
 
 Data parallelism: parplan's replicas keep whole parameters (optionally ZeRO-1 optimizer
 shards, which torchtitan lacks), so DP maps to replication (`data_parallel_shard_degree 1`);
 with EP e, torchtitan borrows the experts' ranks from FSDP (`dp_shard · tp = efsdp · ep`),
 so the shard degree is e and the replicate degree DP / e. Refused (each a `ParplanError`):
 pieces that are not torchtitan module names, stages cut inside one, stages out of model
-order, a plan of fewer layers than the flavor, two chains (DualPipe) and placements
-torchtitan cannot derive from a schedule name.
+order, a plan of fewer layers than the flavor, tied weights under PP (torchtitan refuses
+them), two chains (DualPipe) and placements torchtitan cannot derive from a schedule name.
 """
 
 from __future__ import annotations
