@@ -160,7 +160,7 @@ def leaf_arg(p: argparse.ArgumentParser) -> None:
 def model_args(p: argparse.ArgumentParser) -> None:
     """The MODEL argument and the shape options `trace` and `profile` share."""
     p.add_argument("model", help="zoo name with options (gpt:hidden=4096,heads=32,layers=1), "
-                                 "path/to/file.py:factory, or hf:llama")
+                                 "path/to/file.py:factory, hf:llama or titan:llama3:debugmodel")
     p.add_argument("--batch", type=positive_int, default=1, help="micro-batch size (default 1)")
     p.add_argument("--seq", type=positive_int, default=1024, help="sequence length (default 1024)")
     leaf_arg(p)

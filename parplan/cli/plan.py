@@ -21,8 +21,8 @@ def add_parsers(sub) -> None:
         description="Trace MODEL, place its operators on the cluster's devices (upper-level MIP), schedule "
                     "every micro-batch's F/I/W (lower-level MIP) and compare with the expert schedules.")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                   help=f"zoo spec (gpt:layers=12, llama, mixtral, deepseek-moe, two-tower), path.py:factory "
-                        f"or hf:llama (default: {DEFAULT_MODEL})")
+                   help=f"zoo spec (gpt:layers=12, llama, mixtral, deepseek-moe, two-tower), path.py:factory, "
+                        f"hf:llama or titan:llama3:debugmodel (default: {DEFAULT_MODEL})")
     p.add_argument("--cluster", default="h100x8", help="cluster profile name or YAML file (default h100x8)")
     p.add_argument("--batch", type=positive_int, default=1, help="sequences per micro-batch (default 1)")
     p.add_argument("--seq", type=positive_int, default=1024, help="sequence length (default 1024)")

@@ -2,7 +2,8 @@
 
 `build("gpt", batch=8, seq=1024, hidden=4096, layers=1)` returns a `ZooModel` holding the
 module (on the meta device by default: no weights are materialised) and example inputs.
-`load_model(spec, ...)` also resolves `path/to/file.py:factory` and `hf:llama` specs.
+`load_model(spec, ...)` also resolves `path/to/file.py:factory`, `hf:llama` and
+`titan:llama3:debugmodel` (torchtitan's own models) specs.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ def _load_factory(path: str, factory: str, *, batch: int, seq: int, device: str,
 
 
 def load_model(spec: str, *, batch: int = 1, seq: int = 1024, device: str = "meta") -> ZooModel:
-    """Resolve a CLI model spec: `gpt:hidden=4096,layers=1`, `file.py:factory`, or `hf:llama`."""
+    """Resolve a CLI model spec: `gpt:hidden=4096,layers=1`, `file.py:factory`, `hf:llama` or
+    `titan:llama3:debugmodel`."""
     head, _, rest = spec.partition(":")
     if head.endswith(".py"):
         factory, _, opts = rest.partition(",")
@@ -149,6 +151,10 @@ def load_model(spec: str, *, batch: int = 1, seq: int = 1024, device: str = "met
 
         name, _, opts = rest.partition(",")
         return hf.build(name, batch=batch, seq=seq, device=device, **parse_options(opts))
+    if head == "titan":
+        from parplan.zoo import torchtitan  # lazy: torchtitan is an optional extra
+
+        return torchtitan.build(rest, batch=batch, seq=seq, device=device)
     return build(head, batch=batch, seq=seq, device=device, **parse_options(rest))
 
 
