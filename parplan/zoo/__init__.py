@@ -137,7 +137,7 @@ def _load_factory(path: str, factory: str, *, batch: int, seq: int, device: str,
 
 
 def load_model(spec: str, *, batch: int = 1, seq: int = 1024, device: str = "meta") -> ZooModel:
-    """Resolve a CLI model spec: `gpt:hidden=4096,layers=1`, `file.py:factory`, or `hf:llama`."""
+    """Resolve a CLI model spec: `gpt:hidden=4096,layers=1`, `file.py:factory`, or `hf:llama:layers=2`."""
     head, _, rest = spec.partition(":")
     if head.endswith(".py"):
         factory, _, opts = rest.partition(",")
@@ -147,8 +147,7 @@ def load_model(spec: str, *, batch: int = 1, seq: int = 1024, device: str = "met
     if head == "hf":
         from parplan.zoo import hf  # lazy: transformers is an optional extra
 
-        name, _, opts = rest.partition(",")
-        return hf.build(name, batch=batch, seq=seq, device=device, **parse_options(opts))
+        return hf.load(rest, batch=batch, seq=seq, device=device)
     return build(head, batch=batch, seq=seq, device=device, **parse_options(rest))
 
 
