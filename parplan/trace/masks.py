@@ -135,8 +135,8 @@ class MaskReader:
         if self._name(matmul) not in ("matmul", "bmm"):
             return None
         node, mask = matmul, None
-        while len(node.users) == 1:
-            user = next(iter(node.users))
+        while len(users := self._users(node)) == 1:
+            user = users[0]
             op = self._name(user)
             if op in ("softmax", "_softmax"):
                 return mask
@@ -149,6 +149,10 @@ class MaskReader:
                 return None
             node = user
         return None
+
+    def _users(self, node: torch.fx.Node) -> list[torch.fx.Node]:
+        # torch.export's `_assert_tensor_metadata` checks read a value without using it
+        return [u for u in node.users if not self._name(u).startswith("_assert")]
 
     def _back(self, node: torch.fx.Node) -> torch.fx.Node:
         """Walk back through elementwise steps to the node they start from."""

@@ -4,7 +4,8 @@ Two spellings: a short family name (`hf:llama`, `hf:qwen2-moe`, `hf:t5`, `hf:cli
 small defaults so tracing is fast, or any transformers config class (`hf:Qwen2MoeConfig`)
 with the class's own defaults. Options follow `:` or `,` (`hf:mixtral:layers=2,experts=4`):
 HF field names, or the zoo's short ones (`hidden`, `heads`, `layers`...); `text_config.X=v`
-and `vision_config.X=v` reach a sub-config. Nothing is downloaded: the config is built in code,
+and `vision_config.X=v` reach a sub-config; `attn_implementation=eager|sdpa` and
+`experts_implementation=grouped_mm|batched_mm` pick transformers' kernels. Nothing is downloaded: the config is built in code,
 the model on the meta device, with `use_cache=False`. The model class is the config's entry
 in transformers' auto mappings: causal LM, else sequence-to-sequence LM, else the base model
 (CLIPModel, SiglipModel).
@@ -80,6 +81,10 @@ _ALIASES = {"hidden": "hidden_size", "heads": "num_attention_heads", "kv_heads":
             "top_k": "num_experts_per_tok", "head_dim": "head_dim"}
 _EXPERT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts")  # what `experts=` sets
 _SUB_CONFIGS = ("text_config", "vision_config")
+# how transformers runs attention and experts (config constructor arguments, not fields). The
+# eager expert loop is left out: its per-expert token counts are data-dependent, and
+# torch.export cannot capture it on meta tensors.
+_IMPLEMENTATIONS = {"attn_implementation": ("sdpa", "eager"), "experts_implementation": ("grouped_mm", "batched_mm")}
 
 
 class KeywordInputs(nn.Module):
@@ -130,9 +135,16 @@ def build(name: str, *, batch: int, seq: int, device: str = "meta", **options: A
 def _config(cls: type, name: str, defaults: dict[str, Any], options: dict[str, Any], seq: int) -> Any:
     """The config: class defaults, then the family's, then the user's options, each checked
     to be a field of the (sub-)config it sets, so a misspelt option is an error."""
-    probe = cls()
+    probe, options = cls(), dict(options)
     top: dict[str, Any] = {k: v for k, v in defaults.items() if k not in _SUB_CONFIGS}
     subs: dict[str, dict[str, Any]] = {k: dict(v) for k, v in defaults.items() if k in _SUB_CONFIGS}
+    for key, allowed in _IMPLEMENTATIONS.items():
+        if key in options:
+            if options[key] not in allowed:
+                raise ParplanError(f"hf:{name} option {key}={options[key]}: use one of {', '.join(allowed)}"
+                                   + (" (the eager expert loop has data-dependent shapes torch.export cannot capture "
+                                      "on meta tensors)" if options[key] == "eager" else ""))
+            top[key] = options.pop(key)
     for key, raw in options.items():
         sub, dot, field = key.rpartition(".")
         target = getattr(probe, sub, None) if dot else probe
@@ -157,12 +169,20 @@ def _field_names(config: Any, key: str) -> list[str]:
     """The config fields an option sets: `experts` names every expert-count field the config has."""
     keys = _EXPERT_FIELDS if key == "experts" else (_ALIASES.get(key, key),)
     resolved = [type(config).attribute_map.get(k, k) for k in keys]
-    return [f for f in resolved if hasattr(config, f)]
+    return [f for f in resolved if hasattr(config, f) or f in _READ_IF_SET]
+
+
+# attributes some models read with getattr(config, name, fallback) although their config
+# class has no such field (Qwen3-MoE's head_dim)
+_READ_IF_SET = frozenset({"head_dim"})
 
 
 def _some_fields(config: Any) -> list[str]:
-    names = [f.name for f in dataclasses.fields(config)] if dataclasses.is_dataclass(config) else list(vars(config))
-    return [n for n in names if not n.startswith("_")][:8]
+    """The config class's own fields first (not PreTrainedConfig's generic ones)."""
+    own = [n for c in type(config).__mro__[:-1] if c.__module__.startswith("transformers.models.")
+           for n in getattr(c, "__annotations__", {})]
+    names = own or ([f.name for f in dataclasses.fields(config)] if dataclasses.is_dataclass(config) else [])
+    return [n for n in dict.fromkeys(names) if not n.startswith("_")][:8]
 
 
 def _with_room(probe: Any, values: dict[str, Any], seq: int) -> dict[str, Any]:
