@@ -225,6 +225,8 @@ def test_encoder_decoder_and_vision_text_take_their_second_input_by_keyword():
     ("hf:llama:hiden=64", "LlamaConfig has no field 'hiden'"),
     ("hf:clip:audio_config.hidden_size=8", "'audio_config' is not a sub-config of CLIPConfig"),
     ("hf:llama:attn_implementation=flash", "use one of sdpa, eager"),
+    ("hf:llama:hidden=65", "rejected the options building LlamaConfig.*not a multiple of the number of attention heads"),
+    ("hf:llama:hidden_act=nope", "rejected the options building LlamaForCausalLM: KeyError: 'nope'"),
 ])
 def test_bad_hf_spec_is_a_user_error(spec, phrase):
     with pytest.raises(ParplanError, match=phrase):

@@ -120,8 +120,11 @@ def build(name: str, *, batch: int, seq: int, device: str = "meta", **options: A
     config = _config(config_cls, name, defaults, options, seq)
     kind = _input_kind(config)
     model_cls = _model_class(transformers, config, kind)
-    with torch.device(device):
-        model = model_cls(config).to(dtype)
+    try:
+        with torch.device(device):
+            model = model_cls(config).to(dtype)
+    except Exception as err:  # transformers' own checks of the options (a width, an activation name)
+        raise _rejected(name, model_cls.__name__, err) from err
     model.eval()  # no dropout; the trace is of the training-mode math, which is identical here
     inputs, names = _example_inputs(config, kind, batch, seq, dtype, device)
     if kind is not InputKind.DECODER:
@@ -162,7 +165,17 @@ def _config(cls: type, name: str, defaults: dict[str, Any], options: dict[str, A
         top[sub] = sub_cls(**_with_room(sub_cls(), values, seq)).to_dict()
     if hasattr(probe, "use_cache"):
         top["use_cache"] = False
-    return cls(**_with_room(probe, top, seq))
+    try:
+        return cls(**_with_room(probe, top, seq))
+    except Exception as err:  # the config class's validators (hidden size a multiple of the heads...)
+        raise _rejected(name, cls.__name__, err) from err
+
+
+def _rejected(name: str, what: str, err: Exception) -> ParplanError:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    detail = " ".join(lines[-2:] if len(lines) > 1 else lines)[:300]
+    return ParplanError(f"hf:{name}: transformers rejected the options building {what}: "
+                        f"{type(err).__name__}: {detail or 'no message'}; fix the options")
 
 
 def _field_names(config: Any, key: str) -> list[str]:
