@@ -4,7 +4,8 @@ Pass 1 captures: `torch.export.export(strict=False)` (fake tensors; a meta-devic
 allocates nothing), falling back to `torch.fx.symbolic_trace` + shape propagation on meta
 tensors when export fails. The warnings and torch log records capture emits are collected
 (deduplicated) on the result instead of printed. Pass 2 normalises every node to an `OpCall`
-and applies the rules in `parplan.trace.rules`. Pass 3 keeps leaf modules whole, attributes
+(reading what each attention mask allows with `parplan.trace.masks`) and applies the rules in
+`parplan.trace.rules`. Pass 3 keeps leaf modules whole, attributes
 parameters, gradient accumulation and repeated blocks, and builds the networkx DAG.
 
 Leaf modules (`leaf_modules=(Cls,)`): on an exported graph every operator run inside a `Cls`

@@ -49,6 +49,9 @@ class MaskFacts:
     causal: bool
     pairs: int | None  # allowed (query, key) pairs per [q, kv] matrix; None when not evaluated
 
+    def __post_init__(self) -> None:
+        assert self.pairs is None or self.pairs >= 0, f"a mask allows {self.pairs} pairs"
+
 
 class MaskReader:
     """Reads the masks of one captured graph; `name_of(node)` is its normalised op name.
