@@ -9,6 +9,7 @@ each; set PARPLAN_FUZZ_EXAMPLES to search longer).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -305,6 +306,11 @@ PROFILE_ERRORS = {
     "cluster_negative_bw": "bandwidth", "gpu_no_peak": "peak_flops is missing", "gpu_bad_unit": "furlongs",
     "gpu_string_value": "is not a finite number", "gpu_empty": "must hold a mapping",
 }
+if importlib.util.find_spec("transformers") is not None:  # the hf extra (CI installs it)
+    CASES["trace-hf-unknown"] = (["trace", "hf:NoSuchConfig", "-o", "{out}/t.json"], "is not supported")
+    CASES["trace-hf-field"] = (["trace", "hf:llama:hiden=64", "-o", "{out}/t.json"], "LlamaConfig has no field 'hiden'")
+    CASES["plan-hf-eager-experts"] = (["plan", "hf:mixtral:experts_implementation=eager", *PLAN_SHAPE,
+                                       "-o", "{out}/p.json"], "data-dependent shapes")
 for _name, _phrase in PROFILE_ERRORS.items():
     if _name.startswith("cluster"):
         CASES[f"plan-profile-{_name}"] = (["plan", TINY, *PLAN_SHAPE, "--cluster", f"{{{_name}}}",

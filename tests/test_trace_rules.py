@@ -241,3 +241,101 @@ def test_a_mask_passed_in_as_an_input_is_not_assumed_causal():
     mask = torch.zeros(16, 16, device=META)
     (node,) = _trace(Given(), q, mask).nodes
     assert node.forward_flops == FULL and not node.attention.causal
+
+
+# ---- masks evaluated from constants; eager attention -----------------------------------------
+
+
+class WindowAttn(nn.Module):
+    """SDPA under a sliding-window causal mask built from aranges (HF's sliding_window_overlay)."""
+
+    def __init__(self, s: int, window: int) -> None:
+        super().__init__()
+        self.s, self.window = s, window
+
+    def forward(self, q):
+        q_idx = torch.arange(self.s, device=q.device)[:, None]
+        kv_idx = torch.arange(self.s, device=q.device)[None, :]
+        allowed = (kv_idx <= q_idx) & (kv_idx > q_idx - self.window)
+        return F.scaled_dot_product_attention(q, q, q, attn_mask=allowed[None, None].expand(2, 1, self.s, self.s))
+
+
+def _window_pairs(s: int, w: int) -> int:
+    return sum(min(i + 1, w) for i in range(s))
+
+
+def test_a_sliding_window_mask_built_from_constants_counts_the_window():
+    q = torch.zeros(2, 3, 16, 8, device=META)
+    (node,) = [n for n in _trace(WindowAttn(16, 5), q).nodes if n.kind is OpKind.ATTENTION]
+    assert _window_pairs(16, 5) == 1 + 2 + 3 + 4 + 5 * 12
+    assert node.forward_flops == 4 * 2 * 3 * _window_pairs(16, 5) * 8
+    assert node.attention.causal
+
+
+def test_a_mask_too_large_to_evaluate_falls_back_to_its_structure(monkeypatch):
+    from parplan.trace import masks
+
+    monkeypatch.setattr(masks, "MAX_EVALUATED", 16 * 16 - 1)
+    q = torch.zeros(2, 3, 16, 8, device=META)
+    (node,) = [n for n in _trace(WindowAttn(16, 5), q).nodes if n.kind is OpKind.ATTENTION]
+    assert node.forward_flops == CAUSAL  # built from aranges: causal, the window unseen
+
+
+class EagerAttn(nn.Module):
+    """Attention as HF's eager path writes it: QK^T, scale, softcap, + mask, softmax, PV."""
+
+    def __init__(self, s: int, causal: bool) -> None:
+        super().__init__()
+        self.s, self.causal = s, causal
+
+    def forward(self, q, v, pad):
+        scores = torch.tanh(torch.matmul(q, q.transpose(-1, -2)) * 0.125 / 30.0) * 30.0
+        if self.causal:
+            mask = torch.full((self.s, self.s), float("-inf"), device=q.device).triu(1)
+        else:
+            mask = torch.where(pad, 0.0, float("-inf"))[:, None, None, :]
+        weights = torch.softmax((scores + mask).float(), dim=-1).to(q.dtype)
+        return torch.matmul(weights, v)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_eager_attention_products_count_the_allowed_pairs_with_full_kernels(causal):
+    s, d, dv = 16, 8, 12  # unequal head dims: QK^T and PV differ
+    q = torch.zeros(2, 3, s, d, device=META, requires_grad=True)
+    v = torch.zeros(2, 3, s, dv, device=META)
+    pad = torch.zeros(2, s, dtype=torch.bool, device=META)  # a padding mask is data: full pairs
+    scores, values = [n for n in _trace(EagerAttn(s, causal), q, v, pad).nodes if n.op == "matmul"]
+    pairs = s * (s + 1) // 2 if causal else s * s
+    assert scores.forward_flops == 2 * 2 * 3 * pairs * d
+    assert values.forward_flops == 2 * 2 * 3 * pairs * dv
+    assert scores.backward_input_flops == 2 * scores.forward_flops  # dQ and dK, same share
+    assert scores.gemms[0].m * scores.gemms[0].n == s * s  # the kernel computes every pair
+
+
+def test_a_matmul_not_feeding_a_softmax_keeps_its_full_count():
+    class Plain(nn.Module):
+        def forward(self, a, b, mask):
+            return torch.matmul(a, b) + mask
+
+    a = torch.zeros(2, 16, 8, device=META)
+    (node, _) = _trace(Plain(), a, a.transpose(-1, -2), torch.zeros(16, 16, device=META)).nodes
+    assert node.forward_flops == 2 * 2 * 16 * 16 * 8
+
+
+def test_routing_and_normalisation_ops_have_rules():
+    class Ops(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.GroupNorm(2, 4)
+
+        def forward(self, x, ids):
+            counts = torch.histc(ids.float(), bins=4, min=0, max=3)
+            keep = ~(ids > 1)
+            unit = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+            return self.norm(unit[..., None]).squeeze(-1), counts, keep, torch.amin(x, dim=-1), x.new_empty(3)
+
+    x = torch.zeros(6, 4, device=META)
+    t = _trace(Ops(), x, torch.zeros(6, 4, dtype=torch.long, device=META))
+    assert t.unknown_ops == ()
+    (norm,) = [n for n in t.nodes if n.op == "linalg_vector_norm"]
+    assert (norm.bytes_read, norm.bytes_written) == (6 * 4 * 4, 6 * 4)

@@ -4,7 +4,8 @@ Pass 1 captures: `torch.export.export(strict=False)` (fake tensors; a meta-devic
 allocates nothing), falling back to `torch.fx.symbolic_trace` + shape propagation on meta
 tensors when export fails. The warnings and torch log records capture emits are collected
 (deduplicated) on the result instead of printed. Pass 2 normalises every node to an `OpCall`
-and applies the rules in `parplan.trace.rules`. Pass 3 keeps leaf modules whole, attributes
+(reading what each attention mask allows with `parplan.trace.masks`) and applies the rules in
+`parplan.trace.rules`. Pass 3 keeps leaf modules whole, attributes
 parameters, gradient accumulation and repeated blocks, and builds the networkx DAG.
 
 Leaf modules (`leaf_modules=(Cls,)`): on an exported graph every operator run inside a `Cls`
@@ -34,6 +35,7 @@ from parplan.errors import ParplanError
 from parplan.trace.blocks import find_repeated_blocks
 from parplan.trace.moe import find_moe_layers
 from parplan.trace.graph import OpKind, OpNode, SharedParam, TensorMeta, TracedGraph
+from parplan.trace.masks import MaskFacts, MaskReader
 from parplan.trace.rules import ArgTensor, OpCall, apply_rule
 
 __all__ = ["trace", "UnknownOperatorWarning"]
@@ -115,8 +117,9 @@ def _op_name(node: torch.fx.Node, root: nn.Module) -> tuple[str, str]:
     return _PY_OPS.get(name, name), f"{getattr(target, '__module__', '') or ''}.{name}".lstrip(".")
 
 
-def _scalars(node: torch.fx.Node, op: str, root: nn.Module) -> dict[str, Any]:
-    """The non-tensor arguments the rules need (causal flag, dropout p and mode)."""
+def _scalars(node: torch.fx.Node, op: str, root: nn.Module, masks: MaskReader) -> dict[str, Any]:
+    """The non-tensor arguments the rules need (causal flag, dropout p and mode), and what an
+    attention's mask allows (`mask_causal`, `mask_pairs`: see `parplan.trace.masks`)."""
     out: dict[str, Any] = {}
     if node.op == "call_module":
         module = root.get_submodule(node.target)
@@ -131,7 +134,12 @@ def _scalars(node: torch.fx.Node, op: str, root: nn.Module) -> dict[str, Any]:
         out["is_causal"] = kwargs.get("is_causal", node.args[5] if len(node.args) > 5 else False)
         mask = kwargs.get("attn_mask", node.args[3] if len(node.args) > 3 else None)
         if isinstance(mask, torch.fx.Node):
-            out["mask_causal"] = _mask_is_causal(mask, root)
+            out.update(_mask_scalars(masks.facts(mask)))
+    elif op in ("matmul", "bmm"):
+        eager = masks.eager_attention_mask(node)
+        if eager is not None:
+            product, mask = eager
+            out.update(_mask_scalars(masks.facts(mask)), attention_product=product)
     elif op == "einsum":
         out["equation"] = kwargs.get("equation", node.args[0] if node.args else None)
     elif op in ("dropout", "native_dropout"):
@@ -140,38 +148,8 @@ def _scalars(node: torch.fx.Node, op: str, root: nn.Module) -> dict[str, Any]:
     return {k: v for k, v in out.items() if not isinstance(v, torch.fx.Node)}
 
 
-_TRIANGLE = frozenset({"tril", "triu", "tril_", "triu_"})
-_COMPARE = frozenset({"lt", "le", "gt", "ge", "lt_", "le_", "gt_", "ge_"})
-
-
-def _mask_is_causal(mask: torch.fx.Node, root: nn.Module) -> bool:
-    """Whether an attention mask is built as a causal one. Its values are unknown on meta
-    tensors, so this reads how it is built: a `tril`/`triu` among the nodes it is computed
-    from, or a comparison of two tensors that both come from an `arange` (query index >=
-    key index). A mask read from a graph input alone (padding) is not causal."""
-    return any(
-        op in _TRIANGLE or (op in _COMPARE and _both_from_arange(n, root))
-        for n, op in _ancestors(mask, root)
-    )
-
-
-def _ancestors(node: torch.fx.Node, root: nn.Module) -> list[tuple[torch.fx.Node, str]]:
-    """`node` and every node it is computed from, with their normalised op names."""
-    seen: dict[torch.fx.Node, str] = {}
-    todo = [node]
-    while todo:
-        n = todo.pop()
-        if n in seen:
-            continue
-        seen[n] = _op_name(n, root)[0] if n.op not in ("placeholder", "get_attr") else n.op
-        todo.extend(n.all_input_nodes)
-    return list(seen.items())
-
-
-def _both_from_arange(compare: torch.fx.Node, root: nn.Module) -> bool:
-    operands = compare.all_input_nodes
-    return len(operands) == 2 and all(
-        any(op == "arange" for _, op in _ancestors(x, root)) for x in operands)
+def _mask_scalars(facts: MaskFacts) -> dict[str, Any]:
+    return {"mask_causal": facts.causal} | ({} if facts.pairs is None else {"mask_pairs": facts.pairs})
 
 
 def _tensor_args(node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -525,6 +503,7 @@ def _normalise(gm: torch.fx.GraphModule, inputs_to_params: dict[str, str],
     """A `_Ref` per node name in program order, and the calls that do tensor work."""
     refs: dict[str, _Ref] = {}
     calls: list[_Call] = []
+    masks = MaskReader(lambda n: _op_name(n, gm)[0])
     for node in gm.graph.nodes:
         value = _node_value(node)
         if node.op == "placeholder":
@@ -532,7 +511,7 @@ def _normalise(gm: torch.fx.GraphModule, inputs_to_params: dict[str, str],
         elif node.op == "get_attr":
             refs[node.name] = _attr_ref(node, value, gm, params)
         elif node.op != "output":
-            refs[node.name], call = _normalise_call(node, value, gm, refs, params)
+            refs[node.name], call = _normalise_call(node, value, gm, refs, params, masks)
             if call is not None:
                 calls.append(call)
     return refs, calls
@@ -558,7 +537,7 @@ def _attr_ref(node: torch.fx.Node, value: Any, gm: torch.fx.GraphModule, params:
 
 
 def _normalise_call(node: torch.fx.Node, value: Any, gm: torch.fx.GraphModule, refs: dict[str, _Ref],
-                    params: _Params) -> tuple[_Ref, _Call | None]:
+                    params: _Params, masks: MaskReader) -> tuple[_Ref, _Call | None]:
     """The node's value record, and its `_Call` unless it does no tensor work."""
     op, target = _op_name(node, gm)
     arg_nodes = [n for n in _tensor_args(node) if n.name in refs]
@@ -576,7 +555,7 @@ def _normalise_call(node: torch.fx.Node, value: Any, gm: torch.fx.GraphModule, r
         op=op,
         tensors=tuple(tensors),
         outputs=tuple(m for m in metas if m is not None),
-        scalars=_scalars(node, op, gm),
+        scalars=_scalars(node, op, gm, masks),
         input_contiguous=_is_contiguous(_node_value(arg_nodes[0]) if arg_nodes else None),
     )
     return ref, _Call(node=node, call=call, target=target, stack=_module_stack(node, gm), ref=ref)

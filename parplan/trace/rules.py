@@ -20,8 +20,14 @@ Conventions (why they are what they are):
   groups, since each row belongs to one group (offs values are unknown on meta tensors).
 * An in-place op (`mul_`, `masked_fill_`...) has no rule of its own: it is costed by the
   rule of its out-of-place op.
-* SDPA with an explicit mask is causal when capture found the mask built from `tril`/
-  `triu` or from comparing `arange`s (`scalars["mask_causal"]`, set by capture).
+* SDPA with an explicit mask counts the pairs the mask allows: capture evaluates a mask built
+  from constants (`scalars["mask_pairs"]`: causal, sliding window), else reads its structure
+  (`scalars["mask_causal"]`: built from `tril`/`triu` or comparing `arange`s); see
+  `parplan.trace.masks`. An eager attention's two matmuls (`scalars["attention_product"]`)
+  count the same pairs; their GEMM shapes stay full, as their kernels compute every pair.
+* MoE experts cost balanced load whatever the routing: `_grouped_mm` takes every routed
+  (token, expert) row once; transformers' `batched_mm` form gathers one weight per row and
+  runs a `bmm` over the tokens x top_k rows; both are exact on meta tensors.
 """
 
 from __future__ import annotations
@@ -137,6 +143,30 @@ def _linear(call: OpCall) -> RuleResult:
 
 
 def _mm(call: OpCall) -> RuleResult:
+    result = _plain_mm(call)
+    product = call.scalars.get("attention_product")
+    if product is not None:  # one of an eager attention's products: its allowed pairs only
+        a = call.tensors[-2].meta.shape
+        q_len, kv_len = call.outputs[0].shape[-2:] if product == "scores" else a[-2:]
+        share = _allowed_pairs(call, q_len, kv_len, causal=bool(call.scalars.get("mask_causal"))) / (q_len * kv_len)
+        result.forward_flops = round(result.forward_flops * share)
+        result.backward_input_flops = round(result.backward_input_flops * share)
+        result.backward_weight_flops = round(result.backward_weight_flops * share)
+    return result
+
+
+def _allowed_pairs(call: OpCall, q_len: int, kv_len: int, *, causal: bool) -> int:
+    """(query, key) pairs an attention computes: the evaluated mask's count when capture ran
+    the mask (`mask_pairs`), else the causal count (torch's top-left aligned mask: query i
+    sees keys 0..i) or every pair."""
+    if "mask_pairs" in call.scalars:
+        return int(call.scalars["mask_pairs"])
+    if causal:
+        return sum(min(i + 1, kv_len) for i in range(q_len)) if q_len != kv_len else q_len * (q_len + 1) // 2
+    return q_len * kv_len
+
+
+def _plain_mm(call: OpCall) -> RuleResult:
     # mm / matmul / bmm / addmm / baddbmm: the last two tensors are the product's operands
     a, b = call.tensors[-2], call.tensors[-1]
     sa, sb = a.meta.shape, b.meta.shape
@@ -221,11 +251,7 @@ def _sdpa(call: OpCall) -> RuleResult:
     batch = math.prod(lead[:-1]) if len(lead) > 1 else 1
     has_mask = len(call.tensors) > 3
     causal = bool(call.scalars.get("mask_causal", False)) if has_mask else bool(call.scalars.get("is_causal", False))
-    if causal:
-        # torch's causal mask is top-left aligned: query i sees keys 0..i
-        pairs = sum(min(i + 1, kv_len) for i in range(q_len)) if q_len != kv_len else q_len * (q_len + 1) // 2
-    else:
-        pairs = q_len * kv_len
+    pairs = _allowed_pairs(call, q_len, kv_len, causal=causal)
     flops = 2 * batch * heads * pairs * (d + dv)
     grads = [t for t in (q, k, v) if t.requires_grad]
     read, written = _io_bytes(call)
@@ -406,8 +432,10 @@ VIEW_OPS = frozenset(
     "size sym_size dim".split()
 )
 
-_UNARY_SAVE_INPUT = "gelu silu relu sigmoid tanh exp log pow rsqrt sqrt sin cos erf abs neg_save reciprocal square".split()
-_UNARY_NO_SAVE = "neg".split()
+_UNARY_SAVE_INPUT = ("gelu silu relu sigmoid tanh exp log pow rsqrt sqrt sin cos erf abs neg_save reciprocal square "
+                     "log1p expm1 softplus elu leaky_relu hardswish hardsigmoid hardtanh mish atan").split()
+# zero or sign-only gradients (round, floor...) and plain negation: nothing saved
+_UNARY_NO_SAVE = "neg round floor ceil trunc sign".split()
 
 _RULES: dict[str, Callable[[OpCall], RuleResult]] = {
     "linear": _linear,
@@ -444,6 +472,24 @@ _RULES: dict[str, Callable[[OpCall], RuleResult]] = {
     "clamp_max": _memory("inputs", grad_reads=2), "fill": _factory, "zero": _factory,
     "scatter": _copy_like, "scatter_add": _copy_like, "scatter_reduce": _copy_like,
     "index_add": _copy_like, "index_copy": _copy_like, "index_put": _copy_like, "masked_scatter": _copy_like,
+    # MoE routing and mask building in transformers 5.x: token counts per expert, inverted masks
+    "histc": _indices, "bincount": _indices, "bitwise_not": _indices, "logical_not": _indices,
+    "__invert__": _indices, "bitwise_or": _factory, "logical_or": _factory, "bitwise_xor": _factory,
+    "all": _indices, "any": _indices, "isinf": _indices, "isnan": _indices, "new_empty": _factory,
+    "new_full": _factory, "rand": _factory, "randn": _factory, "rand_like": _factory, "randn_like": _factory,
+    # reductions (T5's relative-position buckets, SigLIP's embedding normalisation, vision pooling)
+    "min": _reduction, "amin": _reduction, "prod": _reduction, "var": _reduction, "std": _reduction,
+    "var_mean": _reduction, "linalg_vector_norm": _reduction, "norm": _reduction, "logsumexp": _reduction,
+    "avg_pool2d": _reduction, "adaptive_avg_pool2d": _reduction, "adaptive_avg_pool1d": _reduction,
+    "max_pool2d": _reduction, "max_pool2d_with_indices": _reduction,
+    "maximum": _memory("inputs", grad_reads=2), "minimum": _memory("inputs", grad_reads=2),
+    "rsub": _passthrough, "masked_select": _copy_like, "flip": _copy_like, "roll": _copy_like,
+    # vision models' norms: elementwise with a few per-channel statistics (saved x; dX reads dY and x)
+    "group_norm": _memory("inputs", grad_reads=2), "native_group_norm": _memory("inputs", grad_reads=2),
+    "batch_norm": _memory("inputs", grad_reads=2), "_native_batch_norm_legit": _memory("inputs", grad_reads=2),
+    "_native_batch_norm_legit_no_training": _memory("inputs", grad_reads=2),
+    "upsample_bilinear2d": _copy_like, "upsample_bicubic2d": _copy_like, "upsample_nearest2d": _copy_like,
+    "interpolate": _copy_like,
 }
 for _name in _UNARY_SAVE_INPUT:
     _RULES[_name] = _memory("inputs", grad_reads=2)

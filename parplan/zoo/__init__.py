@@ -138,7 +138,7 @@ def _load_factory(path: str, factory: str, *, batch: int, seq: int, device: str,
 
 
 def load_model(spec: str, *, batch: int = 1, seq: int = 1024, device: str = "meta") -> ZooModel:
-    """Resolve a CLI model spec: `gpt:hidden=4096,layers=1`, `file.py:factory`, `hf:llama` or
+    """Resolve a CLI model spec: `gpt:hidden=4096,layers=1`, `file.py:factory`, `hf:llama:layers=2` or
     `titan:llama3:debugmodel`."""
     head, _, rest = spec.partition(":")
     if head.endswith(".py"):
@@ -149,8 +149,7 @@ def load_model(spec: str, *, batch: int = 1, seq: int = 1024, device: str = "met
     if head == "hf":
         from parplan.zoo import hf  # lazy: transformers is an optional extra
 
-        name, _, opts = rest.partition(",")
-        return hf.build(name, batch=batch, seq=seq, device=device, **parse_options(opts))
+        return hf.load(rest, batch=batch, seq=seq, device=device)
     if head == "titan":
         from parplan.zoo import torchtitan  # lazy: torchtitan is an optional extra
 
