@@ -36,7 +36,7 @@ import torch
 
 from parplan.errors import ParplanError
 
-__all__ = ["Sweep", "sweep_for", "RunInfo", "Calibration", "measure_device", "fit_profile", "device_dtypes",
+__all__ = ["Sweep", "sweep_for", "RunInfo", "Calibration", "measure_device", "fit_profile", "gemm_dtypes", "op_dtypes",
            "check_device", "local_device_name", "block_errors", "default_name"]
 
 Progress = Callable[[str, "str | None"], None]  # (group, None) when a group starts; (group, summary) when done
@@ -67,17 +67,19 @@ class Sweep:
 
 _POINTWISE_OPS = ("layernorm", "rmsnorm_eager", "gelu", "silu_mul", "softmax", "add", "dropout")
 
-# Sizes keep one timed call at ~1-20 ms on a 2-core CPU and ~20 us-2 ms on an H100; M and N are
-# multiples of 128 so the tile padding of the cost model does not enter the peak.
+# Sizes keep one timed call at ~0.1-20 ms on a 2-core CPU and ~20 us-2 ms on an H100; M and N are
+# multiples of 128 so the tile padding of the cost model does not enter the peak. The quick CPU
+# sweep keeps tensors under ~1 MiB: larger ones are fresh mmap allocations whose page faults
+# (slow in a VM) would dominate the few repeats it takes; the full sweep includes them.
 _SWEEPS = {
     ("cpu", True): Sweep(
-        gemm=((128, 256, 256), (256, 256, 512), (256, 512, 512), (512, 512, 512), (384, 768, 256)),
+        gemm=((128, 256, 256), (256, 256, 512), (256, 512, 512), (384, 768, 256), (128, 1024, 512)),
         unaligned=((256, 512, 512),),
-        attention=((1, 4, 128, 64), (1, 4, 256, 64)),
-        pointwise=((1024, 256), (2048, 512)),
-        copy_bytes=(1 << 20, 8 << 20, 32 << 20),
+        attention=((1, 4, 128, 64), (1, 2, 256, 64), (2, 2, 128, 64)),
+        pointwise=((512, 256), (1024, 128)),
+        copy_bytes=(256 << 10, 1 << 20, 4 << 20),
         blocks=((128, 4, 1, 128),),
-        contention_gemm=384, warmup=2, repeat=5),
+        contention_gemm=384, warmup=2, repeat=7),
     ("cpu", False): Sweep(
         gemm=((128, 128, 128), (128, 256, 256), (256, 256, 512), (256, 512, 512), (512, 512, 512),
               (512, 1024, 512), (1024, 512, 1024), (1024, 1024, 1024), (384, 768, 256), (2048, 256, 256)),
@@ -111,10 +113,17 @@ def sweep_for(device: str, *, quick: bool) -> Sweep:
     return _SWEEPS[(device, quick)]
 
 
-def device_dtypes(device: str) -> tuple[str, ...]:
-    """What the sweep measures each op in: the tensor-core dtypes and fp32 on CUDA; fp32 and
-    bf16 on a CPU (bf16 because zoo models default to it, so plans need its rate)."""
+def gemm_dtypes(device: str) -> tuple[str, ...]:
+    """The dtypes GEMMs are timed in, each giving its `peak_flops` entry: the tensor-core dtypes
+    and fp32 on CUDA; fp32 and bf16 on a CPU (zoo models default to bf16, so plans need its rate)."""
     return ("bfloat16", "float16", "float32") if device == "cuda" else ("float32", "bfloat16")
+
+
+def op_dtypes(device: str) -> tuple[str, ...]:
+    """The dtype everything else is timed in: what models run in there. A CPU runs bf16 SDPA and
+    pointwise kernels at about its fp32 speed (it converts), which the byte- and peak-based cost
+    model cannot describe together with fp32, so the CPU fit is of fp32, what `parplan run` uses."""
+    return ("bfloat16",) if device == "cuda" else ("float32",)
 
 
 def check_device(device: str) -> None:
@@ -357,17 +366,17 @@ def measure_device(device: str, sweep: Sweep, *, progress: Progress | None = Non
     """Every group of `sweep` on `device`; a group that raises is skipped and said so."""
     report = progress or (lambda group, message: None)
     groups: list[tuple[str, Callable[[], tuple[list[dict], str]]]] = []
-    dtypes = device_dtypes(device)
-    for dtype in dtypes:
+    for dtype in gemm_dtypes(device):
         groups.append((f"gemm {dtype}", lambda dtype=dtype: _gemm(sweep, dtype, device)))
-    groups.append((f"gemm unaligned {dtypes[0]}", lambda: _unaligned(sweep, dtypes[0], device)))
-    for dtype in dtypes:
+    main = op_dtypes(device)[0]
+    groups.append((f"gemm unaligned {main}", lambda: _unaligned(sweep, main, device)))
+    for dtype in op_dtypes(device):
         groups.append((f"attention {dtype}", lambda dtype=dtype: _attention(sweep, dtype, device)))
         groups.append((f"norms and pointwise {dtype}", lambda dtype=dtype: _pointwise(sweep, dtype, device)))
     groups.append(("copies", lambda: _copies(sweep, device)))
-    for dtype in dtypes:
+    for dtype in op_dtypes(device):
         groups.append((f"gpt blocks {dtype}", lambda dtype=dtype: _blocks(sweep, dtype, device)))
-    groups.append((f"contention {dtypes[0]}", lambda: _contention(sweep, dtypes[0], device)))
+    groups.append((f"contention {main}", lambda: _contention(sweep, main, device)))
     records: list[dict] = []
     skipped: list[str] = []
     for name, run in groups:
