@@ -23,7 +23,6 @@ stops with an error naming what could not be measured (nothing is written).
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import platform
 import re
@@ -205,16 +204,29 @@ def _grad_fn(out, targets):
     return lambda: torch.autograd.grad(out, targets, grad, retain_graph=True)
 
 
-def _timed(fn, sweep: Sweep, device: str) -> tuple[float, float]:
+_STEADY = 1.25  # a median within this factor of the min: no repeat was disturbed much
+_ATTEMPTS = 3
+
+
+def _timed(fn, sweep: Sweep, device: str) -> tuple[float, float, int]:
+    """(median µs, min µs, attempts): the median of the sweep's repeats, re-timed up to
+    `_ATTEMPTS` times while it is over `_STEADY` x the min (on a shared CPU a descheduled repeat
+    costs a whole time slice), keeping the attempt with the lowest median."""
     from parplan.cost.measure import time_samples
 
-    times = time_samples(fn, warmup=sweep.warmup, repeat=sweep.repeat, device=device)
-    return statistics.median(times) * 1e6, min(times) * 1e6
+    best = None
+    for attempt in range(1, _ATTEMPTS + 1):
+        times = time_samples(fn, warmup=sweep.warmup, repeat=sweep.repeat, device=device)
+        got = (statistics.median(times) * 1e6, min(times) * 1e6, attempt)
+        best = got if best is None or got[0] < best[0] else best
+        if got[0] <= _STEADY * got[1]:
+            break
+    return best[0], best[1], attempt
 
 
 def _record(base: dict, fn, sweep: Sweep, device: str, **extra) -> dict:
-    median_us, min_us = _timed(fn, sweep, device)
-    return {**base, "median_us": round(median_us, 3), "min_us": round(min_us, 3), **extra}
+    median_us, min_us, attempts = _timed(fn, sweep, device)
+    return {**base, "median_us": round(median_us, 3), "min_us": round(min_us, 3), "attempts": attempts, **extra}
 
 
 def _probe_records(section: str, ops: tuple[str, ...], shape: list[int], dtype: str, device: str, sweep: Sweep,
@@ -328,8 +340,8 @@ def _contention(sweep: Sweep, dtype: str, device: str) -> tuple[list[dict], str]
     a = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
     src = torch.empty(sweep.copy_bytes[-1], dtype=torch.uint8, device=device)
     gemm = lambda: a @ a  # noqa: E731
-    gemm_us, _ = _timed(gemm, sweep, device)
-    copy_us, _ = _timed(lambda: src.clone(), sweep, device)
+    gemm_us = _timed(gemm, sweep, device)[0]
+    copy_us = _timed(lambda: src.clone(), sweep, device)[0]
     records = []
     for copies in (1, 2):
         side = lambda copies=copies: [src.clone() for _ in range(copies)]  # noqa: E731
@@ -343,7 +355,7 @@ def _contention(sweep: Sweep, dtype: str, device: str) -> tuple[list[dict], str]
               for _ in range(2))
     out_b = bwd_block(xb)
     forward, backward = (lambda: fwd_block(xa)), _grad_fn(out_b, [xb, *bwd_block.parameters()])
-    sequential_us, _ = _timed(lambda: (forward(), backward()), sweep, device)
+    sequential_us = _timed(lambda: (forward(), backward()), sweep, device)[0]
     records.append(_record({"section": "overlap", "op": "gpt_block_f_and_b", "shape": [batch, seq, hidden],
                             "dtype": dtype, "hidden": hidden, "heads": heads},
                            _concurrently(forward, backward, device), sweep, device,
