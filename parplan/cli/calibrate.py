@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from parplan.cli.args import positive_int, seconds
@@ -48,7 +49,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--gpu", default=None, metavar="PROFILE",
                    help="--links: the GPU profile (name or .yaml, e.g. one parplan calibrate wrote) the cluster's "
                         "ranks run on")
-    p.add_argument("--timeout", type=seconds, default=300.0, help="--links: torchrun job limit in seconds (default 300)")
+    p.add_argument("--timeout", type=seconds, default=None, help="--links: torchrun job limit in seconds (default 300)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run_calibrate)
 
@@ -105,7 +106,8 @@ def run_calibrate(args) -> int:
     check_device(device)
     if args.links:
         return _run_links(args, device)
-    for flag, value in (("--nproc", args.nproc), ("--backend", args.backend), ("--gpu", args.gpu)):
+    for flag, value in (("--nproc", args.nproc), ("--backend", args.backend), ("--gpu", args.gpu),
+                        ("--timeout", args.timeout)):
         if value is not None:
             raise ParplanError(f"{flag} applies to --links only; add --links to measure links, or drop {flag}")
     if args.threads is not None:
@@ -203,11 +205,14 @@ def _run_links(args, device: str) -> int:
     out, records_path = _outputs(args.out or f"{name}.yaml")
 
     run = RunInfo.here(device, command=_command(args, device), records_file=Path(records_path).name)
+    if device == "cpu":
+        run = replace(run, threads=1)  # what each rank ran on (measure_links sets OMP_NUM_THREADS=1)
     source = f"{backend}, {args.nproc} local ranks, {run.text}"
     display, report = _display(args)
     with display:
         report(f"links {backend} x{args.nproc}", None)
-        records, skipped = measure_links(nproc=args.nproc, backend=backend, quick=args.quick, timeout_s=args.timeout)
+        records, skipped = measure_links(nproc=args.nproc, backend=backend, quick=args.quick,
+                                        timeout_s=args.timeout or 300.0)
         ops = sorted({r["op"] for r in records})
         report(f"links {backend} x{args.nproc}", f"{len(records)} records ({', '.join(ops)})"
                + (f"; not measured: {'; '.join(skipped)}" if skipped else ""))
