@@ -282,6 +282,8 @@ CASES = {
     "calibrate-device-word": (["calibrate", "--device", "tpu", "--out", "{out}/d.yaml"], "invalid choice: 'tpu'"),
     "calibrate-nproc-without-links": (["calibrate", "--device", "cpu", "--nproc", "2", "--out", "{out}/d.yaml"],
                                       "applies to --links only"),
+    "calibrate-timeout-without-links": (["calibrate", "--device", "cpu", "--timeout", "60", "--out", "{out}/d.yaml"],
+                                        "--timeout applies to --links only"),
     "calibrate-links-one-rank": (["calibrate", "--device", "cpu", "--links", "--nproc", "1", "--gpu", "h100-sxm",
                                   "--out", "{out}/c.yaml"], "N >= 2"),
     "calibrate-links-too-many": (["calibrate", "--device", "cpu", "--links", "--nproc", "100000", "--gpu", "h100-sxm",
