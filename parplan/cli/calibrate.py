@@ -83,11 +83,13 @@ def _checked_yaml(data: dict, header: list[str], out: str) -> str:
     from parplan.cost.hardware import load_profile_file
 
     text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(data, sort_keys=False, width=120)
-    fd, probe = tempfile.mkstemp(dir=Path(out).resolve().parent, prefix=".parplan-check-", suffix=".yaml")
+    fd, probe = tempfile.mkstemp(dir=Path(out).resolve().parent, prefix=f".{Path(out).stem}-check-", suffix=".yaml")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         load_profile_file(Path(probe))
+    except ParplanError as err:  # calibrate wrote something its own loader refuses: a bug, exit 1
+        raise RuntimeError(f"the calibrated profile does not load: {err}") from None
     finally:
         os.unlink(probe)
     return text

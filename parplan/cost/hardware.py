@@ -66,8 +66,8 @@ def _constant(data: dict, key: str, unit: str, where: str, *, allow_zero: bool =
     return Constant(value=float(value), unit=unit, source=source)
 
 
-def _fraction(data: dict, key: str, where: str, *, upper: float = 1.0) -> float:
-    c = _constant(data, key, "fraction", where)
+def _fraction(data: dict, key: str, where: str, *, upper: float = 1.0, allow_zero: bool = False) -> float:
+    c = _constant(data, key, "fraction", where, allow_zero=allow_zero)
     if c.value > upper:
         raise ParplanError(f"{where}.{key}.value = {c.value} must be <= {upper} (a fraction)")
     return c.value
@@ -231,7 +231,8 @@ def _parse_gpu(data: dict, where: str) -> GPUProfile:
         attention_backward=_fraction(eff, "attention_backward", ew),
         attention_causal=_fraction(eff, "attention_causal", ew),
         memory=_fraction(eff, "memory", ew),
-        transfer_contention=_fraction(eff, "transfer_contention", ew),
+        # 0 is a measurement too: a transfer beside compute that costs the compute nothing
+        transfer_contention=_fraction(eff, "transfer_contention", ew, allow_zero=True),
         fb_overlap_ratio=_constant(eff, "fb_overlap_ratio", "ratio", ew).value,
     )
     for key in eff:
