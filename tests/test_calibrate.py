@@ -18,7 +18,7 @@ import torch
 from parplan.cli import main
 from parplan.cost.calibrate import RunInfo, fit_profile
 from parplan.cost.calibration import build_probes, calibration_report, load_records
-from parplan.cost.hardware import load_cluster, load_gpu
+from parplan.cost.hardware import LinkProfile, load_cluster, load_gpu
 from parplan.cost.model import transfer_time
 from parplan.runtime.calibrate_links import fit_line
 
@@ -149,3 +149,59 @@ def test_quick_calibration_takes_under_two_minutes(tmp_path):
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=300)
     assert done.returncode == 0, done.stderr
     assert time.perf_counter() - start < 120
+
+
+def test_fit_link_recovers_a_known_link_and_checks_the_ring_formula():
+    """Synthetic records of a 4-rank link with 50 us latency and 1 GB/s: the fit gives them back,
+    the all-to-all line counts the 3/4 of a message that leaves each rank, and an all-reduce that
+    follows the ring formula exactly shows zero model error."""
+    from parplan.planner.costing import ring_allreduce_s
+    from parplan.runtime.calibrate_links import fit_link
+
+    sizes = (4096, 1 << 20, 16 << 20)
+    ranks = 4
+    truth = LinkProfile(name="truth", bandwidth=1e9, latency_s=50e-6, efficiency=1.0)
+
+    def rec(op, nbytes, seconds):
+        return {"section": "link", "op": op, "shape": [nbytes], "dtype": "float32", "median_us": seconds * 1e6}
+
+    records = [rec("send_recv", b, 50e-6 + b / 1e9) for b in sizes]
+    records += [rec("all_to_all", b, 80e-6 + b * (ranks - 1) / ranks / 2e9) for b in sizes]
+    records += [rec("all_reduce", b, ring_allreduce_s(b, ranks, truth)) for b in sizes]
+    link, summary = fit_link(records, ranks=ranks, source="synthetic")
+    assert link["bandwidth"]["value"] == pytest.approx(1e9, rel=1e-3)
+    assert link["latency"]["value"] == pytest.approx(50e-6, rel=1e-3)
+    assert link["all_to_all_bandwidth"]["value"] == pytest.approx(2e9, rel=1e-3)
+    assert all(s.endswith("synthetic") for s in (c["source"] for c in link.values() if isinstance(c, dict)))
+    assert summary["all_reduce"]["ring_model_error"] == pytest.approx([0, 0, 0], abs=2e-3)
+    assert "all_gather" not in summary  # not measured: left out, not invented
+
+
+def test_fit_link_refuses_records_without_send_recv():
+    from parplan.errors import ParplanError
+    from parplan.runtime.calibrate_links import fit_link
+
+    only_a2a = [{"section": "link", "op": "all_to_all", "shape": [b], "dtype": "float32", "median_us": 10.0 + b / 1e3}
+                for b in (1024, 4096)]
+    with pytest.raises(ParplanError, match="send/recv could not be measured"):
+        fit_link(only_a2a, ranks=2, source="x")
+
+
+def test_a_one_node_cluster_may_leave_out_inter_node_and_find_its_gpu_beside_it(tmp_path, monkeypatch):
+    from parplan.errors import ParplanError
+
+    gpu_text = (REPO / "parplan" / "cost" / "profiles" / "h100-sxm.yaml").read_text()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mine.yaml").write_text(gpu_text.replace("name: h100-sxm", "name: mine"))
+    link = ("{bandwidth: {value: 1e9, unit: B/s, source: s}, latency: {value: 1e-5, unit: s, source: s}, "
+            "efficiency: {value: 1.0, unit: fraction, source: s}}")
+    one = tmp_path / "sub" / "one.yaml"
+    one.write_text(f"kind: cluster\nname: one\ngroups:\n  - {{gpu: mine.yaml, nodes: 1, gpus_per_node: 2, "
+                   f"intra_node: {link}}}\n")
+    monkeypatch.chdir(tmp_path)  # "mine.yaml" is not in the working directory: found beside one.yaml
+    cluster = load_cluster(str(one))
+    assert cluster.gpu(1).name == "mine" and cluster.link(0, 1) is cluster.inter_node
+    two = tmp_path / "sub" / "two.yaml"
+    two.write_text(one.read_text().replace("nodes: 1", "nodes: 2"))
+    with pytest.raises(ParplanError, match="inter_node"):
+        load_cluster(str(two))
