@@ -9,7 +9,8 @@ median over the repeats, in the record format of `shared/calibration/h100/ops.js
 in some builds) is reported and left out.
 
 `fit_link` fits `latency + bytes / bandwidth` by least squares: the send/recv sweep gives
-the link's bandwidth and latency (the profile's `transfer_time` is exactly that), the
+the link's bandwidth and latency (the profile's `transfer_time` is exactly that; a negative
+intercept, noise on small messages, is taken as latency 0), the
 all-to-all sweep, counting the bytes one rank sends to the others, its
 `all_to_all_bandwidth`; all-reduce is compared with the planner's ring formula on the
 fitted link, so the report says how well that link describes a collective.
@@ -30,12 +31,14 @@ from parplan.errors import ParplanError
 
 __all__ = ["LINK_OPS", "link_sizes", "measure_links", "fit_line", "fit_link", "main"]
 
+_STEADY, _ATTEMPTS = 1.25, 3  # re-time a size whose median is over 1.25 x its min, up to 3 times
+
 LINK_OPS = ("send_recv", "all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 
 
 def link_sizes(*, quick: bool) -> tuple[int, ...]:
     """Message sizes in bytes: small ones pin the latency, large ones the bandwidth."""
-    return (4 << 10, 256 << 10, 4 << 20) if quick else (4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
+    return (4 << 10, 512 << 10, 8 << 20) if quick else (4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
 
 
 # ---- the launcher ------------------------------------------------------------------------------
@@ -45,7 +48,7 @@ def measure_links(*, nproc: int, backend: str, quick: bool, timeout_s: float = 3
     """(records, one line per collective that could not be measured) from a torchrun job of `nproc` ranks."""
     from parplan.runtime.launch import _first_traceback, _torchrun
 
-    repeat, warmup = (5, 2) if quick else (20, 5)
+    repeat, warmup = (7, 2) if quick else (20, 5)
     with tempfile.TemporaryDirectory(prefix="parplan-links-") as tmp:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "parplan.runtime.calibrate_links", "--out", tmp, "--backend", backend,
@@ -203,11 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in LINK_OPS:
         try:
             for nbytes in map(int, args.sizes.split(",")):
-                times = _time_op(_op(name, nbytes, rank, world, device), warmup=args.warmup, repeat=args.repeat,
-                                 device=device)
-                # the slowest rank's median and min: a collective ends when its last rank does
-                stats = torch.tensor([statistics.median(times), min(times)], dtype=torch.float64)
-                dist.all_reduce(stats, op=dist.ReduceOp.MAX)
+                fn = _op(name, nbytes, rank, world, device)
+                stats = None
+                for _ in range(_ATTEMPTS):  # re-timed while disturbed, as the device sweep does
+                    times = _time_op(fn, warmup=args.warmup, repeat=args.repeat, device=device)
+                    # the slowest rank's median and min: a collective ends when its last rank does
+                    got = torch.tensor([statistics.median(times), min(times)], dtype=torch.float64)
+                    dist.all_reduce(got, op=dist.ReduceOp.MAX)  # every rank sees the same, so decides the same
+                    stats = got if stats is None or got[0] < stats[0] else stats
+                    if got[0] <= _STEADY * got[1]:
+                        break
                 scale = 0.5 if name == "send_recv" else 1.0  # a ping-pong is two transfers
                 records.append({"section": "link", "op": name, "shape": [nbytes], "dtype": "float32",
                                 "median_us": round(float(stats[0]) * scale * 1e6, 3),
