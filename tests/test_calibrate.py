@@ -135,10 +135,14 @@ def test_links_make_a_cluster_that_plans(links_run, device_run, tmp_path, capsys
     assert saved.cluster.name == cluster.name and saved.predicted.step_time > 0
 
 
-def test_fit_line_is_the_least_squares_line():
-    # y = 3 + 2x exactly, then noisy points whose closed-form least-squares line is again 3 + 2x
-    assert fit_line([(0, 3), (1, 5), (4, 11)]) == pytest.approx((3, 2))
-    assert fit_line([(0, 3.5), (1, 4), (2, 7.5), (3, 9)]) == pytest.approx((3, 2))
+def test_fit_line_is_the_relative_least_squares_line():
+    import numpy as np
+
+    assert fit_line([(0, 3), (1, 5), (4, 11)]) == pytest.approx((3, 2))  # exact points: the line itself
+    noisy = [(4096, 60e-6), (1 << 20, 0.9e-3), (16 << 20, 9e-3), (64 << 20, 50e-3)]
+    x, y = np.array(noisy).T
+    slope, intercept = np.polyfit(x, y, 1, w=1 / y)  # numpy weights the residuals: w = 1/y is relative error
+    assert fit_line(noisy) == pytest.approx((intercept, slope), rel=1e-6)
 
 
 @pytest.mark.slow

@@ -171,7 +171,7 @@ class RunInfo:
 
     @property
     def text(self) -> str:
-        threads = f", {self.threads} threads" if self.device == "cpu" else ""
+        threads = f", {self.threads} thread{'s' * (self.threads != 1)}" if self.device == "cpu" else ""
         clock = "time.perf_counter" if self.device == "cpu" else "CUDA events"
         return (f"{self.device_name} ({self.device}{threads}), torch {self.torch_version}, {clock} median, "
                 f"{self.date}, `{self.command}`")

@@ -8,7 +8,7 @@ median over the repeats, in the record format of `shared/calibration/h100/ops.js
 (section `link`). A collective the backend does not provide (gloo has no reduce-scatter
 in some builds) is reported and left out.
 
-`fit_link` fits `latency + bytes / bandwidth` by least squares: the send/recv sweep gives
+`fit_link` fits `latency + bytes / bandwidth` by least squares on relative error: the send/recv sweep gives
 the link's bandwidth and latency (the profile's `transfer_time` is exactly that; a negative
 intercept, noise on small messages, is taken as latency 0), the
 all-to-all sweep, counting the bytes one rank sends to the others, its
@@ -68,12 +68,17 @@ def measure_links(*, nproc: int, backend: str, quick: bool, timeout_s: float = 3
 
 
 def fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """(intercept, slope) of the least-squares line through (x, y) points."""
+    """(intercept, slope) of the line through (x, y) points minimising the squared *relative*
+    error: weights 1 / y^2, so a 4 KiB message pins the latency as firmly as a 64 MiB one
+    pins the bandwidth (plain least squares lets the largest message decide both)."""
     if len({x for x, _ in points}) < 2:
         raise ParplanError("a latency + bytes / bandwidth fit needs at least two message sizes")
-    mx = statistics.fmean(x for x, _ in points)
-    my = statistics.fmean(y for _, y in points)
-    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    w = [1 / (y * y) for _, y in points]
+    sw = sum(w)
+    mx = sum(wi * x for wi, (x, _) in zip(w, points)) / sw
+    my = sum(wi * y for wi, (_, y) in zip(w, points)) / sw
+    slope = (sum(wi * (x - mx) * (y - my) for wi, (x, y) in zip(w, points))
+             / sum(wi * (x - mx) ** 2 for wi, (x, _) in zip(w, points)))
     return my - slope * mx, slope
 
 
@@ -97,7 +102,7 @@ def fit_link(records: list[dict], *, ranks: int, source: str) -> tuple[dict, dic
         raise ParplanError(f"send/recv times do not grow with message size (slope {per_byte:.3g} s/B over "
                            f"{len(p2p)} sizes): the measurement is noise; re-run without --quick on an idle machine")
     latency = max(latency, 0.0)
-    fitted = f"least-squares latency + bytes / bandwidth over {len(p2p)} send/recv sizes"
+    fitted = f"least-squares (relative error) latency + bytes / bandwidth over {len(p2p)} send/recv sizes"
 
     def const(value: float, unit: str, how: str) -> dict:
         return {"value": float(f"{value:.4g}"), "unit": unit, "source": f"{how}; {source}"}
@@ -120,7 +125,8 @@ def fit_link(records: list[dict], *, ranks: int, source: str) -> tuple[dict, dic
                        "bandwidth_Bps": float(f"{1 / b:.4g}") if b > 0 else None, "sizes": len(series)}
     a2a = summary.get("all_to_all", {}).get("bandwidth_Bps")
     if a2a:
-        link_data["all_to_all_bandwidth"] = const(a2a, "B/s", "measured: least-squares latency + bytes / bandwidth "
+        link_data["all_to_all_bandwidth"] = const(a2a, "B/s", "measured: least-squares (relative error) latency + "
+                                                              "bytes / bandwidth "
                                                               "over all_to_all_single sizes, bytes sent to the "
                                                               "other ranks")
     link = LinkProfile(name="measured-local", bandwidth=1 / per_byte, latency_s=latency, efficiency=1.0)
