@@ -138,9 +138,10 @@ def _run_device(args, device: str, name: str, out: str, records_path: str) -> in
     run = RunInfo.here(device, command=_command(args, device), records_file=Path(records_path).name)
     display, report = _display(args)
     with display:
-        calibration = measure_device(device, sweep_for(device, quick=args.quick), progress=report)
+        calibration = measure_device(device, sweep_for(device, quick=args.quick), block=_gpt_block, progress=report)
         report("cost model", None, Phase.FIT)
-        data, summary = fit_profile(list(calibration.records), run, name=name, skipped=calibration.skipped)
+        data, summary = fit_profile(list(calibration.records), run, name=name, skipped=calibration.skipped,
+                                    block=_gpt_block)
         report("cost model", _error_line(summary), Phase.FIT)
     header = [f"Calibrated by parplan calibrate: {run.text}.",
               f"Raw records: {run.records_file} (re-fit with parplan.cost.calibrate.fit_profile).",
@@ -151,6 +152,13 @@ def _run_device(args, device: str, name: str, out: str, records_path: str) -> in
     name_written([out, records_path])
     _print_device(data, summary, calibration.skipped)
     return 0
+
+
+def _gpt_block(hidden: int, heads: int, dtype: str):
+    """The zoo's GPT block: what `shared/calibration/h100/blocks.jsonl` timed."""
+    from parplan.zoo.gpt import Block, GPTConfig
+
+    return Block(GPTConfig(hidden=hidden, heads=heads, dtype=dtype))
 
 
 def _error_line(summary: dict) -> str:

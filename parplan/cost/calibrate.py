@@ -32,13 +32,17 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import nn
 
 from parplan.errors import ParplanError
 
 __all__ = ["Sweep", "sweep_for", "RunInfo", "Calibration", "measure_device", "fit_profile", "gemm_dtypes", "op_dtypes",
-           "check_device", "local_device_name", "block_errors", "default_name"]
+           "check_device", "local_device_name", "block_errors", "default_name", "BlockFactory"]
 
 Progress = Callable[[str, "str | None"], None]  # (group, None) when a group starts; (group, summary) when done
+# (hidden, heads, dtype) -> a GPT block taking [batch, seq, hidden]: injected, since the zoo sits
+# beside `cost`, not below it (docs/architecture.md)
+BlockFactory = Callable[[int, int, str], "nn.Module"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -294,16 +298,15 @@ def _copies(sweep: Sweep, device: str) -> tuple[list[dict], str]:
     return records, f"{len(records)} records, best {max(r['gbps'] for r in records):.1f} GB/s read + write"
 
 
-def _block(hidden: int, heads: int, dtype: str, device: str):
-    from parplan.zoo.gpt import Block, GPTConfig
+def _block(factory: BlockFactory, hidden: int, heads: int, dtype: str, device: str) -> nn.Module:
+    with torch.device(device):  # parameters made where they are used (a meta block allocates nothing)
+        return factory(hidden, heads, dtype).to(dtype=getattr(torch, dtype))
 
-    return Block(GPTConfig(hidden=hidden, heads=heads, dtype=dtype)).to(device=device, dtype=getattr(torch, dtype))
 
-
-def _blocks(sweep: Sweep, dtype: str, device: str) -> tuple[list[dict], str]:
+def _blocks(sweep: Sweep, dtype: str, device: str, factory: BlockFactory) -> tuple[list[dict], str]:
     records = []
     for hidden, heads, batch, seq in sweep.blocks:
-        block = _block(hidden, heads, dtype, device)
+        block = _block(factory, hidden, heads, dtype, device)
         x = torch.randn(batch, seq, hidden, dtype=getattr(torch, dtype), device=device, requires_grad=True)
         out = block(x)
         base = {"section": "layer", "shape": [batch, seq, hidden], "dtype": dtype, "hidden": hidden, "heads": heads,
@@ -335,7 +338,7 @@ def _concurrently(main, side, device: str):
     return both
 
 
-def _contention(sweep: Sweep, dtype: str, device: str) -> tuple[list[dict], str]:
+def _contention(sweep: Sweep, dtype: str, device: str, factory: BlockFactory) -> tuple[list[dict], str]:
     n = sweep.contention_gemm
     a = torch.randn(n, n, dtype=getattr(torch, dtype), device=device)
     src = torch.empty(sweep.copy_bytes[-1], dtype=torch.uint8, device=device)
@@ -350,7 +353,7 @@ def _contention(sweep: Sweep, dtype: str, device: str) -> tuple[list[dict], str]
                                copy_alone_us=round(copy_us, 3), copies=copies,
                                serial_us=round(gemm_us + copies * copy_us, 3)))
     hidden, heads, batch, seq = sweep.blocks[0]
-    fwd_block, bwd_block = _block(hidden, heads, dtype, device), _block(hidden, heads, dtype, device)
+    fwd_block, bwd_block = (_block(factory, hidden, heads, dtype, device) for _ in range(2))
     xa, xb = (torch.randn(batch, seq, hidden, dtype=getattr(torch, dtype), device=device, requires_grad=True)
               for _ in range(2))
     out_b = bwd_block(xb)
@@ -374,8 +377,9 @@ def _unaligned_ratio(records: list[dict]) -> float:
     return statistics.median(ratios)
 
 
-def measure_device(device: str, sweep: Sweep, *, progress: Progress | None = None) -> Calibration:
-    """Every group of `sweep` on `device`; a group that raises is skipped and said so."""
+def measure_device(device: str, sweep: Sweep, *, block: BlockFactory, progress: Progress | None = None) -> Calibration:
+    """Every group of `sweep` on `device`; a group that raises is skipped and said so.
+    `block` builds the GPT block the layer and overlap records time (the CLI passes the zoo's)."""
     report = progress or (lambda group, message: None)
     groups: list[tuple[str, Callable[[], tuple[list[dict], str]]]] = []
     for dtype in gemm_dtypes(device):
@@ -387,8 +391,8 @@ def measure_device(device: str, sweep: Sweep, *, progress: Progress | None = Non
         groups.append((f"norms and pointwise {dtype}", lambda dtype=dtype: _pointwise(sweep, dtype, device)))
     groups.append(("copies", lambda: _copies(sweep, device)))
     for dtype in op_dtypes(device):
-        groups.append((f"gpt blocks {dtype}", lambda dtype=dtype: _blocks(sweep, dtype, device)))
-    groups.append((f"contention {main}", lambda: _contention(sweep, main, device)))
+        groups.append((f"gpt blocks {dtype}", lambda dtype=dtype: _blocks(sweep, dtype, device, block)))
+    groups.append((f"contention {main}", lambda: _contention(sweep, main, device, block)))
     records: list[dict] = []
     skipped: list[str] = []
     for name, run in groups:
@@ -467,8 +471,10 @@ _NEEDS = {
 }
 
 
-def fit_profile(records: list[dict], run: RunInfo, *, name: str, skipped: tuple[str, ...] = ()) -> tuple[dict, dict]:
-    """(the GPU profile as YAML data, the fit's error summary) from the records of one run.
+def fit_profile(records: list[dict], run: RunInfo, *, name: str, skipped: tuple[str, ...] = (),
+                block: BlockFactory | None = None) -> tuple[dict, dict]:
+    """(the GPU profile as YAML data, the fit's error summary) from the records of one run;
+    with `block`, the summary also has the profile's error on the whole-block records.
 
     Raises a ParplanError naming the constants no record could give (and why: `skipped`)."""
     from parplan.cost.calibration import build_probes, calibration_report, fit, fit_overlap, summarize_errors
@@ -504,7 +510,8 @@ def fit_profile(records: list[dict], run: RunInfo, *, name: str, skipped: tuple[
                        _sig(unaligned), _sig(contention), _sig(ratio))
     gpu = fit(probes, start, bounds=_bounds(run.device))
     summary = {k: {m: round(v, 4) for m, v in s.items()} for k, s in summarize_errors(calibration_report(probes, gpu)).items()}
-    summary["blocks"] = block_errors([r for r in records if r["section"] == "layer"], gpu)
+    if block is not None:
+        summary["blocks"] = block_errors([r for r in records if r["section"] == "layer"], gpu, block)
 
     def const(value: float, unit: str, source: str) -> dict:
         return {"value": _sig(value), "unit": unit, "source": f"{source}; {run.text}"}
@@ -542,7 +549,7 @@ def fit_profile(records: list[dict], run: RunInfo, *, name: str, skipped: tuple[
     return data, summary
 
 
-def block_errors(records: list[dict], gpu) -> dict[str, float]:
+def block_errors(records: list[dict], gpu, factory: BlockFactory) -> dict[str, float]:
     """Relative error of the profile's F, I and I + W of whole GPT blocks (not part of the op fit:
     how the per-op model adds up on a real block), as median and max |error| over the records."""
     import warnings
@@ -555,7 +562,7 @@ def block_errors(records: list[dict], gpu) -> dict[str, float]:
     for r in records:
         key = (r["hidden"], r["heads"], r["batch"], r["seq"], r["dtype"])
         if key not in traced:
-            block = _block(r["hidden"], r["heads"], r["dtype"], "meta")
+            block = _block(factory, r["hidden"], r["heads"], r["dtype"], "meta")
             x = torch.zeros(r["batch"], r["seq"], r["hidden"], dtype=getattr(torch, r["dtype"]), device="meta",
                             requires_grad=True)
             with warnings.catch_warnings():
