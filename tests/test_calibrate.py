@@ -24,6 +24,7 @@ from parplan.runtime.calibrate_links import fit_line
 
 REPO = Path(__file__).resolve().parents[1]
 OP_SECTIONS = ("gemm", "attention", "pointwise", "copy")
+THREADS_BEFORE = torch.get_num_threads()
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +210,10 @@ def test_a_one_node_cluster_may_leave_out_inter_node_and_find_its_gpu_beside_it(
     two.write_text(one.read_text().replace("nodes: 1", "nodes: 2"))
     with pytest.raises(ParplanError, match="inter_node"):
         load_cluster(str(two))
+
+
+def test_threads_are_restored_after_an_in_process_run(device_run):
+    """The module fixture ran `--threads 1` in this process; torch keeps its own setting."""
+    import os
+
+    assert torch.get_num_threads() == THREADS_BEFORE or os.cpu_count() == 1

@@ -112,13 +112,16 @@ def run_calibrate(args) -> int:
                         ("--timeout", args.timeout)):
         if value is not None:
             raise ParplanError(f"{flag} applies to --links only; add --links to measure links, or drop {flag}")
-    if args.threads is not None:
-        if device != "cpu":
-            raise ParplanError("--threads sets CPU threads; it applies to --device cpu only")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and device != "cpu":
+        raise ParplanError("--threads sets CPU threads; it applies to --device cpu only")
     name = args.name or default_name(local_device_name(device))
     out, records_path = _outputs(args.out or f"{name}.yaml")
-    return _run_device(args, device, name, out, records_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        return _run_device(args, device, name, out, records_path)
+    finally:  # `main` may run in-process (tests, notebooks): leave torch as it was
+        torch.set_num_threads(threads)
 
 
 def _command(args, device: str) -> str:
