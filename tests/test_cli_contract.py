@@ -278,6 +278,34 @@ CASES = {
     "run-timeout-zero": (["run", "{plan}", "--nproc", "2", "--timeout", "0"], "--timeout: 0 is invalid"),
     "run-steps-text": (["run", "{plan}", "--nproc", "2", "--steps", "few"], "'few' is not an integer"),
     "run-lost-action": (["run", "{plan_lost_action}", "--nproc", "2", "--gantt", "{out}/g.png"], "V3"),
+    # calibrate: every check before a measurement starts
+    "calibrate-out-not-yaml": (["calibrate", "--device", "cpu", "--quick", "--out", "{out}/dev.json"],
+                               "must end in .yaml"),
+    "calibrate-out-missing-folder": (["calibrate", "--device", "cpu", "--quick", "--out", "{out}/no/dev.yaml"],
+                                     "does not exist"),
+    "calibrate-out-read-only": (["calibrate", "--device", "cpu", "--quick", "--out", "{ro}/dev.yaml"], "not writable"),
+    "calibrate-out-is-folder": (["calibrate", "--device", "cpu", "--out", "{dir_json}/"], "must end in .yaml"),
+    "calibrate-threads-zero": (["calibrate", "--device", "cpu", "--threads", "0", "--out", "{out}/d.yaml"],
+                               "--threads: 0 is invalid"),
+    "calibrate-device-word": (["calibrate", "--device", "tpu", "--out", "{out}/d.yaml"], "invalid choice: 'tpu'"),
+    "calibrate-nproc-without-links": (["calibrate", "--device", "cpu", "--nproc", "2", "--out", "{out}/d.yaml"],
+                                      "applies to --links only"),
+    "calibrate-timeout-without-links": (["calibrate", "--device", "cpu", "--timeout", "60", "--out", "{out}/d.yaml"],
+                                        "--timeout applies to --links only"),
+    "calibrate-links-one-rank": (["calibrate", "--device", "cpu", "--links", "--nproc", "1", "--gpu", "h100-sxm",
+                                  "--out", "{out}/c.yaml"], "N >= 2"),
+    "calibrate-links-too-many": (["calibrate", "--device", "cpu", "--links", "--nproc", "100000", "--gpu", "h100-sxm",
+                                  "--out", "{out}/c.yaml"], "more than the"),
+    "calibrate-links-nccl-on-cpu": (["calibrate", "--device", "cpu", "--links", "--nproc", "2", "--backend", "nccl",
+                                     "--gpu", "h100-sxm", "--out", "{out}/c.yaml"], "--backend nccl needs CUDA"),
+    "calibrate-links-no-gpu": (["calibrate", "--device", "cpu", "--links", "--nproc", "2", "--out", "{out}/c.yaml"],
+                               "--links needs --gpu"),
+    "calibrate-links-unknown-gpu": (["calibrate", "--device", "cpu", "--links", "--nproc", "2", "--gpu", "abacus",
+                                     "--out", "{out}/c.yaml"], "abacus"),
+    "calibrate-links-cluster-as-gpu": (["calibrate", "--device", "cpu", "--links", "--nproc", "2", "--gpu", "h100x8",
+                                        "--out", "{out}/c.yaml"], "is a cluster profile"),
+    "calibrate-links-read-only": (["calibrate", "--device", "cpu", "--links", "--nproc", "2", "--gpu", "h100-sxm",
+                                   "--out", "{ro}/c.yaml"], "not writable"),
     # the top level
     "unknown-command": (["planify"], "invalid choice: 'planify'"),
     "no-command": ([], "required"),
@@ -332,8 +360,34 @@ def test_bad_input_exits_2_with_a_message_and_leaves_nothing(capsys, folders, ar
 def test_the_table_covers_every_command():
     commands = {argv[0] for argv, _ in CASES.values() if argv}
     assert commands == {"schedule", "compare", "plan", "trace", "profile", "plan-chain", "export", "show", "run",
-                        "planify"}
+                        "calibrate", "planify"}
     assert len(CASES) >= 60
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_calibrate_cuda_without_a_gpu_exits_2(capsys, folders):
+    code, _, err = run_cli(capsys, ["calibrate", "--device", "cuda", "--out", f"{folders['out']}/gpu.yaml"])
+    assert_clean_failure(code, err, folders)
+    assert "--device cuda: torch.cuda.is_available() is False" in err and "--device cpu" in err
+
+
+def test_calibrate_with_a_failing_measurement_exits_2_and_writes_nothing(capsys, folders, monkeypatch):
+    """SDPA raising (as an op the device lacks would): the run says what failed and which constants
+    it leaves without a measurement, and writes no profile and no records."""
+    from parplan.cost import calibrate
+
+    tiny = calibrate.Sweep(gemm=((128, 64, 128),), unaligned=((128, 64, 128),), attention=((1, 1, 16, 16),),
+                           pointwise=((64, 32),), copy_bytes=(4096, 1 << 16), blocks=((32, 2, 1, 8),),
+                           contention_gemm=64, warmup=0, repeat=1)
+    monkeypatch.setattr(calibrate, "sweep_for", lambda device, quick: tiny)
+
+    def no_sdpa(*args, **kwargs):
+        raise RuntimeError("no kernel image for scaled_dot_product_attention")
+
+    monkeypatch.setattr(calibrate, "_attention", no_sdpa)
+    code, _, err = run_cli(capsys, ["calibrate", "--device", "cpu", "--out", f"{folders['out']}/dev.yaml"])
+    assert_clean_failure(code, err, folders)
+    assert "attention_forward" in err and "no kernel image" in err and "none was written" in err
 
 
 # ---- internal errors and --debug ---------------------------------------------------------------

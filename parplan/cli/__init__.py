@@ -29,9 +29,9 @@ _DEBUG_HELP = "on an internal error, show the Python traceback (for bug reports)
 
 def _command_modules():
     # Imported here, not at module level, so `parplan --help` stays fast.
-    from parplan.cli import chain, export, plan, profile, run, schedule, show, trace
+    from parplan.cli import calibrate, chain, export, plan, profile, run, schedule, show, trace
 
-    return [schedule, plan, trace, profile, chain, export, show, run]  # the order `parplan --help` lists
+    return [schedule, plan, trace, profile, chain, export, show, run, calibrate]  # the order `parplan --help` lists
 
 
 def build_parser() -> argparse.ArgumentParser:

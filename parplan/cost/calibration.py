@@ -34,11 +34,13 @@ __all__ = [
     "Probe",
     "RecordError",
     "load_records",
+    "probe_module",
     "build_probes",
     "predict",
     "calibration_report",
     "summarize_errors",
     "fit",
+    "FIT_BOUNDS",
     "fit_overlap",
     "fitted_constants",
     "calibration_loss",
@@ -105,7 +107,8 @@ def _meta(shape, dtype, grad=True) -> torch.Tensor:
     return torch.zeros(*shape, device="meta", dtype=dtype, requires_grad=grad)
 
 
-def _probe_module(record: dict) -> tuple[nn.Module, tuple[torch.Tensor, ...]] | None:
+def probe_module(record: dict) -> tuple[nn.Module, tuple[torch.Tensor, ...]] | None:
+    """The module a record timed and its meta inputs; None for what no probe models."""
     section, op, shape = record["section"], record["op"], record["shape"]
     dtype = getattr(torch, record["dtype"])
     if section == "gemm":
@@ -142,7 +145,7 @@ def build_probes(records: Iterable[dict]) -> list[Probe]:
     cache: dict[str, tuple] = {}
     probes = []
     for rec in records:
-        built = _probe_module(rec)
+        built = probe_module(rec)
         if built is None:
             continue
         key = json.dumps([rec["section"], rec["op"].rsplit("_", 1)[0], rec["shape"], rec["dtype"], rec.get("causal")])
@@ -205,6 +208,8 @@ _BOUNDS = {
 }
 
 
+FIT_BOUNDS = _BOUNDS  # the fitted parameters and their default (GPU) ranges
+
 _TOP_LEVEL = ("launch_floor_s", "backward_floor_s", "gemm_floor_s", "attention_seq_half", "attention_causal_tile")
 
 
@@ -228,12 +233,20 @@ def calibration_loss(probes: list[Probe], gpu: GPUProfile) -> float:
     return sum(statistics.fmean(v) + 0.1 * max(v) for v in by.values())
 
 
-def fit(probes: list[Probe], start: GPUProfile, *, sweeps: int = 4, steps: int = 24) -> GPUProfile:
-    """Coordinate descent over the bounded parameters, refining the grid each sweep."""
+def fit(probes: list[Probe], start: GPUProfile, *, sweeps: int = 4, steps: int = 24,
+        bounds: dict[str, tuple[float, float]] | None = None) -> GPUProfile:
+    """Coordinate descent over the bounded parameters, refining the grid each sweep.
+
+    `bounds` overrides the default ranges (`FIT_BOUNDS`, set for GPUs) of the parameters it
+    names: a CPU's floors and efficiencies lie outside them."""
     gpu = start
-    span = {k: hi - lo for k, (lo, hi) in _BOUNDS.items()}
+    unknown = set(bounds or {}) - set(_BOUNDS)
+    if unknown:
+        raise ParplanError(f"fit bounds name unknown parameters {sorted(unknown)}; fitted: {sorted(_BOUNDS)}")
+    bounds = {**_BOUNDS, **(bounds or {})}
+    span = {k: hi - lo for k, (lo, hi) in bounds.items()}
     for _ in range(sweeps):
-        for name, (lo, hi) in _BOUNDS.items():
+        for name, (lo, hi) in bounds.items():
             centre = _get(gpu, name)
             a, b = max(lo, centre - span[name] / 2), min(hi, centre + span[name] / 2)
             grid = [a + (b - a) * i / steps for i in range(steps + 1)]

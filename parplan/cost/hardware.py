@@ -66,8 +66,8 @@ def _constant(data: dict, key: str, unit: str, where: str, *, allow_zero: bool =
     return Constant(value=float(value), unit=unit, source=source)
 
 
-def _fraction(data: dict, key: str, where: str, *, upper: float = 1.0) -> float:
-    c = _constant(data, key, "fraction", where)
+def _fraction(data: dict, key: str, where: str, *, upper: float = 1.0, allow_zero: bool = False) -> float:
+    c = _constant(data, key, "fraction", where, allow_zero=allow_zero)
     if c.value > upper:
         raise ParplanError(f"{where}.{key}.value = {c.value} must be <= {upper} (a fraction)")
     return c.value
@@ -231,7 +231,8 @@ def _parse_gpu(data: dict, where: str) -> GPUProfile:
         attention_backward=_fraction(eff, "attention_backward", ew),
         attention_causal=_fraction(eff, "attention_causal", ew),
         memory=_fraction(eff, "memory", ew),
-        transfer_contention=_fraction(eff, "transfer_contention", ew),
+        # 0 is a measurement too: a transfer beside compute that costs the compute nothing
+        transfer_contention=_fraction(eff, "transfer_contention", ew, allow_zero=True),
         fb_overlap_ratio=_constant(eff, "fb_overlap_ratio", "ratio", ew).value,
     )
     for key in eff:
@@ -291,15 +292,30 @@ def load_profile_file(path: Path) -> GPUProfile | ClusterProfile:
                     raise ParplanError(f"{gw}.{key} = {g[key]!r} must be a positive integer (a count)")
             if not isinstance(g["gpu"], str):
                 raise ParplanError(f"{gw}.gpu = {g['gpu']!r} must name a GPU profile (e.g. h100-sxm) or a .yaml file")
-            gpu = load_gpu(g["gpu"])
+            gpu = load_gpu(_beside(path, g["gpu"]))
             groups.append(NodeGroup(gpu=gpu, nodes=g["nodes"], gpus_per_node=g["gpus_per_node"],
                                     intra_node=_parse_link(g["intra_node"], f"{gw}.intra_node")))
+        inter = data.get("inter_node")
+        if inter is None and sum(g.nodes for g in groups) == 1:
+            # one node: no rank pair crosses nodes, so no inter-node link is ever used (or measured)
+            inter_node = groups[0].intra_node
+        else:
+            inter_node = _parse_link(inter, f"{where}.inter_node")
         slowdown = _constant(data, "all_to_all_compute_slowdown", "fraction", where, allow_zero=True).value \
             if "all_to_all_compute_slowdown" in data else None
         return ClusterProfile(name=str(data.get("name", where)), groups=tuple(groups),
-                              inter_node=_parse_link(data.get("inter_node"), f"{where}.inter_node"),
+                              inter_node=inter_node,
                               a2a_compute_slowdown=slowdown)
     raise ParplanError(f"{path}: kind = {kind!r}; expected kind: gpu or kind: cluster")
+
+
+def _beside(cluster_file: Path, gpu: str) -> str | Path:
+    """A cluster's `gpu:` entry: a relative .yaml path is looked up beside the cluster file
+    first (a calibrated pair of files moves together), then from the working directory."""
+    ref = Path(gpu)
+    if ref.suffix in (".yaml", ".yml") and not ref.is_absolute() and (cluster_file.parent / ref).is_file():
+        return cluster_file.parent / ref
+    return gpu
 
 
 def load_gpu(name_or_path: str | Path) -> GPUProfile:

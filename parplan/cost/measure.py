@@ -18,7 +18,7 @@ from parplan.cost.model import OpCost
 from parplan.errors import ParplanError
 from parplan.trace.graph import OpKind, TracedGraph
 
-__all__ = ["require_cuda", "measure_graph", "load_cache", "save_cache", "DEFAULT_CACHE"]
+__all__ = ["require_cuda", "time_samples", "random_like", "measure_graph", "load_cache", "save_cache", "DEFAULT_CACHE"]
 
 DEFAULT_CACHE = Path.home() / ".cache" / "parplan" / "measured.json"
 
@@ -35,7 +35,9 @@ def require_cuda() -> str:
     return torch.cuda.get_device_name()
 
 
-def _time(fn: Callable[[], object], *, warmup: int, repeat: int, device: str) -> float:
+def time_samples(fn: Callable[[], object], *, warmup: int, repeat: int, device: str) -> list[float]:
+    """Seconds of each of `repeat` timed calls of `fn` after `warmup` untimed ones: CUDA events
+    on a GPU (the kernels' time, not the host's), time.perf_counter on the CPU."""
     import time
 
     import torch
@@ -43,12 +45,12 @@ def _time(fn: Callable[[], object], *, warmup: int, repeat: int, device: str) ->
     for _ in range(warmup):
         fn()
     times = []
-    if device == "cpu":  # the replay machinery's own test runs on CPU; planning numbers need CUDA
+    if device == "cpu":
         for _ in range(repeat):
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return times
     for _ in range(repeat):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -56,10 +58,16 @@ def _time(fn: Callable[[], object], *, warmup: int, repeat: int, device: str) ->
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e-3)
-    return statistics.median(times)
+    return times
 
 
-def _random(meta, requires_grad: bool, device: str):
+def _time(fn: Callable[[], object], *, warmup: int, repeat: int, device: str) -> float:
+    # the replay machinery's own test runs on CPU; planning numbers need CUDA
+    return statistics.median(time_samples(fn, warmup=warmup, repeat=repeat, device=device))
+
+
+def random_like(meta, requires_grad: bool, device: str):
+    """A random tensor on `device` with the shape, dtype and layout of the meta tensor `meta`."""
     import torch
 
     if meta.dtype.is_floating_point:
@@ -95,7 +103,7 @@ def measure_graph(traced: TracedGraph, *, warmup: int = 3, repeat: int = 10,
             if not isinstance(val, torch.Tensor):
                 return val
             is_param, grad = next(flags, (False, False))
-            t = _random(val, grad and val.dtype.is_floating_point, device)
+            t = random_like(val, grad and val.dtype.is_floating_point, device)
             tensors.append((is_param, t))
             return t
 

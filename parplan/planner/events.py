@@ -21,6 +21,9 @@ class Phase(str, Enum):
     UPPER_MIP = "upper MIP"
     LOWER_MIP = "lower MIP"
     MEMORY_PASS = "memory pass"
+    # `parplan calibrate` shows its measurement groups and fits on the same display
+    MEASURE = "measure"
+    FIT = "fit"
 
 
 class Step(str, Enum):
