@@ -36,6 +36,13 @@ def plan_summary(plan) -> str:
     p = plan.predicted
     lines.append(f"predicted step time {p.step_time:.6g} {unit}, bubble ratio {p.bubble_ratio:.1%}, "
                  f"peak activation per rank {[round(x, 4) for x in p.peak_activation_per_rank]} {plan.memory_unit}")
+    if plan.evaluated is not None:
+        e = plan.evaluated
+        chunks = f", {e.chunks} chunks per rank" if e.chunks is not None else ""
+        lines.append(f"evaluated configuration (not searched): {e.schedule}{chunks} on placement {e.placement}, "
+                     f"PP{e.pp}×DP{e.dp}×TP{e.tp}" + (f"×EP{e.ep}" if e.ep > 1 else "") +
+                     f", -m {e.microbatches}: step time {e.step_time:.6g} {unit} with the gradient sync, peak memory "
+                     f"per device {max(e.peak_memory_per_rank):.6g} of {e.memory_cap:.6g} {plan.memory_unit}")
     if plan.overlap_note():
         lines.append(plan.overlap_note())
     for level, report in plan.solver.items():

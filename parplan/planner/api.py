@@ -13,6 +13,7 @@ from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.plan import (
     ClusterSummary,
+    EvaluatedConfig,
     ModelSummary,
     Plan,
     PlannedAction,
@@ -86,10 +87,11 @@ def to_plan(result: PlanResult, model, example_inputs: tuple, cluster: ClusterPr
     degrees = placed.degrees
     devices = tuple({"name": name, "pipeline_rank": r, "global_rank": degrees.rank(0, r)}
                     for r, name in enumerate(placed.gpu_names))
+    evaluated = result.search == "evaluated"
     solver = {
-        "upper": {"degrees": str(degrees), "placement": placed.family.name, "reports": result.reports["upper"]},
+        "upper": {"degrees": str(degrees), "placement": placed.family.name, "reports": result.reports.get("upper", [])},
         "lower": {**best.solver, **(best.mip.as_dict() if best.mip is not None else {})},
-        "comparison": {"parplan": evaluated_summary(best),
+        "comparison": {best.label if evaluated else "parplan": evaluated_summary(best),
                        **{e.label: evaluated_summary(e) for e in result.baselines}},
         "planning": {"seconds": result.planning_seconds, "notes": list(result.notes),
                      "work": config.work, "stopped_early": list(result.stopped_early),
@@ -104,6 +106,14 @@ def to_plan(result: PlanResult, model, example_inputs: tuple, cluster: ClusterPr
     )
     if config.mode == "inference":
         out = dataclasses.replace(out, mode="inference")
+    if evaluated:
+        from parplan.planner.evaluate import other_choices
+
+        out = dataclasses.replace(out, evaluated=EvaluatedConfig(
+            schedule=config.schedule, chunks=config.chunks, placement=placed.family.name, pp=degrees.pp,
+            dp=degrees.dp, tp=degrees.tp, ep=degrees.ep, microbatches=config.microbatches,
+            step_time=best.step_time_s, peak_memory_per_rank=best.peak_memory_bytes, memory_cap=result.memory_cap,
+            options=other_choices(config)))
     return out
 
 
