@@ -37,7 +37,7 @@ from parplan.planner.bilevel import PlannerConfig, PlanResult, _contiguous, _Sea
 from parplan.planner.degrees import Degrees
 from parplan.planner.lower import Evaluated, evaluate_schedule, place
 from parplan.schedule.placement import Family, family_of_schedule
-from parplan.sizes import format_bytes
+from parplan.sizes import format_bytes, memory_flag
 
 __all__ = ["evaluate_configuration", "schedule_family", "other_choices"]
 
@@ -153,6 +153,6 @@ def _overflow(e: Evaluated, cap: float, *, searched: bool) -> ParplanError:
     return ParplanError(
         f"--schedule {e.label} at {e.placed.degrees} does not fit the memory cap of {format_bytes(cap)} per device: "
         f"{which} {format_bytes(peaks[rank])} on pipeline rank {rank} ({format_bytes(static)} parameters, "
-        f"gradients and optimizer state, {format_bytes(peaks[rank] - static)} activations); raise --memory-limit "
-        f"to at least {format_bytes(peaks[rank])} to see its step time anyway, or choose more GPUs for the model, "
-        f"other degrees or fewer micro-batches in flight")
+        f"gradients and optimizer state, {format_bytes(peaks[rank] - static)} activations); use --memory-limit "
+        f"{memory_flag(peaks[rank])} or more to see its step time anyway, or other degrees, more GPUs, or "
+        f"a schedule that holds fewer micro-batches' activations")
