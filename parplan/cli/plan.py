@@ -6,7 +6,7 @@ import json
 import sys
 
 from parplan.cli.args import (capture_warning_lines, chart_format, degree, effort, format_columns, integer, leaf_arg,
-                              memory_size, positive_int, seconds)
+                              memory_size, positive_int, schedule_name, seconds)
 from parplan.baselines import BASELINES
 from parplan.cli.progress import ProgressDisplay, name_written
 from parplan.io import check_writable, write_outputs
@@ -48,7 +48,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--ep", type=degree, default=None,
                    help="fix the expert-parallel degree of MoE layers, out of the data-parallel replicas "
                         "(default: search; 1 without MoE layers)")
-    p.add_argument("--schedule", choices=BASELINES, default=None, metavar="NAME",
+    p.add_argument("--schedule", type=schedule_name, default=None, metavar="NAME",
                    help=f"evaluate this expert schedule instead of searching ({', '.join(BASELINES)}): with --pp "
                         f"(and --tp, --ep) fixed, that configuration's step time, memory and chart on an even layer "
                         f"split; without --pp, the fastest degrees for it (docs/planner.md)")
