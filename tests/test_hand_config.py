@@ -22,6 +22,7 @@ from parplan.errors import ParplanError
 from parplan.plan import Plan
 from parplan.planner.api import to_plan
 from parplan.planner.bilevel import PlannerConfig, plan_traced
+from parplan.planner.evaluate import evaluate_traced
 from parplan.planner.costing import Coster
 from parplan.planner.degrees import Degrees, candidate_degrees
 from parplan.planner.units import Granularity, coarsen
@@ -45,7 +46,7 @@ def gpt():
 def _evaluate(traced, cluster, schedule, pp, *, chunks=None, tp=1, **options):
     degrees = Degrees(pp=pp, dp=cluster.num_gpus // (pp * tp), tp=tp)
     config = PlannerConfig(microbatches=M, degrees=degrees, schedule=schedule, chunks=chunks, **options)
-    return plan_traced(traced, cluster, config), config
+    return evaluate_traced(traced, cluster, config), config
 
 
 def _costs_of(placed):
@@ -124,12 +125,12 @@ def test_the_searched_plan_at_the_same_degrees_is_no_slower_and_times_that_basel
 
 def test_a_fixed_schedule_without_pp_keeps_the_fastest_degrees_for_it(gpt):
     _, traced, cluster = gpt
-    result = plan_traced(traced, cluster, PlannerConfig(microbatches=M, schedule="1f1b"))
+    result = evaluate_traced(traced, cluster, PlannerConfig(microbatches=M, schedule="1f1b"))
     layers = len(coarsen(traced, Granularity.LAYER).units)
     times = {}
     for d in candidate_degrees(cluster, microbatches=M, max_pp=layers):
         try:
-            one = plan_traced(traced, cluster, PlannerConfig(microbatches=M, degrees=d, schedule="1f1b")).best
+            one = evaluate_traced(traced, cluster, PlannerConfig(microbatches=M, degrees=d, schedule="1f1b")).best
         except ParplanError:  # 1f1b needs M >= N per replica; or the split does not fit
             continue
         times[str(d)] = one.step_time_s
@@ -203,7 +204,7 @@ def test_moe_with_ep_fixed_times_the_all_to_alls_the_simulator_times():
     zoo = load_model(moe, batch=1, seq=256)
     traced, cluster = trace(zoo.model, zoo.example_inputs), load_cluster("h100x8")
     config = PlannerConfig(microbatches=16, degrees=Degrees(pp=2, dp=4, tp=1), ep=4, schedule="dualpipev")
-    best = plan_traced(traced, cluster, config).best
+    best = evaluate_traced(traced, cluster, config).best
     assert best.placed.degrees.ep == 4 and best.placed.costs.communicates
     _, sim = simulate_baseline("dualpipev", 2, 4, _costs_of(best.placed))
     assert best.step_time_s == pytest.approx(sim.makespan + best.placed.dp_sync_s, rel=1e-12)
@@ -232,3 +233,11 @@ def test_configurations_the_schedule_or_the_model_cannot_run_are_refused(gpt, sc
     with pytest.raises(ParplanError) as err:
         _evaluate(traced, cluster, schedule, pp, chunks=chunks)
     assert phrase in str(err.value) and f"--schedule {schedule} at PP{pp}" in str(err.value)
+
+
+def test_the_search_and_the_evaluation_each_refuse_the_other_s_config(gpt):
+    _, traced, cluster = gpt
+    with pytest.raises(ParplanError, match="evaluate_traced"):
+        plan_traced(traced, cluster, PlannerConfig(microbatches=M, schedule="1f1b"))
+    with pytest.raises(ParplanError, match="give the config a schedule="):
+        evaluate_traced(traced, cluster, PlannerConfig(microbatches=M))

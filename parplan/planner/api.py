@@ -23,6 +23,7 @@ from parplan.plan import (
 )
 from parplan.planner.bilevel import PlannerConfig, PlanResult, plan_traced
 from parplan.planner.degrees import Degrees
+from parplan.planner.evaluate import evaluate_traced, other_choices
 from parplan.planner.events import PlanProgress
 from parplan.planner.lower import Evaluated
 from parplan.planner.units import stage_pieces
@@ -62,7 +63,8 @@ def plan_with_report(
     profile = _cluster(cluster)
     config = PlannerConfig(microbatches=microbatches, **options)
     traced = trace(model, example_inputs, leaf_modules=leaf_modules)
-    result = plan_traced(traced, profile, config, progress=progress)
+    run = plan_traced if config.schedule is None else evaluate_traced  # a fixed schedule: evaluated as given
+    result = run(traced, profile, config, progress=progress)
     return to_plan(result, model, example_inputs, profile, config, spec), result
 
 
@@ -107,8 +109,6 @@ def to_plan(result: PlanResult, model, example_inputs: tuple, cluster: ClusterPr
     if config.mode == "inference":
         out = dataclasses.replace(out, mode="inference")
     if evaluated:
-        from parplan.planner.evaluate import other_choices
-
         out = dataclasses.replace(out, evaluated=EvaluatedConfig(
             schedule=config.schedule, chunks=config.chunks, placement=placed.family.name, pp=degrees.pp,
             dp=degrees.dp, tp=degrees.tp, ep=degrees.ep, microbatches=config.microbatches,

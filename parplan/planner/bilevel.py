@@ -191,15 +191,11 @@ class _Screened:
 def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerConfig,
                 progress: Progress | None = None) -> PlanResult:
     """screen → refine → lower-level MIP → choose (module docstring)."""
-    stop = SafetyStop(seconds=config.time_limit)
-    cap = config.memory_limit if config.memory_limit is not None else min(g.gpu.hbm_bytes for g in cluster.groups)
-    run = _Search(traced=traced, cluster=cluster, config=config, cap=cap, layers=coarsen(traced, Granularity.LAYER),
-                  ops=coarsen(traced, Granularity.OPERATOR), stop=stop, progress=progress,
-                  key=_key(config))
     if config.schedule is not None:
-        from parplan.planner.evaluate import evaluate_configuration
-
-        return evaluate_configuration(run)
+        raise ParplanError(f"plan_traced searches; a config with schedule={config.schedule!r} is evaluated as given "
+                           f"by parplan.planner.evaluate.evaluate_traced (parplan.plan_with_report picks it)")
+    run = new_search(traced, cluster, config, progress)
+    stop = run.stop
     screened = _screen(run)
     refined, upper_reports = _refine_best(run, screened)
     reports: dict = {"upper": upper_reports, "lower": None, "screened": screened.screened,
@@ -217,8 +213,17 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
         run.notes.append(stop.note)
     reports["stopped_early"] = list(stop.cut)
     return PlanResult(best=best, baselines=tuple(screened.baselines[n] for n in sorted(screened.baselines)),
-                      units=run.ops, memory_cap=cap, planning_seconds=time.perf_counter() - stop.started,
+                      units=run.ops, memory_cap=run.cap, planning_seconds=time.perf_counter() - stop.started,
                       reports=reports, notes=tuple(dict.fromkeys(run.notes)), stopped_early=tuple(stop.cut))
+
+
+def new_search(traced: TracedGraph, cluster: ClusterProfile, config: PlannerConfig,
+               progress: Progress | None = None) -> _Search:
+    """What a planning run shares, from its start: the cap, both unit graphs, the safety stop."""
+    stop = SafetyStop(seconds=config.time_limit)  # started first: the clock covers coarsening too
+    cap = config.memory_limit if config.memory_limit is not None else min(g.gpu.hbm_bytes for g in cluster.groups)
+    return _Search(traced=traced, cluster=cluster, config=config, cap=cap, layers=coarsen(traced, Granularity.LAYER),
+                   ops=coarsen(traced, Granularity.OPERATOR), stop=stop, progress=progress, key=_key(config))
 
 
 def _screen(run: _Search) -> _Screened:

@@ -33,13 +33,16 @@ from dataclasses import replace
 
 from parplan.baselines import build_baseline
 from parplan.errors import ParplanError
-from parplan.planner.bilevel import PlannerConfig, PlanResult, _contiguous, _Search, degree_candidates, degree_coster
+from parplan.cost.hardware import ClusterProfile
+from parplan.planner.bilevel import (PlannerConfig, PlanResult, Progress, _contiguous, _Search, degree_candidates,
+                                     degree_coster, new_search)
 from parplan.planner.degrees import Degrees
 from parplan.planner.lower import Evaluated, evaluate_schedule, place
 from parplan.schedule.placement import Family, family_of_schedule
 from parplan.sizes import format_bytes, memory_flag
+from parplan.trace.graph import TracedGraph
 
-__all__ = ["evaluate_configuration", "schedule_family", "other_choices"]
+__all__ = ["evaluate_traced", "schedule_family", "other_choices"]
 
 # PlannerConfig fields that steer the search or are recorded beside the choices (degrees,
 # schedule, cap); every other field is a modelling choice a recipe fixes (the memory model,
@@ -68,9 +71,14 @@ def other_choices(config: PlannerConfig) -> dict:
             for f in dataclasses.fields(config) if f.name not in _NOT_CHOICES}
 
 
-def evaluate_configuration(run: _Search) -> PlanResult:
-    """The fixed schedule at the fixed (or each candidate) degrees: module docstring."""
-    config = run.config
+def evaluate_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerConfig,
+                    progress: Progress | None = None) -> PlanResult:
+    """`config.schedule` at the fixed (or each candidate) degrees: module docstring.
+    (`progress` is accepted for the same call as `plan_traced`; there are no phases to report.)"""
+    if config.schedule is None:
+        raise ParplanError("evaluate_traced times a fixed schedule: give the config a schedule= "
+                           "(or search with parplan.planner.plan_traced)")
+    run = new_search(traced, cluster, config, progress)
     family = schedule_family(config.schedule, config.chunks)
     candidates = degree_candidates(run)
     timed: list[Evaluated] = []
