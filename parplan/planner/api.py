@@ -50,7 +50,8 @@ def plan_with_report(
     """Plan `model` (fed `example_inputs`, one micro-batch) on `cluster`.
 
     `options` are `PlannerConfig` fields (memory_limit in bytes, work, time_limit, mode,
-    objective, degrees, families, use_mip, seed, workers). Returns the plan and the full
+    objective, degrees, families, use_mip, seed, workers; schedule and chunks fix an expert
+    schedule, which is then evaluated as given, not searched: `planner.evaluate`). Returns the plan and the full
     report (every baseline, both levels' solver reports). `progress`, when given, is called
     with a `PlanProgress` as each phase begins, as the lower MIP's incumbent or bound moves,
     and as each phase ends; it only observes (the plan is the same without it).
