@@ -241,3 +241,41 @@ def test_the_search_and_the_evaluation_each_refuse_the_other_s_config(gpt):
         plan_traced(traced, cluster, PlannerConfig(microbatches=M, schedule="1f1b"))
     with pytest.raises(ParplanError, match="give the config a schedule="):
         evaluate_traced(traced, cluster, PlannerConfig(microbatches=M))
+
+
+def test_with_degrees_searched_and_none_fitting_the_error_names_the_smallest_peak(gpt):
+    _, traced, cluster = gpt
+    config = PlannerConfig(microbatches=M, schedule="gpipe", memory_limit=2**20)
+    peaks = {}
+    for d in candidate_degrees(cluster, microbatches=M, max_pp=len(coarsen(traced, Granularity.LAYER).units)):
+        try:
+            e = evaluate_traced(traced, cluster, PlannerConfig(microbatches=M, degrees=d, schedule="gpipe")).best
+        except ParplanError:
+            continue
+        peaks[str(d)] = max(e.peak_memory_bytes)
+    smallest = min(peaks, key=peaks.get)
+    with pytest.raises(ParplanError) as err:
+        evaluate_traced(traced, cluster, config)
+    assert f"at {smallest} does not fit" in str(err.value) and "the smallest peak of any degree candidate" in str(err.value)
+    assert f"--memory-limit {memory_flag(peaks[smallest])} or more" in str(err.value)
+
+
+def test_the_memory_model_flows_through_unchanged_and_is_recorded(gpt):
+    from parplan.planner.evaluate import other_choices
+    from parplan.planner.memory import MemoryModel
+
+    _, traced, cluster = gpt
+    sharded, _ = _evaluate(traced, cluster, "1f1b", 2)
+    whole, config = _evaluate(traced, cluster, "1f1b", 2, memory=MemoryModel(zero1=False))
+    a, b = sharded.best.placed, whole.best.placed
+    assert a.stage_of_unit == b.stage_of_unit
+    # ZeRO-1 off: each replica keeps all 12 optimizer bytes per parameter instead of 12 / dp
+    layers, coster, gpu = coarsen(traced, Granularity.LAYER), Coster(traced), cluster.gpu(0)
+    count = [0.0, 0.0]
+    for u, s in enumerate(a.stage_of_unit):
+        count[s] += coster.unit(layers.units[u], gpu).param_count
+    dp = a.degrees.dp
+    assert b.static_bytes == pytest.approx([s + 12 * n * (1 - 1 / dp) for s, n in zip(a.static_bytes, count)],
+                                           rel=1e-12)
+    assert whole.best.step_time_s == sharded.best.step_time_s  # memory only
+    assert other_choices(config)["memory"]["zero1"] is False

@@ -93,9 +93,9 @@ def evaluate_traced(traced: TracedGraph, cluster: ClusterProfile, config: Planne
             raise refused[0]
         raise ParplanError(f"--schedule {config.schedule} runs at none of the {len(candidates)} degree candidates; "
                            f"at {candidates[0]}: {refused[0]}")
-    best = min(timed, key=run.key)
+    best = min(timed, key=run.key)  # the fastest that fits, when one does
     if not best.fits:
-        raise _overflow(best, run.cap, searched=len(candidates) > 1)
+        raise _overflow(min(timed, key=lambda e: max(e.peak_memory_bytes)), run.cap, searched=len(candidates) > 1)
     if len(candidates) > 1:
         run.notes.append(f"--schedule {config.schedule} at {len(timed)} degree candidates "
                          f"({len(refused)} refused by the schedule or the split): the fastest that fits is kept")
