@@ -102,7 +102,10 @@ def row(recipe: Recipe, effort: str, known: set[str]) -> str:
 
     def cell(report, error):
         if report is None:
-            return f"— ({error.removeprefix('parplan plan: error: ')[:160]})"
+            need = re.search(r"memory cap of ([\d.]+ \w+) per device: (?:it needs|the smallest peak[^\d]*) "
+                             r"([\d.]+ \w+)", error)
+            return f"does not fit: needs {need[2]} of {need[1]}" if need else \
+                f"— ({error.removeprefix('parplan plan: error: ')[:160]})"
         return (f"{report['step_time_s']:.4g} s, {report['degrees']} {report['schedule']}, "
                 f"{max(report['peak_memory_bytes']) / 2**30:.1f} GiB")
 
