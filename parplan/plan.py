@@ -32,6 +32,7 @@ __all__ = [
     "StagePlan",
     "PlannedAction",
     "PredictedMetrics",
+    "EvaluatedConfig",
     "Plan",
     "model_fingerprint",
 ]
@@ -148,6 +149,49 @@ class PredictedMetrics:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class EvaluatedConfig:
+    """A hand configuration `parplan plan --schedule` timed as given, not searched: the
+    choices it fixed, and what it costs (`parplan.planner.evaluate`)."""
+
+    schedule: str  # the expert schedule (a `parplan.baselines` name)
+    chunks: int | None  # --chunks as given; None: the schedule's own count
+    placement: str  # the placement family the schedule runs on
+    pp: int
+    dp: int
+    tp: int
+    ep: int
+    microbatches: int  # per step, all data-parallel replicas together (-m)
+    step_time: float  # in the plan's time_unit: the makespan plus the gradient sync after it
+    peak_memory_per_rank: tuple[float, ...]  # per pipeline rank: parameters, gradients, optimizer, activations
+    memory_cap: float  # the cap it was checked against (memory_unit)
+    options: dict[str, Any] = field(default_factory=dict)  # the other planner choices in force, by field name
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peak_memory_per_rank", tuple(float(x) for x in self.peak_memory_per_rank))
+        # plain JSON values, so that the file reads back exactly what was written
+        object.__setattr__(self, "options", json.loads(json.dumps(dict(self.options))))
+        bad = [(k, v) for k, v in (("pp", self.pp), ("dp", self.dp), ("tp", self.tp), ("ep", self.ep),
+                                   ("microbatches", self.microbatches)) if not isinstance(v, int) or v < 1]
+        if bad:
+            raise ParplanError(f"plan evaluated.{bad[0][0]} = {bad[0][1]!r}: a degree or count is an integer >= 1")
+
+    def to_dict(self) -> dict:
+        return {"schedule": self.schedule, "chunks": self.chunks, "placement": self.placement, "pp": self.pp,
+                "dp": self.dp, "tp": self.tp, "ep": self.ep, "microbatches": self.microbatches,
+                "step_time": self.step_time, "peak_memory_per_rank": list(self.peak_memory_per_rank),
+                "memory_cap": self.memory_cap, "options": self.options}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvaluatedConfig":
+        chunks = d["chunks"]
+        return cls(schedule=_text(d["schedule"]), chunks=None if chunks is None else int(chunks),
+                   placement=_text(d["placement"]), pp=int(d["pp"]), dp=int(d["dp"]), tp=int(d["tp"]),
+                   ep=int(d["ep"]), microbatches=int(d["microbatches"]), step_time=float(d["step_time"]),
+                   peak_memory_per_rank=tuple(float(x) for x in d["peak_memory_per_rank"]),
+                   memory_cap=float(d["memory_cap"]), options=dict(d["options"]))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Plan:
     model: ModelSummary
     cluster: ClusterSummary
@@ -161,6 +205,7 @@ class Plan:
     timeline: tuple[tuple[PlannedAction, ...], ...]  # per rank, in the schedule's order
     predicted: PredictedMetrics
     solver: dict[str, dict[str, Any]] = field(default_factory=dict)  # one free report per planning level
+    evaluated: EvaluatedConfig | None = None  # set when a fixed configuration was timed instead of searched
     version: int = PLAN_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -254,6 +299,7 @@ class Plan:
                 "peak_memory_per_rank": list(self.predicted.peak_memory_per_rank),
             },
             "solver": self.solver,
+            "evaluated": None if self.evaluated is None else self.evaluated.to_dict(),
         }
 
     def to_json(self) -> str:
@@ -296,6 +342,7 @@ class Plan:
                     params_per_rank=tuple(float(x) for x in p["params_per_rank"]),
                 ),
                 solver=dict(data.get("solver", {})),
+                evaluated=None if data.get("evaluated") is None else EvaluatedConfig.from_dict(data["evaluated"]),
                 version=data["version"],
             )
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from parplan.errors import ParplanError
 
-__all__ = ["positive_int", "non_negative_int", "integer", "degree", "positive_float", "seconds", "memory_size",
+__all__ = ["positive_int", "non_negative_int", "integer", "degree", "schedule_name", "positive_float", "seconds", "memory_size",
            "memory_cap", "effort", "leaf_class", "leaf_arg", "chart_format", "format_columns", "model_args",
            "capture_warning_lines", "load_checked_plan"]
 
@@ -54,6 +54,15 @@ def degree(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{value} is invalid: a parallel degree is an integer >= 1; "
                                          f"leave the flag out to search")
     return value
+
+
+def schedule_name(text: str) -> str:
+    """An expert schedule's name, as `parplan.baselines` registers it."""
+    from parplan.baselines import BASELINES
+
+    if text not in BASELINES:
+        raise argparse.ArgumentTypeError(f"{text!r} is unknown; choose one of {', '.join(BASELINES)}")
+    return text
 
 
 def _positive(text: str, what: str, example: str) -> float:

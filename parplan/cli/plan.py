@@ -6,7 +6,8 @@ import json
 import sys
 
 from parplan.cli.args import (capture_warning_lines, chart_format, degree, effort, format_columns, integer, leaf_arg,
-                              memory_size, positive_int, seconds)
+                              memory_size, positive_int, schedule_name, seconds)
+from parplan.baselines import BASELINES
 from parplan.cli.progress import ProgressDisplay, name_written
 from parplan.io import check_writable, write_outputs
 
@@ -47,6 +48,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--ep", type=degree, default=None,
                    help="fix the expert-parallel degree of MoE layers, out of the data-parallel replicas "
                         "(default: search; 1 without MoE layers)")
+    p.add_argument("--schedule", type=schedule_name, default=None, metavar="NAME",
+                   help=f"evaluate this expert schedule instead of searching ({', '.join(BASELINES)}): with --pp "
+                        f"(and --tp, --ep) fixed, that configuration's step time, memory and chart on an even layer "
+                        f"split; without --pp, the fastest degrees for it (docs/planner.md)")
+    p.add_argument("--chunks", type=positive_int, default=None, metavar="V",
+                   help="stage chunks per rank for --schedule interleaved-1f1b or combined-1f1b (default 2)")
     p.add_argument("--no-zero1", action="store_true", help="keep full optimizer state on every replica")
     p.add_argument("--no-mip", action="store_true", help="skip the lower-level MIP (expert orders only)")
     p.add_argument("--seed", type=integer, default=0)
@@ -82,7 +89,8 @@ def run_plan(args) -> int:
             tp=args.tp if args.pp is None else None,
             **({} if args.placement == "auto" else {"families": (args.placement,)}),
             memory=MemoryModel(mode=args.mode, zero1=not args.no_zero1), use_mip=not args.no_mip,
-            seed=args.seed, workers=args.workers, leaf_modules=tuple(args.leaf),
+            seed=args.seed, workers=args.workers, leaf_modules=tuple(args.leaf), schedule=args.schedule,
+            chunks=args.chunks,
         )
     for line in capture_warning_lines(result.units.traced, args.debug):
         print(line, file=sys.stderr)
@@ -95,9 +103,10 @@ def run_plan(args) -> int:
         rival = min(result.baselines, key=lambda e: (not e.fits, e.step_time_s), default=None)
         panels = [GanttPanel(simulation=e.simulation, costs=e.placed.costs, step_time=e.step_time_s,
                              label=f"{label} ({e.placed.degrees})")
-                  for label, e in [("parplan", result.best), ("best baseline", rival)] if e is not None]
-        outputs[args.gantt] = render_gantt(panels, fmt=fmt, time_unit="s", memory_unit="bytes",
-                                           title=f"parplan plan vs best baseline: {args.model} on {cluster.name}")
+                  for label, e in [(_plan_label(result), result.best), ("best baseline", rival)] if e is not None]
+        title = f"parplan plan vs best baseline: {args.model} on {cluster.name}" if rival is not None else \
+            f"evaluated configuration: {args.model} on {cluster.name}"
+        outputs[args.gantt] = render_gantt(panels, fmt=fmt, time_unit="s", memory_unit="bytes", title=title)
     best = evaluated_summary(result.best)
     report = {
         **best,
@@ -105,6 +114,7 @@ def run_plan(args) -> int:
         "baselines": {e.label: evaluated_summary(e) for e in result.baselines},
         "solver": plan.solver,
         "notes": list(result.notes),
+        "evaluated": None if plan.evaluated is None else plan.evaluated.to_dict(),
     }
     text = json.dumps(report, indent=1) + "\n" if args.json else format_plan_table(result, args.model, cluster.name)
     write_outputs(outputs)
@@ -116,7 +126,7 @@ def run_plan(args) -> int:
 def format_plan_table(result, model: str, cluster: str) -> str:
     from parplan.planner.api import evaluated_summary
 
-    rows = [("parplan", result.best)] + [(e.label, e) for e in result.baselines]
+    rows = [(_plan_label(result), result.best)] + [(e.label, e) for e in result.baselines]
     header = ["plan", "schedule", "placement", "degrees", "step time (s)", "bubble", "peak mem/dev (GiB)", "fits"]
     body = []
     for label, e in rows:
@@ -125,11 +135,17 @@ def format_plan_table(result, model: str, cluster: str) -> str:
                      f"{d['bubble_ratio']:.1%}", f"{max(d['peak_memory_bytes']) / 2**30:.1f}",
                      "yes" if d["fits"] else "NO"])
     best_baseline = min((e for e in result.baselines if e.fits), key=lambda e: e.step_time_s, default=None)
-    out = [f"{model} on {cluster}: planned in {result.planning_seconds:.1f}s", *format_columns(header, body)]
+    done = "planned" if result.search == "searched" else "evaluated (not searched)"
+    out = [f"{model} on {cluster}: {done} in {result.planning_seconds:.1f}s", *format_columns(header, body)]
     if best_baseline is not None:
         out.append(summary_line(result.best.step_time_s, best_baseline.label, best_baseline.step_time_s))
     out += [f"note: {n}" for n in result.notes]
     return "\n".join(out) + "\n"
+
+
+def _plan_label(result) -> str:
+    """The plan's row: parplan's own, or the configuration the user fixed."""
+    return "parplan" if result.search == "searched" else "evaluated"
 
 
 def summary_line(step_s: float, rival: str, rival_s: float) -> str:

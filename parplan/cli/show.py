@@ -11,6 +11,7 @@ import sys
 from parplan.cli.args import chart_format, load_checked_plan
 from parplan.cli.progress import name_written
 from parplan.io import check_writable, write_outputs
+from parplan.sizes import format_bytes
 
 __all__ = ["add_parsers", "plan_summary"]
 
@@ -36,11 +37,22 @@ def plan_summary(plan) -> str:
     p = plan.predicted
     lines.append(f"predicted step time {p.step_time:.6g} {unit}, bubble ratio {p.bubble_ratio:.1%}, "
                  f"peak activation per rank {[round(x, 4) for x in p.peak_activation_per_rank]} {plan.memory_unit}")
+    if plan.evaluated is not None:
+        e = plan.evaluated
+        chunks = f", {e.chunks} chunks per rank" if e.chunks is not None else ""
+        lines.append(f"evaluated configuration (not searched): {e.schedule}{chunks} on placement {e.placement}, "
+                     f"PP{e.pp}×DP{e.dp}×TP{e.tp}" + (f"×EP{e.ep}" if e.ep > 1 else "") +
+                     f", -m {e.microbatches}: step time {e.step_time:.6g} {unit} with the gradient sync, peak memory "
+                     f"per device {_memory(max(e.peak_memory_per_rank), plan)} of {_memory(e.memory_cap, plan)}")
     if plan.overlap_note():
         lines.append(plan.overlap_note())
     for level, report in plan.solver.items():
         lines.append(f"solver {level}: {json.dumps(report)}")
     return "\n".join(lines) + "\n"
+
+
+def _memory(amount: float, plan) -> str:
+    return format_bytes(amount) if plan.memory_unit == "bytes" else f"{amount:.6g} {plan.memory_unit}"
 
 
 def run_show(args) -> int:

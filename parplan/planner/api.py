@@ -13,6 +13,7 @@ from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
 from parplan.plan import (
     ClusterSummary,
+    EvaluatedConfig,
     ModelSummary,
     Plan,
     PlannedAction,
@@ -22,6 +23,7 @@ from parplan.plan import (
 )
 from parplan.planner.bilevel import PlannerConfig, PlanResult, plan_traced
 from parplan.planner.degrees import Degrees
+from parplan.planner.evaluate import evaluate_traced, other_choices
 from parplan.planner.events import PlanProgress
 from parplan.planner.lower import Evaluated
 from parplan.planner.units import stage_pieces
@@ -48,7 +50,8 @@ def plan_with_report(
     """Plan `model` (fed `example_inputs`, one micro-batch) on `cluster`.
 
     `options` are `PlannerConfig` fields (memory_limit in bytes, work, time_limit, mode,
-    objective, degrees, families, use_mip, seed, workers). Returns the plan and the full
+    objective, degrees, families, use_mip, seed, workers; schedule and chunks fix an expert
+    schedule, which is then evaluated as given, not searched: `planner.evaluate`). Returns the plan and the full
     report (every baseline, both levels' solver reports). `progress`, when given, is called
     with a `PlanProgress` as each phase begins, as the lower MIP's incumbent or bound moves,
     and as each phase ends; it only observes (the plan is the same without it).
@@ -61,7 +64,8 @@ def plan_with_report(
     profile = _cluster(cluster)
     config = PlannerConfig(microbatches=microbatches, **options)
     traced = trace(model, example_inputs, leaf_modules=leaf_modules)
-    result = plan_traced(traced, profile, config, progress=progress)
+    run = plan_traced if config.schedule is None else evaluate_traced  # a fixed schedule: evaluated as given
+    result = run(traced, profile, config, progress=progress)
     return to_plan(result, model, example_inputs, profile, config, spec), result
 
 
@@ -86,10 +90,11 @@ def to_plan(result: PlanResult, model, example_inputs: tuple, cluster: ClusterPr
     degrees = placed.degrees
     devices = tuple({"name": name, "pipeline_rank": r, "global_rank": degrees.rank(0, r)}
                     for r, name in enumerate(placed.gpu_names))
+    evaluated = result.search == "evaluated"
     solver = {
-        "upper": {"degrees": str(degrees), "placement": placed.family.name, "reports": result.reports["upper"]},
+        "upper": {"degrees": str(degrees), "placement": placed.family.name, "reports": result.reports.get("upper", [])},
         "lower": {**best.solver, **(best.mip.as_dict() if best.mip is not None else {})},
-        "comparison": {"parplan": evaluated_summary(best),
+        "comparison": {best.label if evaluated else "parplan": evaluated_summary(best),
                        **{e.label: evaluated_summary(e) for e in result.baselines}},
         "planning": {"seconds": result.planning_seconds, "notes": list(result.notes),
                      "work": config.work, "stopped_early": list(result.stopped_early),
@@ -104,6 +109,12 @@ def to_plan(result: PlanResult, model, example_inputs: tuple, cluster: ClusterPr
     )
     if config.mode == "inference":
         out = dataclasses.replace(out, mode="inference")
+    if evaluated:
+        out = dataclasses.replace(out, evaluated=EvaluatedConfig(
+            schedule=config.schedule, chunks=config.chunks, placement=placed.family.name, pp=degrees.pp,
+            dp=degrees.dp, tp=degrees.tp, ep=degrees.ep, microbatches=config.microbatches,
+            step_time=best.step_time_s, peak_memory_per_rank=best.peak_memory_bytes, memory_cap=result.memory_cap,
+            options=other_choices(config)))
     return out
 
 

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
+from parplan.baselines import BASELINES, CHUNKED
+from parplan.baselines._common import reject_chunks
 from parplan.budget import EFFORT_LEVELS, SafetyStop, check_work
 from parplan.cost.hardware import ClusterProfile
 from parplan.errors import ParplanError
@@ -37,6 +39,7 @@ from parplan.planner.lower import (Evaluated, Placed, baseline_schedules, evalua
 from parplan.planner.memory import MemoryModel
 from parplan.planner.partition import FAMILIES, Family, balanced_contiguous, place_units, rank_loads
 from parplan.planner.units import Granularity, UnitGraph, coarsen
+from parplan.schedule.placement import family_of_schedule
 from parplan.schedule.simulate import costs_for_schedule
 from parplan.trace.graph import TracedGraph
 
@@ -73,6 +76,9 @@ class PlannerConfig:
     use_mip: bool = True
     seed: int = 0
     workers: int = 2
+    # a fixed expert schedule: the configuration is evaluated, not searched (planner.evaluate)
+    schedule: str | None = None
+    chunks: int | None = None  # stage chunks per rank of a loop schedule; None: its default
 
     def __post_init__(self) -> None:
         if isinstance(self.microbatches, bool) or not isinstance(self.microbatches, int) or self.microbatches < 1:
@@ -90,6 +96,30 @@ class PlannerConfig:
             raise ParplanError(f"placement family {unknown[0]!r} is unknown; use {', '.join(FAMILIES)}")
         if self.memory.mode != self.mode:
             object.__setattr__(self, "memory", replace(self.memory, mode=self.mode))
+        self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        """--schedule and --chunks; a fixed schedule keeps only the placement family it runs on."""
+        if self.schedule is None:
+            if self.chunks is not None:
+                raise ParplanError(f"--chunks {self.chunks} needs --schedule: it sets the stage chunks per rank of "
+                                   f"the schedule evaluated ({', '.join(CHUNKED)}); add --schedule, or drop --chunks")
+            return
+        if self.schedule not in BASELINES:
+            raise ParplanError(f"--schedule {self.schedule!r} is unknown; choose one of {', '.join(BASELINES)}")
+        if self.mode != "train":
+            raise ParplanError(f"--schedule {self.schedule} orders forwards and backwards (training); inference runs "
+                               f"each stage's forwards in order: drop --schedule, or use --mode train")
+        fam = family_of_schedule(self.schedule)
+        if self.chunks is not None:
+            if isinstance(self.chunks, bool) or not isinstance(self.chunks, int) or self.chunks < 1:
+                raise ParplanError(f"--chunks {self.chunks!r} is invalid: need an integer >= 1 stage chunks per rank")
+            if self.schedule not in CHUNKED:  # the schedule's own rule, as `parplan schedule` states it
+                reject_chunks(self.schedule, self.chunks, allowed=fam.stages_per_rank)
+        if fam.name not in self.families:
+            raise ParplanError(f"--placement {', '.join(self.families)} cannot run --schedule {self.schedule}, "
+                               f"which runs on placement {fam.name}; use --placement {fam.name} or auto")
+        object.__setattr__(self, "families", (fam.name,))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -102,6 +132,7 @@ class PlanResult:
     reports: dict
     notes: tuple[str, ...]
     stopped_early: tuple[str, ...] = ()  # phases the wall-clock safety stop cut (empty: reproducible)
+    search: Literal["searched", "evaluated"] = "searched"  # evaluated: a fixed --schedule, timed as given
 
 
 Progress = Callable[[PlanProgress], None]
@@ -160,11 +191,11 @@ class _Screened:
 def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerConfig,
                 progress: Progress | None = None) -> PlanResult:
     """screen → refine → lower-level MIP → choose (module docstring)."""
-    stop = SafetyStop(seconds=config.time_limit)
-    cap = config.memory_limit if config.memory_limit is not None else min(g.gpu.hbm_bytes for g in cluster.groups)
-    run = _Search(traced=traced, cluster=cluster, config=config, cap=cap, layers=coarsen(traced, Granularity.LAYER),
-                  ops=coarsen(traced, Granularity.OPERATOR), stop=stop, progress=progress,
-                  key=_key(config))
+    if config.schedule is not None:
+        raise ParplanError(f"plan_traced searches; a config with schedule={config.schedule!r} is evaluated as given "
+                           f"by parplan.planner.evaluate.evaluate_traced (parplan.plan_with_report picks it)")
+    run = new_search(traced, cluster, config, progress)
+    stop = run.stop
     screened = _screen(run)
     refined, upper_reports = _refine_best(run, screened)
     reports: dict = {"upper": upper_reports, "lower": None, "screened": screened.screened,
@@ -182,8 +213,17 @@ def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerCon
         run.notes.append(stop.note)
     reports["stopped_early"] = list(stop.cut)
     return PlanResult(best=best, baselines=tuple(screened.baselines[n] for n in sorted(screened.baselines)),
-                      units=run.ops, memory_cap=cap, planning_seconds=time.perf_counter() - stop.started,
+                      units=run.ops, memory_cap=run.cap, planning_seconds=time.perf_counter() - stop.started,
                       reports=reports, notes=tuple(dict.fromkeys(run.notes)), stopped_early=tuple(stop.cut))
+
+
+def new_search(traced: TracedGraph, cluster: ClusterProfile, config: PlannerConfig,
+               progress: Progress | None = None) -> _Search:
+    """What a planning run shares, from its start: the cap, both unit graphs, the safety stop."""
+    stop = SafetyStop(seconds=config.time_limit)  # started first: the clock covers coarsening too
+    cap = config.memory_limit if config.memory_limit is not None else min(g.gpu.hbm_bytes for g in cluster.groups)
+    return _Search(traced=traced, cluster=cluster, config=config, cap=cap, layers=coarsen(traced, Granularity.LAYER),
+                   ops=coarsen(traced, Granularity.OPERATOR), stop=stop, progress=progress, key=_key(config))
 
 
 def _screen(run: _Search) -> _Screened:
@@ -194,18 +234,7 @@ def _screen(run: _Search) -> _Screened:
     simulated step of their kind are not simulated."""
     config, cluster = run.config, run.cluster
     families = [FAMILIES["chain"]] if config.mode == "inference" else [FAMILIES[f] for f in config.families]
-    degree_list = candidate_degrees(cluster, microbatches=config.microbatches, max_pp=len(run.layers),
-                                    fixed=config.degrees, experts=expert_counts(run.traced), ep=config.ep)
-    if config.tp is not None:
-        degree_list = [d for d in degree_list if d.tp == config.tp]
-    if config.ep is not None:
-        check_ep(run.traced, config.ep, config.degrees.dp if config.degrees else None)
-    if not degree_list:
-        raise ParplanError(
-            f"no PP × DP × TP split of {cluster.num_gpus} GPUs divides {config.microbatches} micro-batches "
-            f"among the replicas; use a micro-batch count divisible by the data-parallel degree"
-        )
-    degree_list = _promising_first(degree_list, run.traced, cluster, config, run.cap)
+    degree_list = _promising_first(degree_candidates(run), run.traced, cluster, config, run.cap)
     out = _Screened(baselines={}, ours=[], screened=0, pruned=0, skipped=[str(d) for d in degree_list[_MAX_DEGREES:]],
                     considered=[str(d) for d in degree_list])
     subject = f"{len(degree_list)} degree candidates"
@@ -220,7 +249,7 @@ def _screen(run: _Search) -> _Screened:
             run.stop.fired("screening")
             out.skipped.append(str(degrees))
             continue
-        coster = Coster(run.traced, tp=degrees.tp, tp_link=degrees.tp_link(cluster), ep=degrees.ep)  # one cost function
+        coster = degree_coster(run, degrees)
         for family in families:
             for label, placed in _screen_candidates(run, coster, degrees, family):
                 best_ours = _screen_one(run, out, label, placed, coster, best_ours)
@@ -234,6 +263,29 @@ def _screen(run: _Search) -> _Screened:
                                    f"{len(run.ops)} operator units; {out.screened} (placement, schedule) pairs "
                                    f"simulated, {out.pruned} pruned by their bound")
     return out
+
+
+def degree_candidates(run: _Search) -> list[Degrees]:
+    """The PP × DP × TP (× EP) splits the run may use: the fixed ones, or every one that
+    shares the micro-batches evenly (only --tp's with --tp alone)."""
+    config, cluster = run.config, run.cluster
+    degree_list = candidate_degrees(cluster, microbatches=config.microbatches, max_pp=len(run.layers),
+                                    fixed=config.degrees, experts=expert_counts(run.traced), ep=config.ep)
+    if config.tp is not None:
+        degree_list = [d for d in degree_list if d.tp == config.tp]
+    if config.ep is not None:
+        check_ep(run.traced, config.ep, config.degrees.dp if config.degrees else None)
+    if not degree_list:
+        raise ParplanError(
+            f"no PP × DP × TP split of {cluster.num_gpus} GPUs divides {config.microbatches} micro-batches "
+            f"among the replicas; use a micro-batch count divisible by the data-parallel degree"
+        )
+    return degree_list
+
+
+def degree_coster(run: _Search, degrees: Degrees) -> Coster:
+    """The one cost function at these degrees (searched and evaluated plans alike)."""
+    return Coster(run.traced, tp=degrees.tp, tp_link=degrees.tp_link(run.cluster), ep=degrees.ep)
 
 
 def _screen_candidates(run: _Search, coster: Coster, degrees: Degrees, family: Family):
@@ -606,8 +658,12 @@ def _leaner(best: Evaluated, run: _Search, work: float) -> Evaluated:
     from parplan.mip import lower_memory
 
     placed, config = best.placed, run.config
+    # one activation cap for every rank: the cap less the largest static state, or the kept
+    # plan's own peak where a rank with less static state holds more (it fits rank by rank;
+    # the pass only lowers the largest peak, and `fits` re-checks every rank below)
+    cap = max(run.cap - max(placed.static_bytes), max(best.simulation.peak_activation_per_rank))
     lean = lower_memory(best.schedule, costs=placed.costs, placement=placed.family.name,
-                        memory_cap=run.cap - max(placed.static_bytes), work=max(0.05, work),
+                        memory_cap=cap, work=max(0.05, work),
                         time_limit=None if run.stop.seconds is None else max(1e-6, run.stop.left()),
                         seed=config.seed, workers=config.workers)
     if lean.ran and lean.solver_status != "OPTIMAL" and run.stop.expired():  # a finished pass was not cut

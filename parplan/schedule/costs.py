@@ -229,9 +229,9 @@ class PipelineCosts:
             "activation": list(self.activation),
             "params": list(self.params),
             "overlap_ratio": self.overlap_ratio,
-            **({} if self.phases is None else {
-                "phases": [None if p is None else p.to_dict() for p in self.phases],
-                "comm_slowdown": self.comm_slowdown}),
+            **({} if self.phases is None else {"phases": [None if p is None else p.to_dict() for p in self.phases]}),
+            # written whenever set (it only acts with phases), so that the file reads back equal
+            **({"comm_slowdown": self.comm_slowdown} if self.phases is not None or self.comm_slowdown else {}),
         }
 
     @classmethod

@@ -21,7 +21,7 @@ from typing import Literal
 
 from parplan.errors import ParplanError
 
-__all__ = ["PlacementName", "Family", "FAMILIES", "PLACEMENTS", "family"]
+__all__ = ["PlacementName", "Family", "FAMILIES", "PLACEMENTS", "family", "family_of_schedule"]
 
 PlacementName = Literal["dualpipe", "v", "loop", "chain"]
 
@@ -120,3 +120,12 @@ def family(name: str) -> Family:
     if name not in FAMILIES:
         raise ParplanError(f"placement {name!r} is unknown; choose one of {', '.join(PLACEMENTS)}")
     return FAMILIES[name]
+
+
+def family_of_schedule(name: str) -> Family:
+    """The placement family an expert schedule runs on (the family whose `schedules` name it)."""
+    for fam in FAMILIES.values():
+        if name in fam.schedules:
+            return fam
+    known = ", ".join(s for fam in FAMILIES.values() for s in fam.schedules)
+    raise ParplanError(f"schedule {name!r} runs on no placement family; choose one of {known}")
