@@ -36,6 +36,12 @@ def plan_summary(plan) -> str:
     p = plan.predicted
     lines.append(f"predicted step time {p.step_time:.6g} {unit}, bubble ratio {p.bubble_ratio:.1%}, "
                  f"peak activation per rank {[round(x, 4) for x in p.peak_activation_per_rank]} {plan.memory_unit}")
+    if plan.techniques is not None:
+        cost = plan.solver.get("planning", {}).get("techniques", {})
+        spent = (f": recomputation {cost['recompute_s']:.4g} s, exposed ZeRO collectives {cost['sharding_s']:.4g} s "
+                 f"per step on the busiest rank, {cost['held_bytes'] / 2**30:.2f} GiB held"
+                 if "recompute_s" in cost else "")
+        lines.append(f"techniques: {plan.techniques.label()}{spent}")
     if plan.overlap_note():
         lines.append(plan.overlap_note())
     for level, report in plan.solver.items():

@@ -35,6 +35,8 @@ from parplan.planner.events import Phase, PlanProgress, Step
 from parplan.planner.lower import (Evaluated, Placed, baseline_schedules, evaluate_schedule, parplan_schedules, place,
                                    stage_gpus)
 from parplan.planner.memory import MemoryModel
+from parplan.plan import Techniques
+from parplan.planner.techniques import TechniqueChoice, check_techniques, technique_choices
 from parplan.planner.partition import FAMILIES, Family, balanced_contiguous, place_units, rank_loads
 from parplan.planner.units import Granularity, UnitGraph, coarsen
 from parplan.schedule.simulate import costs_for_schedule
@@ -67,6 +69,7 @@ class PlannerConfig:
     objective: Literal["makespan", "utilization", "latency"] = "makespan"
     memory: MemoryModel = field(default_factory=MemoryModel)
     degrees: Degrees | None = None  # fixed PP × DP × TP; None searches
+    techniques: TechniqueChoice = field(default_factory=TechniqueChoice)  # ZeRO, layout, recompute, SP; None searches
     ep: int | None = None  # fixed expert-parallel degree; None searches (MoE models)
     tp: int | None = None  # with degrees None: search only splits of this tensor-parallel degree
     families: tuple[str, ...] = ("chain", "loop", "v", "dualpipe")
@@ -90,6 +93,9 @@ class PlannerConfig:
             raise ParplanError(f"placement family {unknown[0]!r} is unknown; use {', '.join(FAMILIES)}")
         if self.memory.mode != self.mode:
             object.__setattr__(self, "memory", replace(self.memory, mode=self.mode))
+        self.techniques.check(mode=self.mode, tp=self.degrees.tp if self.degrees is not None else self.tp)
+        if self.degrees is not None:
+            check_techniques(self.techniques, self.degrees)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -129,6 +135,15 @@ class _Search:
     progress: Progress | None
     key: Callable[[Evaluated], tuple]
     notes: list[str] = field(default_factory=list)
+    costers: dict[tuple, Coster] = field(default_factory=dict)
+
+    def coster(self, degrees: Degrees, recompute: str, sequence_parallel: bool) -> Coster:
+        """The one Coster of a (degrees, recomputation, SP): estimates and placements share its caches."""
+        key = (degrees, recompute, sequence_parallel)
+        if key not in self.costers:
+            self.costers[key] = Coster(self.traced, tp=degrees.tp, tp_link=degrees.tp_link(self.cluster),
+                                       ep=degrees.ep, recompute=recompute, sequence_parallel=sequence_parallel)
+        return self.costers[key]
 
     def begin(self, phase: Phase, subject: str) -> None:
         if self.progress is not None:
@@ -155,6 +170,7 @@ class _Screened:
     pruned: int
     skipped: list[str]
     considered: list[str]
+    fitting: int = 0  # simulated schedules within the memory cap
 
 
 def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerConfig,
@@ -198,6 +214,7 @@ def _screen(run: _Search) -> _Screened:
                                     fixed=config.degrees, experts=expert_counts(run.traced), ep=config.ep)
     if config.tp is not None:
         degree_list = [d for d in degree_list if d.tp == config.tp]
+    degree_list = [d for d in degree_list if config.techniques.fits_degrees(d)]
     if config.ep is not None:
         check_ep(run.traced, config.ep, config.degrees.dp if config.degrees else None)
     if not degree_list:
@@ -220,12 +237,19 @@ def _screen(run: _Search) -> _Screened:
             run.stop.fired("screening")
             out.skipped.append(str(degrees))
             continue
-        coster = Coster(run.traced, tp=degrees.tp, tp_link=degrees.tp_link(cluster), ep=degrees.ep)  # one cost function
-        for family in families:
-            for label, placed in _screen_candidates(run, coster, degrees, family):
-                best_ours = _screen_one(run, out, label, placed, coster, best_ours)
+        # the techniques in order of estimated cost, until one gives a plan that fits
+        for techniques in technique_choices(config.techniques, degrees, coster_for=run.coster, cluster=cluster,
+                                            memory=config.memory, microbatches=config.microbatches, cap=run.cap):
+            coster = run.coster(degrees, techniques.recompute, techniques.sequence_parallel)  # one cost function
+            fitted = out.fitting
+            for family in families:
+                for label, placed in _screen_candidates(run, coster, degrees, family, techniques):
+                    best_ours = _screen_one(run, out, label, placed, coster, best_ours)
+            if out.fitting > fitted:
+                break
     if not out.ours and not out.baselines:
-        raise ParplanError("no placement fits the model on this cluster; use more GPUs or fewer stages")
+        raise ParplanError("no placement fits the model on this cluster (or none meets the fixed --dp-shard / "
+                           "--dp-replicate / --sequence-parallel); use more GPUs or fewer stages")
     if out.skipped:
         run.notes.append(f"{len(out.skipped)} degree candidates not screened ({', '.join(out.skipped[:4])}"
                          f"{', …' if len(out.skipped) > 4 else ''}): the most promising used the screening's "
@@ -236,14 +260,14 @@ def _screen(run: _Search) -> _Screened:
     return out
 
 
-def _screen_candidates(run: _Search, coster: Coster, degrees: Degrees, family: Family):
+def _screen_candidates(run: _Search, coster: Coster, degrees: Degrees, family: Family, techniques: Techniques):
     """(label, placement) to screen: the baseline's layer split; parplan's operator split
     by rank and by stage, and the hand split seen at operator level (so its own search
     space contains the baseline's placement)."""
     if family.num_stages(degrees.pp) > len(run.layers):
         return
     split = lambda graph, **kw: _contiguous(graph, coster, run.cluster, degrees, family,  # noqa: E731
-                                            memory=run.config.memory, cap=run.cap, **kw)
+                                            memory=run.config.memory, cap=run.cap, techniques=techniques, **kw)
     layer_split = split(run.layers, aware=False)
     op_split = split(run.ops, aware=True)
     op_even = split(run.ops, aware=True, by_rank=False)
@@ -253,7 +277,8 @@ def _screen_candidates(run: _Search, coster: Coster, degrees: Degrees, family: F
         candidates.append(("parplan", run.ops, op_even))
     for label, graph, stage_of_unit in candidates:
         if stage_of_unit is not None and not graph.pieceless_stages(stage_of_unit):
-            yield label, place(graph, coster, run.cluster, degrees, family, stage_of_unit, run.config.memory)
+            yield label, place(graph, coster, run.cluster, degrees, family, stage_of_unit, run.config.memory,
+                               techniques)
 
 
 def _screen_one(run: _Search, out: _Screened, label: str, placed: Placed, coster: Coster, best_ours: float) -> float:
@@ -269,6 +294,7 @@ def _screen_one(run: _Search, out: _Screened, label: str, placed: Placed, coster
                                    {"schedule": name, "placement": placed.family.name,
                                     "degrees": str(placed.degrees)})
         out.screened += 1
+        out.fitting += result.fits
         if label == "baseline":
             if name not in out.baselines or run.key(result) < run.key(out.baselines[name]):
                 out.baselines[name] = result
@@ -279,8 +305,8 @@ def _screen_one(run: _Search, out: _Screened, label: str, placed: Placed, coster
     return best_ours
 
 
-def _tag(e: Evaluated) -> tuple[str, str]:
-    return e.placed.family.name, str(e.placed.degrees)
+def _tag(e: Evaluated) -> tuple[str, str, str]:
+    return e.placed.family.name, str(e.placed.degrees), e.placed.techniques.label()
 
 
 def _refine_best(run: _Search, screened: _Screened) -> tuple[list[Evaluated], list[dict]]:
@@ -426,18 +452,25 @@ def _promising_first(degree_list: list[Degrees], traced: TracedGraph, cluster: C
     routed = coster.ops(coster.routed, gpu)
     work = total.total_s if config.mode == "train" else total.forward_s
 
-    def estimate(d: Degrees) -> tuple[bool, float]:
+    fixed = config.techniques.zero
+    leanest = fixed if fixed is not None else (3 if config.mode == "train" else 1)
+
+    def estimate(d: Degrees) -> tuple[bool, bool, float]:
         micro = config.microbatches // d.dp
         moved = 1 - 1 / d.ep  # the routed experts' share that other EP ranks hold
-        static = config.memory.static_bytes(total.param_bytes - moved * routed.param_bytes,
-                                            total.param_count - moved * routed.param_count, d.dp,
-                                            expert_count=routed.param_count / d.ep, ep=d.ep) / (d.pp * d.tp)
+
+        def static(zero: int) -> float:
+            return config.memory.static_bytes(
+                total.param_bytes - moved * routed.param_bytes, total.param_count - moved * routed.param_count,
+                Techniques(zero=zero, dp_shard=d.dp), expert_bytes=routed.param_bytes / d.ep,
+                expert_count=routed.param_count / d.ep, ep=d.ep) / (d.pp * d.tp)
         a2a = sum(a.total for a in layer_a2a(traced, d, cluster, 0).values()) if d.ep > 1 else 0.0
         compute, comm = work / (d.pp * d.tp) * (1 + 0.05 * (d.tp.bit_length() - 1)), a2a / d.pp
         # an overlapping schedule hides the shorter of compute and all-to-all, all but its slowdown
         per_micro = max(compute, comm) + 0.2 * min(compute, comm)
         step = per_micro * micro * (1 + (d.pp - 1) / micro)
-        return (static > cap, step)
+        # ZeRO-1 (or the fixed level) overflowing goes after, ZeRO-3 overflowing last
+        return (static(leanest) > cap, static(fixed if fixed is not None else 1) > cap, step)
 
     return sorted(degree_list, key=estimate)
 
@@ -464,7 +497,7 @@ def _busiest_rank_bound(placed: Placed, schedule) -> float:
 
 
 def _unit_functions(graph: UnitGraph, coster: Coster, gpu_of, memory: MemoryModel, degrees: Degrees,
-                    cluster: ClusterProfile):
+                    cluster: ClusterProfile, techniques: Techniques):
     """(cost(u, s), static(u, s)): seconds of unit u on stage s's device — its all-to-alls
     run in line included —, and its static bytes."""
     units = graph.units
@@ -474,7 +507,7 @@ def _unit_functions(graph: UnitGraph, coster: Coster, gpu_of, memory: MemoryMode
 
     def static(u: int, s: int) -> float:
         c = coster.unit(units[u], gpu_of(s))  # parameter bytes do not depend on the device
-        return memory.static_bytes(c.param_bytes, c.param_count, degrees.dp,
+        return memory.static_bytes(c.param_bytes, c.param_count, techniques, expert_bytes=c.expert_param_bytes,
                                    expert_count=c.expert_param_count, ep=degrees.ep)
 
     return cost, static
@@ -496,10 +529,11 @@ def _a2a_by_op(coster: Coster, degrees: Degrees, cluster: ClusterProfile, mode: 
 
 
 def _contiguous(graph: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: Degrees, family: Family,
-                *, aware: bool, memory: MemoryModel, cap: float, by_rank: bool = True) -> list[int] | None:
+                *, aware: bool, memory: MemoryModel, cap: float, techniques: Techniques,
+                by_rank: bool = True) -> list[int] | None:
     device = stage_gpus(cluster, degrees, family)
     gpu_of = device.__getitem__ if aware else (lambda s: device[0])
-    cost, static = _unit_functions(graph, coster, gpu_of, memory, degrees, cluster)
+    cost, static = _unit_functions(graph, coster, gpu_of, memory, degrees, cluster, techniques)
     units = graph.units
     n = degrees.pp
     by_stage = lambda split: max(rank_loads(split, FAMILIES["chain"], family.num_stages(n), cost))  # noqa: E731
@@ -516,7 +550,7 @@ def _refine(result: Evaluated, coster: Coster, run: _Search) -> tuple[Evaluated 
     placed: Placed = result.placed
     degrees, family, config, graph = placed.degrees, placed.family, run.config, run.ops
     cost, static = _unit_functions(graph, coster, stage_gpus(run.cluster, degrees, family).__getitem__,
-                                   config.memory, degrees, run.cluster)
+                                   config.memory, degrees, run.cluster, placed.techniques)
     split, report = place_units(
         num_units=len(graph.units), edges=list(graph.edges), family=family, num_ranks=degrees.pp, cost=cost,
         static=static, static_cap=run.cap, hint=list(placed.stage_of_unit), work=_UPPER_WORK * config.work,
@@ -528,7 +562,7 @@ def _refine(result: Evaluated, coster: Coster, run: _Search) -> tuple[Evaluated 
     report = {**report, "family": family.name, "degrees": str(degrees)}
     if list(split) == list(placed.stage_of_unit):
         return None, report
-    new = place(graph, coster, run.cluster, degrees, family, split, config.memory)
+    new = place(graph, coster, run.cluster, degrees, family, split, config.memory, placed.techniques)
     return _best_on(new, run, {"upper": report}), report
 
 
@@ -579,7 +613,7 @@ def _local_search(start: Evaluated, coster: Coster, run: _Search, trials: list[i
             break
         trials[0] -= 1
         candidate = _best_on(place(graph, coster, run.cluster, placed.degrees, placed.family, trial,
-                                   run.config.memory), run, {"refined": "boundary moves"})
+                                   run.config.memory, placed.techniques), run, {"refined": "boundary moves"})
         if candidate is not None and run.key(candidate) < run.key(best):
             best, cuts, improved, since = candidate, moved, improved + 1, 0
     return best if improved else None
