@@ -214,7 +214,15 @@ def _screen(run: _Search) -> _Screened:
                                     fixed=config.degrees, experts=expert_counts(run.traced), ep=config.ep)
     if config.tp is not None:
         degree_list = [d for d in degree_list if d.tp == config.tp]
-    degree_list = [d for d in degree_list if config.techniques.fits_degrees(d)]
+    allowed = [d for d in degree_list if config.techniques.fits_degrees(d)]
+    if degree_list and not allowed:
+        c = config.techniques
+        raise ParplanError(
+            f"no PP × DP × TP split of {cluster.num_gpus} GPUs has a data-parallel group that --dp-shard "
+            f"{c.dp_shard} × --dp-replicate {c.dp_replicate} (None: what is left) fits"
+            f"{' with TP > 1 for --sequence-parallel' if c.sequence_parallel else ''} (data-parallel degrees "
+            f"{sorted({d.dp for d in degree_list})}); choose a layout dividing one of them")
+    degree_list = allowed
     if config.ep is not None:
         check_ep(run.traced, config.ep, config.degrees.dp if config.degrees else None)
     if not degree_list:
