@@ -204,3 +204,97 @@ def test_step_sync_per_zero_level():
     assert sync(zero=2, dp_shard=4) == pytest.approx(ring_allgather_s(g, 4, link))  # RS ran per micro-batch
     assert sync(zero=3, dp_shard=4) == 0.0
     assert sync(zero=3, dp_shard=2, dp_replicate=2) == pytest.approx(ring_allreduce_s(g / 2, 2, link))
+
+
+# ---- in the search -------------------------------------------------------------------------
+SMALL = "gpt:layers=8,hidden=1024,heads=8,vocab=1024,max_positions=64,dropout=0.1"  # state-bound
+
+
+@pytest.fixture(scope="module")
+def small():
+    zoo = load_model(SMALL, batch=1, seq=64)
+    return zoo, trace(zoo.model, zoo.example_inputs)
+
+
+def _plan(small_traced, cap_gib: float | None = None, **choice):
+    from parplan.budget import effort_work
+    from parplan.planner.bilevel import PlannerConfig, plan_traced
+    from parplan.planner.techniques import TechniqueChoice
+
+    config = PlannerConfig(microbatches=8, work=effort_work("quick"), degrees=Degrees(pp=2, dp=4, tp=1),
+                           memory_limit=None if cap_gib is None else cap_gib * 2**30, use_mip=False, families=("chain",),
+                           techniques=TechniqueChoice(**choice))
+    return plan_traced(small_traced, CLUSTER, config)
+
+
+def test_search_turns_to_sharding_or_recomputation_only_when_the_plain_plan_does_not_fit(small):
+    from parplan.errors import ParplanError
+
+    _, traced = small
+    plain = _plan(traced)
+    assert plain.best.placed.techniques == Techniques(zero=1, dp_shard=4)  # fits: nothing else tried
+    # below the ZeRO-1 state of an even split, which any split's fuller rank holds at least
+    cap = 0.9 * sum(plain.best.placed.static_bytes) / 2 / 2**30
+    with pytest.raises(ParplanError, match="no plan fits the memory cap"):
+        _plan(traced, cap, zero=1, recompute="none")
+    lean = _plan(traced, cap)
+    t = lean.best.placed.techniques
+    assert lean.best.fits and (t.zero >= 2 or t.recompute != "none")
+    assert lean.best.step_time_s >= plain.best.step_time_s  # memory is bought with time
+    # each fixed technique is what the plan then uses
+    fixed = _plan(traced, None, zero=3, recompute="full")
+    placed = fixed.best.placed
+    assert placed.techniques == Techniques(zero=3, dp_shard=4, recompute="full")
+    assert max(placed.static_bytes) < max(plain.best.placed.static_bytes)
+    cost = placed.technique_cost(fixed.best.schedule.total_microbatches)
+    assert cost["recompute_s"] > 0 and cost["sharding_s"] > 0 and cost["held_bytes"] > 0
+
+
+def test_cli_records_and_reports_the_techniques(tmp_path, capsys):
+    from parplan.cli import main
+    from parplan.plan import Plan
+
+    out = tmp_path / "p.json"
+    argv = ["plan", "gpt:hidden=64,heads=2,layers=2,vocab=128", "--seq", "32", "-m", "4", "--effort", "quick",
+            "--pp", "2", "--zero", "3", "--dp-shard", "2", "--dp-replicate", "2", "--recompute", "full",
+            "--no-mip", "--quiet", "-o", str(out)]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "ZeRO-3 (shard 2 × replicate 2), recompute full" in table
+    assert "techniques: ZeRO-3 (shard 2 × replicate 2), recompute full: recomputation" in table
+    plan = Plan.load(out)
+    assert plan.techniques == Techniques(zero=3, dp_shard=2, dp_replicate=2, recompute="full")
+    assert Plan.from_json(plan.to_json()) == plan
+    assert plan.solver["planning"]["techniques"]["recompute_s"] > 0
+    assert main(["show", str(out)]) == 0
+    assert "techniques: ZeRO-3 (shard 2 × replicate 2), recompute full: recomputation" in capsys.readouterr().out
+
+
+LLAMA_70B = "llama:layers=80,hidden=8192,heads=64,kv_heads=8,intermediate=28672,vocab=32000"
+
+
+@pytest.mark.slow
+def test_70b_fits_with_fsdp_where_zero1_does_not():
+    """torchtitan's llama3_70b layout (FSDP × TP 8) on 16 H100s, 4096-token sequences: ZeRO-1
+    cannot hold 70B parameters' state on PP1 × DP2 × TP8; ZeRO-3 (with recomputation or not)
+    fits (docs/benchmarks.md, Issue 20)."""
+    from parplan.budget import effort_work
+    from parplan.errors import ParplanError
+    from parplan.planner.bilevel import PlannerConfig, plan_traced
+    from parplan.planner.techniques import TechniqueChoice
+
+    zoo = load_model(LLAMA_70B, batch=1, seq=4096)
+    traced = trace(zoo.model, zoo.example_inputs)
+    cluster = load_cluster("h100x16")
+
+    def plan(**choice):
+        config = PlannerConfig(microbatches=16, work=effort_work("quick"), degrees=Degrees(pp=1, dp=2, tp=8),
+                               techniques=TechniqueChoice(**choice))
+        return plan_traced(traced, cluster, config).best
+
+    with pytest.raises(ParplanError, match="no plan fits"):
+        plan(zero=1, recompute="none")
+    found = plan()
+    assert found.fits and found.placed.techniques.zero == 3
+    full = plan(zero=3, recompute="full")
+    assert full.fits and max(full.peak_memory_bytes) < max(found.peak_memory_bytes)

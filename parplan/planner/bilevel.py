@@ -648,8 +648,12 @@ def _leaner(best: Evaluated, run: _Search, work: float) -> Evaluated:
     from parplan.mip import lower_memory
 
     placed, config = best.placed, run.config
+    # one activation cap for every rank: the plan's own peak when its ranks' static bytes
+    # differ enough (ZeRO-3's gathers) that it fits per rank but not under cap − max(static);
+    # what the pass returns is checked per rank below
+    act_cap = max(run.cap - max(placed.static_bytes), max(best.simulation.peak_activation_per_rank))
     lean = lower_memory(best.schedule, costs=placed.costs, placement=placed.family.name,
-                        memory_cap=run.cap - max(placed.static_bytes), work=max(0.05, work),
+                        memory_cap=act_cap, work=max(0.05, work),
                         time_limit=None if run.stop.seconds is None else max(1e-6, run.stop.left()),
                         seed=config.seed, workers=config.workers)
     if lean.ran and lean.solver_status != "OPTIMAL" and run.stop.expired():  # a finished pass was not cut
