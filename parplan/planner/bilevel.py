@@ -237,6 +237,7 @@ def _screen(run: _Search) -> _Screened:
     run.begin(Phase.SCREEN, subject)
     best_ours = float("inf")
     max_screens = _SCREENS_PER_WORK * config.work
+    deferred = []  # (degrees, the rest of its techniques), for the second pass
     for degrees in degree_list[:_MAX_DEGREES]:
         if best_ours < float("inf") and out.screened + out.pruned >= max_screens:
             out.skipped.append(str(degrees))  # the rest of the work goes to refining what was found
@@ -245,16 +246,20 @@ def _screen(run: _Search) -> _Screened:
             run.stop.fired("screening")
             out.skipped.append(str(degrees))
             continue
-        # the techniques in order of estimated cost, until one gives a plan that fits
-        for techniques in technique_choices(config.techniques, degrees, coster_for=run.coster, cluster=cluster,
-                                            memory=config.memory, microbatches=config.microbatches, cap=run.cap):
-            coster = run.coster(degrees, techniques.recompute, techniques.sequence_parallel)  # one cost function
-            fitted = out.fitting
-            for family in families:
-                for label, placed in _screen_candidates(run, coster, degrees, family, techniques):
-                    best_ours = _screen_one(run, out, label, placed, coster, best_ours)
-            if out.fitting > fitted:
-                break
+        first, rest = technique_choices(config.techniques, degrees, coster_for=run.coster, cluster=cluster,
+                                        memory=config.memory, microbatches=config.microbatches, cap=run.cap)
+        fitted = out.fitting
+        best_ours = _screen_techniques(run, out, degrees, families, first, best_ours)
+        if out.fitting == fitted:
+            deferred.append((degrees, rest))
+    # second pass: memory techniques where the plain choice gave no plan within the cap
+    for degrees, rest in deferred:
+        if best_ours < float("inf") and out.screened + out.pruned >= max_screens:
+            break
+        if run.stop.expired():
+            run.stop.fired("screening")
+            break
+        best_ours = _screen_techniques(run, out, degrees, families, rest(), best_ours)
     if not out.ours and not out.baselines:
         raise ParplanError("no placement fits the model on this cluster (or none meets the fixed --dp-shard / "
                            "--dp-replicate / --sequence-parallel); use more GPUs or fewer stages")
@@ -266,6 +271,20 @@ def _screen(run: _Search) -> _Screened:
                                    f"{len(run.ops)} operator units; {out.screened} (placement, schedule) pairs "
                                    f"simulated, {out.pruned} pruned by their bound")
     return out
+
+
+def _screen_techniques(run: _Search, out: _Screened, degrees: Degrees, families, techniques: list[Techniques],
+                       best_ours: float) -> float:
+    """Screen `degrees` under each of `techniques` in turn, until one gives a plan that fits."""
+    for t in techniques:
+        coster = run.coster(degrees, t.recompute, t.sequence_parallel)  # one cost function
+        fitted = out.fitting
+        for family in families:
+            for label, placed in _screen_candidates(run, coster, degrees, family, t):
+                best_ours = _screen_one(run, out, label, placed, coster, best_ours)
+        if out.fitting > fitted:
+            break
+    return best_ours
 
 
 def _screen_candidates(run: _Search, coster: Coster, degrees: Degrees, family: Family, techniques: Techniques):

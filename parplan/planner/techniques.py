@@ -1,19 +1,22 @@
 """Which memory techniques the search tries on a degree candidate, and the user's choices checked.
 
 A candidate's techniques (`parplan.plan.Techniques`: ZeRO level, the replicate × shard
-layout, recomputation, sequence parallelism) are screened in order, and screening stops at
-the first that gives a plan within the memory cap (`bilevel._screen`). The order keeps
-small jobs as fast as before: first what parplan planned without techniques — ZeRO-1 over
-the whole data-parallel group, no recomputation, sequence parallelism with TP (it costs
-the same time as plain TP here and saves memory) — when a cheap estimate says it fits;
-then every other combination the user left open whose estimate fits, least estimated
-extra time first; when none is estimated to fit, the leanest alone (so the error names
-the smallest peak). At most `MAX_TRIES` per candidate.
+layout, recomputation, sequence parallelism) are screened in two passes
+(`bilevel._screen`). The first keeps small jobs as they were: every degree candidate with
+what parplan planned without techniques — ZeRO-1 over the whole data-parallel group, no
+recomputation, sequence parallelism with TP (it costs the same time as plain TP here and
+saves memory) — unless a cheap estimate says it cannot fit even with one micro-batch in
+flight. The second, only while the screening budget lasts or nothing fits yet, takes the
+candidates on which the first found no plan within the cap: every other combination the
+user left open whose estimate fits (with 1F1B's in-flight micro-batches, else with one),
+least estimated extra time first, until one gives a plan that fits; when none is
+estimated to fit, the leanest alone (so the error names the smallest peak). At most
+`MAX_TRIES` per candidate in all.
 
 The estimate, per pipeline rank of a candidate, with the model's layers spread evenly:
 static bytes (`MemoryModel.static_bytes` of 1/pp of the parameters, plus ZeRO-3's two
 gathered layers or full recomputation's working set) + 1/pp of a micro-batch's saved
-activations × min(pp, micro-batches) in flight (1F1B's first rank); extra time = 1/pp of
+activations × one, or min(pp, micro-batches) in flight (1F1B's first rank); extra time = 1/pp of
 the recomputed forward and of the exposed ZeRO-2/3 collectives per micro-batch × the
 micro-batches, plus the gradient sync.
 """
@@ -110,8 +113,10 @@ def _replicas_per_node(degrees: Degrees, cluster: ClusterProfile) -> int:
 
 
 def technique_choices(choice: TechniqueChoice, degrees: Degrees, *, coster_for: CosterFor, cluster: ClusterProfile,
-                      memory: MemoryModel, microbatches: int, cap: float) -> Iterator[Techniques]:
-    """The techniques to screen on `degrees`, in order (module docstring)."""
+                      memory: MemoryModel, microbatches: int,
+                      cap: float) -> tuple[list[Techniques], Callable[[], list[Techniques]]]:
+    """The techniques to screen on `degrees` (module docstring): the first pass's (the plain
+    choice, unless it cannot fit), and a function giving the rest, for a later pass."""
     train = memory.mode == "train"
     sp_options = [choice.sequence_parallel] if choice.sequence_parallel is not None else [degrees.tp > 1]
     if degrees.tp < 2:
@@ -120,30 +125,34 @@ def technique_choices(choice: TechniqueChoice, degrees: Degrees, *, coster_for: 
         list(RECOMPUTE_MODES) if train else ["none"])
     zeros = [choice.zero] if choice.zero is not None else ([1, 2, 3] if train and degrees.dp > 1 else [1])
     layouts = choice.layouts(degrees.dp, _replicas_per_node(degrees, cluster))
-    all_options = [Techniques(zero=z, dp_shard=s, dp_replicate=r, recompute=rc, sequence_parallel=sp)
-                   for rc in recomputes for sp in sp_options for z in zeros for s, r in layouts
-                   if r == 1 or z >= 2 or choice.dp_shard is not None or choice.dp_replicate is not None]
-    if not all_options:
-        return
+    options = [Techniques(zero=z, dp_shard=s, dp_replicate=r, recompute=rc, sequence_parallel=sp)
+               for rc in recomputes for sp in sp_options for z in zeros for s, r in layouts
+               if r == 1 or z >= 2 or choice.dp_shard is not None or choice.dp_replicate is not None]
+    if not options:
+        return [], list
     estimate = lambda t: _estimate(t, degrees, coster_for, cluster, memory, microbatches)  # noqa: E731
-    first = all_options[0]
-    first_mem, _ = estimate(first)
-    if len(all_options) == 1 or first_mem <= cap:
-        yield first
-        if len(all_options) == 1:
-            return
-    rest = [(estimate(t), k, t) for k, t in enumerate(all_options) if t is not first or first_mem > cap]
-    fitting = sorted((extra, k, t) for (mem, extra), k, t in rest if mem <= cap)
-    if not fitting and first_mem > cap:
-        yield min(rest, key=lambda e: (e[0][0], e[1]))[2]
-        return
-    for _, _, t in fitting[:MAX_TRIES - (first_mem <= cap)]:
-        yield t
+    first = options[0]
+    first_low = estimate(first)[0] if len(options) > 1 else 0.0
+    plain = first_low <= cap  # a memory-aware order may fit it with one micro-batch in flight
+
+    def rest() -> list[Techniques]:
+        others = [(estimate(t), k, t) for k, t in enumerate(options) if k > 0]
+        fitting = sorted((extra, k, t) for (_, full, extra), k, t in others if full <= cap) or \
+            sorted((extra, k, t) for (low, _, extra), k, t in others if low <= cap)
+        if fitting:
+            return [t for _, _, t in fitting[:MAX_TRIES - plain]]
+        if plain:
+            return []
+        # nothing fits: the leanest, so the error names the smallest peak
+        return [min(others + [(estimate(first), 0, first)], key=lambda e: (e[0][0], e[1]))[2]]
+
+    return ([first] if plain else []), rest
 
 
 def _estimate(t: Techniques, degrees: Degrees, coster_for: CosterFor, cluster: ClusterProfile,
-              memory: MemoryModel, microbatches: int) -> tuple[float, float]:
-    """(bytes, extra seconds per step) on a pipeline rank holding 1/pp of the model."""
+              memory: MemoryModel, microbatches: int) -> tuple[float, float, float]:
+    """(bytes with one micro-batch in flight, bytes with 1F1B's min(pp, micro-batches), extra
+    seconds per step) on a pipeline rank holding 1/pp of the model."""
     coster = coster_for(degrees, t.recompute, t.sequence_parallel)
     gpu = degrees.gpu(cluster, 0)
     names = [n.name for n in coster.traced.nodes]
@@ -158,9 +167,11 @@ def _estimate(t: Techniques, degrees: Degrees, coster_for: CosterFor, cluster: C
         held = sum(sizes[:2])
     else:
         held = 0.0
-    act = total.activation_bytes / pp * min(pp, micro) if memory.mode == "train" else total.activation_bytes / pp
+    one = total.activation_bytes / pp
+    in_flight = min(pp, micro) if memory.mode == "train" else 1
     grad = memory.grad_bytes_per_param_byte
     sync = step_sync_s((total.param_bytes - total.expert_param_bytes) * grad / pp, total.expert_param_bytes * grad / pp,
                        degrees, cluster, t, memory)
     extra = micro * (total.recompute_s + shard.total_s) / pp + sync
-    return static + held + total.working_bytes + act, extra
+    base = static + held + total.working_bytes
+    return base + one, base + one * in_flight, extra
