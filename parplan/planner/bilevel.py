@@ -431,10 +431,11 @@ def _choose(run: _Search, refined: list[Evaluated], screened: _Screened, *, work
     pool = refined + list(screened.baselines.values())
     best = min(pool, key=run.key)
     if not best.fits:
-        smallest = min(max(e.peak_memory_bytes) for e in pool)
+        leanest = min(pool, key=lambda e: max(e.peak_memory_bytes))
         raise ParplanError(
             f"no plan fits the memory cap of {format_bytes(run.cap)} per device; the smallest peak any "
-            f"candidate needs is {format_bytes(smallest)} — raise --memory-limit to at least that, "
+            f"candidate needs is {format_bytes(max(leanest.peak_memory_bytes))} ({leanest.placed.degrees}, "
+            f"{leanest.placed.techniques.label()}) — raise --memory-limit to at least that, "
             f"add GPUs, or shrink the micro-batch"
         )
     if best.label == "parplan" and run.config.mode == "train":
