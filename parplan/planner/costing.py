@@ -7,8 +7,9 @@ The caches are keyed on every input that changes a cost (`cost_key`: the signatu
 what the trace adds per node, such as gradient-accumulation bytes), so repeated blocks are
 costed once and two operators that merely share a signature are not.
 
-Tensor parallelism inside a node (degree t) is modelled the Megatron way: operators inside
-a repeated block (a layer) and operators holding parameters (the vocabulary-sized head and
+Tensor parallelism inside a node (degree t) is modelled the Megatron way, with sequence
+parallelism by default (below): operators inside a repeated block (a layer) and operators
+holding parameters (the vocabulary-sized head and
 embedding) split their time, parameters and saved activations t ways, and each layer pays
 two all-reduces of its output activation in forward and two in backward (ring:
 2(t−1)/t × bytes / link), charged to the layer's last operator. An approximation — small

@@ -49,10 +49,10 @@ class Placed:
     static_bytes: tuple[float, ...]  # per pipeline rank: params + grads + optimizer
     dp_sync_s: float  # gradient sync after the pipeline drains
     gpu_names: tuple[str, ...]  # per pipeline rank
-    techniques: Techniques = field(default_factory=Techniques)
-    recompute_s: tuple[float, ...] = ()  # per model stage and micro-batch: forward rerun in I
-    sharding_s: tuple[float, ...] = ()  # per model stage and micro-batch: exposed ZeRO-2/3 collectives
-    held_bytes: tuple[float, ...] = ()  # per pipeline rank, in static_bytes: ZeRO-3 gathers, recompute working set
+    techniques: Techniques
+    recompute_s: tuple[float, ...]  # per model stage and micro-batch: forward rerun in I
+    sharding_s: tuple[float, ...]  # per model stage and micro-batch: exposed ZeRO-2/3 collectives
+    held_bytes: tuple[float, ...]  # per pipeline rank, in static_bytes: ZeRO-3 gathers, recompute working set
 
     def technique_cost(self, microbatches: int) -> dict:
         """What the techniques cost per step on the busiest pipeline rank: seconds of
