@@ -298,3 +298,31 @@ def test_70b_fits_with_fsdp_where_zero1_does_not():
     assert found.fits and found.placed.techniques.zero == 3
     full = plan(zero=3, recompute="full")
     assert full.fits and max(full.peak_memory_bytes) < max(found.peak_memory_bytes)
+
+
+def test_layouts_and_the_order_techniques_are_tried_in(small):
+    from parplan.planner.techniques import MAX_TRIES, TechniqueChoice, technique_choices
+
+    assert TechniqueChoice().layouts(8, 4) == [(8, 1), (4, 2)]  # whole group, then one shard group per node
+    assert TechniqueChoice(dp_shard=2).layouts(8, 4) == [(2, 4)]
+    assert TechniqueChoice(dp_replicate=2).layouts(8, None) == [(4, 2)]
+    assert TechniqueChoice(dp_shard=2, dp_replicate=2).layouts(8, None) == []
+    _, traced = small
+    degrees = Degrees(pp=2, dp=4, tp=1)
+    costers: dict = {}
+
+    def coster_for(d, recompute, sp):
+        return costers.setdefault((d, recompute, sp), Coster(traced, recompute=recompute, sequence_parallel=sp))
+
+    def choices(cap, **fixed):
+        first, rest = technique_choices(TechniqueChoice(**fixed), degrees, coster_for=coster_for, cluster=CLUSTER,
+                                        memory=MemoryModel(), microbatches=8, cap=cap)
+        return first, rest()
+
+    first, rest = choices(80 * 2**30)  # room: the plain choice alone first; the rest only if it fails
+    assert first == [Techniques(zero=1, dp_shard=4)]
+    assert 0 < len(rest) <= MAX_TRIES - 1 and Techniques(zero=1, dp_shard=4) not in rest
+    first, rest = choices(1.0)  # nothing can fit: no plain pass, the leanest alone
+    assert first == [] and len(rest) == 1 and rest[0].zero == 3
+    first, rest = choices(80 * 2**30, zero=2, recompute="selective")  # all fixed: one choice
+    assert first == [Techniques(zero=2, dp_shard=4, recompute="selective")] and rest == []
