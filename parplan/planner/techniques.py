@@ -24,7 +24,7 @@ micro-batches, plus the gradient sync.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 from parplan.cost.hardware import ClusterProfile
 from parplan.errors import ParplanError
