@@ -33,6 +33,8 @@ __all__ = [
     "PlannedAction",
     "PredictedMetrics",
     "EvaluatedConfig",
+    "Techniques",
+    "RECOMPUTE_MODES",
     "Plan",
     "model_fingerprint",
 ]
@@ -41,6 +43,8 @@ PLAN_FORMAT_VERSION = 1
 
 Mode = Literal["train", "inference"]
 TimeUnit = Literal["s", "unit"]
+Recompute = Literal["none", "selective", "full"]
+RECOMPUTE_MODES: tuple[str, ...] = ("none", "selective", "full")
 MemoryUnit = Literal["bytes", "unit"]
 
 
@@ -133,6 +137,59 @@ class PlannedAction:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Techniques:
+    """The memory techniques a plan runs with (what torchtitan / Megatron users configure).
+
+    `zero`: 0 replicates everything over the data-parallel group; 1 shards optimizer
+    state, 2 also gradients, 3 also parameters (FSDP), each over the `dp_shard` replicas
+    of a shard group; `dp_replicate` such groups hold copies (FSDP's hybrid layout,
+    torchtitan's data_parallel_replicate_degree × data_parallel_shard_degree), so
+    dp_shard × dp_replicate is the data-parallel degree. `recompute`: activation
+    recomputation of the layers (none, selective: the attention core, full: the whole
+    layer from its input). `sequence_parallel`: Megatron's sequence parallelism beside
+    tensor parallelism.
+    """
+
+    zero: int = 1
+    dp_shard: int = 1
+    dp_replicate: int = 1
+    recompute: Recompute = "none"
+    sequence_parallel: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.zero, bool) or self.zero not in (0, 1, 2, 3):
+            raise ParplanError(f"ZeRO level {self.zero!r} is unknown; use 0, 1, 2 or 3")
+        for name in ("dp_shard", "dp_replicate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ParplanError(f"{name} {value!r} is invalid: a data-parallel degree is an integer >= 1")
+        if self.recompute not in RECOMPUTE_MODES:
+            raise ParplanError(f"recompute {self.recompute!r} is unknown; use {', '.join(RECOMPUTE_MODES)}")
+        if not isinstance(self.sequence_parallel, bool):
+            raise ParplanError(f"sequence_parallel {self.sequence_parallel!r} must be true or false")
+
+    @property
+    def dp(self) -> int:
+        return self.dp_shard * self.dp_replicate
+
+    def label(self) -> str:
+        """Short words for tables: `ZeRO-3 (shard 4 × replicate 2), recompute full, SP`."""
+        layout = f" (shard {self.dp_shard} × replicate {self.dp_replicate})" if self.dp_replicate > 1 else ""
+        zero = f"ZeRO-{self.zero}{layout}" if self.dp > 1 else "no DP"
+        return ", ".join([zero] + ([f"recompute {self.recompute}"] if self.recompute != "none" else [])
+                         + (["SP"] if self.sequence_parallel else []))
+
+    def to_dict(self) -> dict:
+        return {"zero": self.zero, "dp_shard": self.dp_shard, "dp_replicate": self.dp_replicate,
+                "recompute": self.recompute, "sequence_parallel": self.sequence_parallel}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Techniques":
+        return cls(zero=int(data["zero"]), dp_shard=int(data["dp_shard"]), dp_replicate=int(data["dp_replicate"]),
+                   recompute=data["recompute"], sequence_parallel=bool(data["sequence_parallel"]))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class PredictedMetrics:
     step_time: float  # in the plan's time_unit: the simulated makespan of one step
     bubble_ratio: float  # 1 − Σ busy / (ranks × step_time)
@@ -206,6 +263,7 @@ class Plan:
     predicted: PredictedMetrics
     solver: dict[str, dict[str, Any]] = field(default_factory=dict)  # one free report per planning level
     evaluated: EvaluatedConfig | None = None  # set when a fixed configuration was timed instead of searched
+    techniques: Techniques | None = None  # the planner's memory techniques (None: a chain plan, none used)
     version: int = PLAN_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -300,6 +358,7 @@ class Plan:
             },
             "solver": self.solver,
             "evaluated": None if self.evaluated is None else self.evaluated.to_dict(),
+            "techniques": self.techniques.to_dict() if self.techniques is not None else None,
         }
 
     def to_json(self) -> str:
@@ -343,6 +402,7 @@ class Plan:
                 ),
                 solver=dict(data.get("solver", {})),
                 evaluated=None if data.get("evaluated") is None else EvaluatedConfig.from_dict(data["evaluated"]),
+                techniques=Techniques.from_dict(data["techniques"]) if data.get("techniques") else None,
                 version=data["version"],
             )
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:

@@ -147,7 +147,7 @@ def test_the_plan_file_records_the_configuration_round_trips_and_show_prints_it(
     assert (e.schedule, e.chunks, e.placement, e.pp, e.dp, e.tp, e.ep, e.microbatches) == \
         ("interleaved-1f1b", 3, "loop", 2, 4, 1, 1, M)
     assert e.step_time == result.best.step_time_s and e.memory_cap == result.memory_cap
-    assert e.options["memory"]["zero1"] is True and e.options["mode"] == "train"
+    assert e.options["techniques"]["zero"] is None and e.options["mode"] == "train"  # left to the default
     assert plan.predicted.step_time == pytest.approx(result.best.simulation.makespan)
     assert list(plan.solver["comparison"]) == ["interleaved-1f1b"]
     path = tmp_path / "plan.json"
@@ -260,13 +260,13 @@ def test_with_degrees_searched_and_none_fitting_the_error_names_the_smallest_pea
     assert f"--memory-limit {memory_flag(peaks[smallest])} or more" in str(err.value)
 
 
-def test_the_memory_model_flows_through_unchanged_and_is_recorded(gpt):
+def test_the_techniques_flow_through_unchanged_and_are_recorded(gpt):
     from parplan.planner.evaluate import other_choices
-    from parplan.planner.memory import MemoryModel
+    from parplan.planner.techniques import TechniqueChoice
 
     _, traced, cluster = gpt
     sharded, _ = _evaluate(traced, cluster, "1f1b", 2)
-    whole, config = _evaluate(traced, cluster, "1f1b", 2, memory=MemoryModel(zero1=False))
+    whole, config = _evaluate(traced, cluster, "1f1b", 2, techniques=TechniqueChoice(zero=0))
     a, b = sharded.best.placed, whole.best.placed
     assert a.stage_of_unit == b.stage_of_unit
     # ZeRO-1 off: each replica keeps all 12 optimizer bytes per parameter instead of 12 / dp
@@ -278,4 +278,4 @@ def test_the_memory_model_flows_through_unchanged_and_is_recorded(gpt):
     assert b.static_bytes == pytest.approx([s + 12 * n * (1 - 1 / dp) for s, n in zip(a.static_bytes, count)],
                                            rel=1e-12)
     assert whole.best.step_time_s == sharded.best.step_time_s  # memory only
-    assert other_choices(config)["memory"]["zero1"] is False
+    assert other_choices(config)["techniques"]["zero"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -11,7 +12,7 @@ from parplan.baselines import BASELINES
 from parplan.cli.progress import ProgressDisplay, name_written
 from parplan.io import check_writable, write_outputs
 
-__all__ = ["add_parsers", "DEFAULT_MODEL", "format_plan_table", "summary_line"]
+__all__ = ["add_parsers", "DEFAULT_MODEL", "format_plan_table", "summary_line", "technique_line"]
 
 DEFAULT_MODEL = "llama:layers=40,hidden=5120,heads=40,kv_heads=40,intermediate=13824"  # Llama-2-13B shape
 
@@ -54,7 +55,21 @@ def add_parsers(sub) -> None:
                         f"split; without --pp, the fastest degrees for it (docs/planner.md)")
     p.add_argument("--chunks", type=positive_int, default=None, metavar="V",
                    help="stage chunks per rank for --schedule interleaved-1f1b or combined-1f1b (default 2)")
-    p.add_argument("--no-zero1", action="store_true", help="keep full optimizer state on every replica")
+    p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=None,
+                   help="ZeRO level over the data-parallel shard group: 0 replicates, 1 shards optimizer state, "
+                        "2 also gradients, 3 also parameters (FSDP) (default: search, ZeRO-1 first)")
+    p.add_argument("--no-zero1", action="store_true", help="same as --zero 0: full optimizer state on every replica")
+    p.add_argument("--dp-shard", type=degree, default=None,
+                   help="replicas per ZeRO/FSDP shard group (torchtitan's data_parallel_shard_degree; default: "
+                        "search, the whole data-parallel group first)")
+    p.add_argument("--dp-replicate", type=degree, default=None,
+                   help="copies of the shard group (data_parallel_replicate_degree); --dp-shard × --dp-replicate "
+                        "is the data-parallel degree")
+    p.add_argument("--recompute", choices=("none", "selective", "full"), default=None,
+                   help="activation recomputation per layer: none, selective (the attention core) or full "
+                        "(only each layer's input kept) (default: search, none first)")
+    p.add_argument("--sequence-parallel", action=argparse.BooleanOptionalAction, default=None,
+                   help="Megatron sequence parallelism with --tp 2 or more (default: on whenever TP > 1)")
     p.add_argument("--no-mip", action="store_true", help="skip the lower-level MIP (expert orders only)")
     p.add_argument("--seed", type=integer, default=0)
     p.add_argument("--workers", type=positive_int, default=2)
@@ -71,7 +86,9 @@ def run_plan(args) -> int:
     from parplan.budget import effort_work
     from parplan.cost.hardware import load_cluster
     from parplan.planner.api import evaluated_summary, parse_degrees, plan_with_report
+    from parplan.errors import ParplanError
     from parplan.planner.memory import MemoryModel
+    from parplan.planner.techniques import TechniqueChoice, check_techniques
     from parplan.zoo import load_model
 
     check_writable(args.output, "-o")
@@ -80,6 +97,14 @@ def run_plan(args) -> int:
     # cheap checks first: a bad option fails before the model is built and traced
     cluster = load_cluster(args.cluster)
     degrees = parse_degrees(args.pp, args.tp, cluster)
+    if args.no_zero1 and args.zero not in (None, 0):
+        raise ParplanError(f"--no-zero1 (ZeRO-0) contradicts --zero {args.zero}; give one of them")
+    choice = TechniqueChoice(zero=0 if args.no_zero1 else args.zero, dp_shard=args.dp_shard,
+                             dp_replicate=args.dp_replicate, recompute=args.recompute,
+                             sequence_parallel=args.sequence_parallel)
+    choice.check(mode=args.mode, tp=degrees.tp if degrees is not None else args.tp)
+    if degrees is not None:
+        check_techniques(choice, degrees)
     zoo = load_model(args.model, batch=args.batch, seq=args.seq)
     with ProgressDisplay(quiet=args.quiet) as display:
         plan, result = plan_with_report(
@@ -88,7 +113,7 @@ def run_plan(args) -> int:
             time_limit=args.time_limit, mode=args.mode, objective=args.objective, degrees=degrees, ep=args.ep,
             tp=args.tp if args.pp is None else None,
             **({} if args.placement == "auto" else {"families": (args.placement,)}),
-            memory=MemoryModel(mode=args.mode, zero1=not args.no_zero1), use_mip=not args.no_mip,
+            memory=MemoryModel(mode=args.mode), techniques=choice, use_mip=not args.no_mip,
             seed=args.seed, workers=args.workers, leaf_modules=tuple(args.leaf), schedule=args.schedule,
             chunks=args.chunks,
         )
@@ -127,16 +152,18 @@ def format_plan_table(result, model: str, cluster: str) -> str:
     from parplan.planner.api import evaluated_summary
 
     rows = [(_plan_label(result), result.best)] + [(e.label, e) for e in result.baselines]
-    header = ["plan", "schedule", "placement", "degrees", "step time (s)", "bubble", "peak mem/dev (GiB)", "fits"]
+    header = ["plan", "schedule", "placement", "degrees", "techniques", "step time (s)", "bubble",
+              "peak mem/dev (GiB)", "fits"]
     body = []
     for label, e in rows:
         d = evaluated_summary(e)
-        body.append([label, d["schedule"], d["placement"], d["degrees"], f"{d['step_time_s']:.4f}",
+        body.append([label, d["schedule"], d["placement"], d["degrees"], d["techniques"], f"{d['step_time_s']:.4f}",
                      f"{d['bubble_ratio']:.1%}", f"{max(d['peak_memory_bytes']) / 2**30:.1f}",
                      "yes" if d["fits"] else "NO"])
     best_baseline = min((e for e in result.baselines if e.fits), key=lambda e: e.step_time_s, default=None)
     done = "planned" if result.search == "searched" else "evaluated (not searched)"
-    out = [f"{model} on {cluster}: {done} in {result.planning_seconds:.1f}s", *format_columns(header, body)]
+    out = [f"{model} on {cluster}: {done} in {result.planning_seconds:.1f}s", *format_columns(header, body),
+           technique_line(evaluated_summary(result.best))]
     if best_baseline is not None:
         out.append(summary_line(result.best.step_time_s, best_baseline.label, best_baseline.step_time_s))
     out += [f"note: {n}" for n in result.notes]
@@ -146,6 +173,14 @@ def format_plan_table(result, model: str, cluster: str) -> str:
 def _plan_label(result) -> str:
     """The plan's row: parplan's own, or the configuration the user fixed."""
     return "parplan" if result.search == "searched" else "evaluated"
+
+
+def technique_line(summary: dict) -> str:
+    """What the plan's techniques cost per step on its busiest rank, in words."""
+    cost = summary["technique_cost"]
+    return (f"techniques: {summary['techniques']}: recomputation {cost['recompute_s']:.4g} s, exposed ZeRO "
+            f"collectives {cost['sharding_s']:.4g} s, gradient sync {cost['sync_s']:.4g} s per step; "
+            f"{cost['held_bytes'] / 2**30:.2f} GiB held for gathers / recomputation")
 
 
 def summary_line(step_s: float, rival: str, rival_s: float) -> str:

@@ -44,6 +44,12 @@ def plan_summary(plan) -> str:
                      f"PP{e.pp}×DP{e.dp}×TP{e.tp}" + (f"×EP{e.ep}" if e.ep > 1 else "") +
                      f", -m {e.microbatches}: step time {e.step_time:.6g} {unit} with the gradient sync, peak memory "
                      f"per device {_memory(max(e.peak_memory_per_rank), plan)} of {_memory(e.memory_cap, plan)}")
+    if plan.techniques is not None:
+        cost = plan.solver.get("planning", {}).get("techniques", {})
+        spent = (f": recomputation {cost['recompute_s']:.4g} s, exposed ZeRO collectives {cost['sharding_s']:.4g} s "
+                 f"per step on the busiest rank, {cost['held_bytes'] / 2**30:.2f} GiB held"
+                 if "recompute_s" in cost else "")
+        lines.append(f"techniques: {plan.techniques.label()}{spent}")
     if plan.overlap_note():
         lines.append(plan.overlap_note())
     for level, report in plan.solver.items():

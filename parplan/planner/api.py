@@ -50,8 +50,10 @@ def plan_with_report(
     """Plan `model` (fed `example_inputs`, one micro-batch) on `cluster`.
 
     `options` are `PlannerConfig` fields (memory_limit in bytes, work, time_limit, mode,
-    objective, degrees, families, use_mip, seed, workers; schedule and chunks fix an expert
-    schedule, which is then evaluated as given, not searched: `planner.evaluate`). Returns the plan and the full
+    objective, degrees, families, use_mip, seed, workers, techniques: a
+    `parplan.planner.techniques.TechniqueChoice` fixing ZeRO level, layout, recomputation
+    or sequence parallelism; schedule and chunks fix an expert schedule, which is then
+    evaluated as given, not searched: `planner.evaluate`). Returns the plan and the full
     report (every baseline, both levels' solver reports). `progress`, when given, is called
     with a `PlanProgress` as each phase begins, as the lower MIP's incumbent or bound moves,
     and as each phase ends; it only observes (the plan is the same without it).
@@ -100,13 +102,16 @@ def to_plan(result: PlanResult, model, example_inputs: tuple, cluster: ClusterPr
                      "work": config.work, "stopped_early": list(result.stopped_early),
                      "memory_cap_bytes": result.memory_cap, "dp_sync_s": placed.dp_sync_s,
                      "data_parallel": degrees.dp, "tensor_parallel": degrees.tp,
-                     "expert_parallel": degrees.ep},
+                     "expert_parallel": degrees.ep,
+                     "techniques": {"label": placed.techniques.label(),
+                                    **placed.technique_cost(schedule.total_microbatches)}},
     }
     out = plan_from_schedule(
         model=model, model_spec=spec or type(model).__name__, batch=micro * schedule.total_microbatches, seq=seq,
         schedule=schedule, model_stage_pieces=pieces, costs=placed.costs, time_unit="s", memory_unit="bytes",
         cluster=ClusterSummary(name=cluster.name, devices=devices), solver=solver,
     )
+    out = dataclasses.replace(out, techniques=placed.techniques)
     if config.mode == "inference":
         out = dataclasses.replace(out, mode="inference")
     if evaluated:
@@ -186,6 +191,8 @@ def evaluated_summary(e: Evaluated) -> dict:
         "bubble_ratio": e.bubble_ratio,
         "peak_memory_bytes": list(e.peak_memory_bytes),
         "fits": e.fits,
+        "techniques": e.placed.techniques.label(),
+        "technique_cost": e.placed.technique_cost(e.schedule.total_microbatches),
     }
 
 

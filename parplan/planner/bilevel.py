@@ -37,6 +37,8 @@ from parplan.planner.events import Phase, PlanProgress, Step
 from parplan.planner.lower import (Evaluated, Placed, baseline_schedules, evaluate_schedule, parplan_schedules, place,
                                    stage_gpus)
 from parplan.planner.memory import MemoryModel
+from parplan.plan import Techniques
+from parplan.planner.techniques import TechniqueChoice, check_techniques, technique_choices
 from parplan.planner.partition import FAMILIES, Family, balanced_contiguous, place_units, rank_loads
 from parplan.planner.units import Granularity, UnitGraph, coarsen
 from parplan.schedule.placement import family_of_schedule
@@ -70,6 +72,7 @@ class PlannerConfig:
     objective: Literal["makespan", "utilization", "latency"] = "makespan"
     memory: MemoryModel = field(default_factory=MemoryModel)
     degrees: Degrees | None = None  # fixed PP × DP × TP; None searches
+    techniques: TechniqueChoice = field(default_factory=TechniqueChoice)  # ZeRO, layout, recompute, SP; None searches
     ep: int | None = None  # fixed expert-parallel degree; None searches (MoE models)
     tp: int | None = None  # with degrees None: search only splits of this tensor-parallel degree
     families: tuple[str, ...] = ("chain", "loop", "v", "dualpipe")
@@ -96,6 +99,9 @@ class PlannerConfig:
             raise ParplanError(f"placement family {unknown[0]!r} is unknown; use {', '.join(FAMILIES)}")
         if self.memory.mode != self.mode:
             object.__setattr__(self, "memory", replace(self.memory, mode=self.mode))
+        self.techniques.check(mode=self.mode, tp=self.degrees.tp if self.degrees is not None else self.tp)
+        if self.degrees is not None:
+            check_techniques(self.techniques, self.degrees)
         self._check_schedule()
 
     def _check_schedule(self) -> None:
@@ -160,6 +166,15 @@ class _Search:
     progress: Progress | None
     key: Callable[[Evaluated], tuple]
     notes: list[str] = field(default_factory=list)
+    costers: dict[tuple, Coster] = field(default_factory=dict)
+
+    def coster(self, degrees: Degrees, recompute: str, sequence_parallel: bool) -> Coster:
+        """The one Coster of a (degrees, recomputation, SP): estimates and placements share its caches."""
+        key = (degrees, recompute, sequence_parallel)
+        if key not in self.costers:
+            self.costers[key] = Coster(self.traced, tp=degrees.tp, tp_link=degrees.tp_link(self.cluster),
+                                       ep=degrees.ep, recompute=recompute, sequence_parallel=sequence_parallel)
+        return self.costers[key]
 
     def begin(self, phase: Phase, subject: str) -> None:
         if self.progress is not None:
@@ -186,6 +201,7 @@ class _Screened:
     pruned: int
     skipped: list[str]
     considered: list[str]
+    fitting: int = 0  # simulated schedules within the memory cap
 
 
 def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerConfig,
@@ -241,6 +257,7 @@ def _screen(run: _Search) -> _Screened:
     run.begin(Phase.SCREEN, subject)
     best_ours = float("inf")
     max_screens = _SCREENS_PER_WORK * config.work
+    deferred = []  # (degrees, the rest of its techniques), for the second pass
     for degrees in degree_list[:_MAX_DEGREES]:
         if best_ours < float("inf") and out.screened + out.pruned >= max_screens:
             out.skipped.append(str(degrees))  # the rest of the work goes to refining what was found
@@ -249,12 +266,23 @@ def _screen(run: _Search) -> _Screened:
             run.stop.fired("screening")
             out.skipped.append(str(degrees))
             continue
-        coster = degree_coster(run, degrees)
-        for family in families:
-            for label, placed in _screen_candidates(run, coster, degrees, family):
-                best_ours = _screen_one(run, out, label, placed, coster, best_ours)
+        first, rest = technique_choices(config.techniques, degrees, coster_for=run.coster, cluster=cluster,
+                                        memory=config.memory, microbatches=config.microbatches, cap=run.cap)
+        fitted = out.fitting
+        best_ours = _screen_techniques(run, out, degrees, families, first, best_ours)
+        if out.fitting == fitted:
+            deferred.append((degrees, rest))
+    # second pass: memory techniques where the plain choice gave no plan within the cap
+    for degrees, rest in deferred:
+        if best_ours < float("inf") and out.screened + out.pruned >= max_screens:
+            break
+        if run.stop.expired():
+            run.stop.fired("screening")
+            break
+        best_ours = _screen_techniques(run, out, degrees, families, rest(), best_ours)
     if not out.ours and not out.baselines:
-        raise ParplanError("no placement fits the model on this cluster; use more GPUs or fewer stages")
+        raise ParplanError("no placement fits the model on this cluster (or none meets the fixed --dp-shard / "
+                           "--dp-replicate / --sequence-parallel); use more GPUs or fewer stages")
     if out.skipped:
         run.notes.append(f"{len(out.skipped)} degree candidates not screened ({', '.join(out.skipped[:4])}"
                          f"{', …' if len(out.skipped) > 4 else ''}): the most promising used the screening's "
@@ -273,6 +301,15 @@ def degree_candidates(run: _Search) -> list[Degrees]:
                                     fixed=config.degrees, experts=expert_counts(run.traced), ep=config.ep)
     if config.tp is not None:
         degree_list = [d for d in degree_list if d.tp == config.tp]
+    allowed = [d for d in degree_list if config.techniques.fits_degrees(d)]
+    if degree_list and not allowed:
+        c = config.techniques
+        raise ParplanError(
+            f"no PP × DP × TP split of {cluster.num_gpus} GPUs has a data-parallel group that --dp-shard "
+            f"{c.dp_shard} × --dp-replicate {c.dp_replicate} (None: what is left) fits"
+            f"{' with TP > 1 for --sequence-parallel' if c.sequence_parallel else ''} (data-parallel degrees "
+            f"{sorted({d.dp for d in degree_list})}); choose a layout dividing one of them")
+    degree_list = allowed
     if config.ep is not None:
         check_ep(run.traced, config.ep, config.degrees.dp if config.degrees else None)
     if not degree_list:
@@ -283,19 +320,33 @@ def degree_candidates(run: _Search) -> list[Degrees]:
     return degree_list
 
 
-def degree_coster(run: _Search, degrees: Degrees) -> Coster:
-    """The one cost function at these degrees (searched and evaluated plans alike)."""
-    return Coster(run.traced, tp=degrees.tp, tp_link=degrees.tp_link(run.cluster), ep=degrees.ep)
+def degree_coster(run: _Search, degrees: Degrees, techniques: Techniques) -> Coster:
+    """The one cost function at these degrees and techniques (searched and evaluated plans alike)."""
+    return run.coster(degrees, techniques.recompute, techniques.sequence_parallel)
 
 
-def _screen_candidates(run: _Search, coster: Coster, degrees: Degrees, family: Family):
+def _screen_techniques(run: _Search, out: _Screened, degrees: Degrees, families, techniques: list[Techniques],
+                       best_ours: float) -> float:
+    """Screen `degrees` under each of `techniques` in turn, until one gives a plan that fits."""
+    for t in techniques:
+        coster = degree_coster(run, degrees, t)
+        fitted = out.fitting
+        for family in families:
+            for label, placed in _screen_candidates(run, coster, degrees, family, t):
+                best_ours = _screen_one(run, out, label, placed, coster, best_ours)
+        if out.fitting > fitted:
+            break
+    return best_ours
+
+
+def _screen_candidates(run: _Search, coster: Coster, degrees: Degrees, family: Family, techniques: Techniques):
     """(label, placement) to screen: the baseline's layer split; parplan's operator split
     by rank and by stage, and the hand split seen at operator level (so its own search
     space contains the baseline's placement)."""
     if family.num_stages(degrees.pp) > len(run.layers):
         return
     split = lambda graph, **kw: _contiguous(graph, coster, run.cluster, degrees, family,  # noqa: E731
-                                            memory=run.config.memory, cap=run.cap, **kw)
+                                            memory=run.config.memory, cap=run.cap, techniques=techniques, **kw)
     layer_split = split(run.layers, aware=False)
     op_split = split(run.ops, aware=True)
     op_even = split(run.ops, aware=True, by_rank=False)
@@ -305,7 +356,8 @@ def _screen_candidates(run: _Search, coster: Coster, degrees: Degrees, family: F
         candidates.append(("parplan", run.ops, op_even))
     for label, graph, stage_of_unit in candidates:
         if stage_of_unit is not None and not graph.pieceless_stages(stage_of_unit):
-            yield label, place(graph, coster, run.cluster, degrees, family, stage_of_unit, run.config.memory)
+            yield label, place(graph, coster, run.cluster, degrees, family, stage_of_unit, run.config.memory,
+                               techniques)
 
 
 def _screen_one(run: _Search, out: _Screened, label: str, placed: Placed, coster: Coster, best_ours: float) -> float:
@@ -321,6 +373,7 @@ def _screen_one(run: _Search, out: _Screened, label: str, placed: Placed, coster
                                    {"schedule": name, "placement": placed.family.name,
                                     "degrees": str(placed.degrees)})
         out.screened += 1
+        out.fitting += result.fits
         if label == "baseline":
             if name not in out.baselines or run.key(result) < run.key(out.baselines[name]):
                 out.baselines[name] = result
@@ -331,8 +384,8 @@ def _screen_one(run: _Search, out: _Screened, label: str, placed: Placed, coster
     return best_ours
 
 
-def _tag(e: Evaluated) -> tuple[str, str]:
-    return e.placed.family.name, str(e.placed.degrees)
+def _tag(e: Evaluated) -> tuple[str, str, str]:
+    return e.placed.family.name, str(e.placed.degrees), e.placed.techniques.label()
 
 
 def _refine_best(run: _Search, screened: _Screened) -> tuple[list[Evaluated], list[dict]]:
@@ -430,10 +483,11 @@ def _choose(run: _Search, refined: list[Evaluated], screened: _Screened, *, work
     pool = refined + list(screened.baselines.values())
     best = min(pool, key=run.key)
     if not best.fits:
-        smallest = min(max(e.peak_memory_bytes) for e in pool)
+        leanest = min(pool, key=lambda e: max(e.peak_memory_bytes))
         raise ParplanError(
             f"no plan fits the memory cap of {format_bytes(run.cap)} per device; the smallest peak any "
-            f"candidate needs is {format_bytes(smallest)} — raise --memory-limit to at least that, "
+            f"candidate needs is {format_bytes(max(leanest.peak_memory_bytes))} ({leanest.placed.degrees}, "
+            f"{leanest.placed.techniques.label()}) — raise --memory-limit to at least that, "
             f"add GPUs, or shrink the micro-batch"
         )
     if best.label == "parplan" and run.config.mode == "train":
@@ -478,18 +532,25 @@ def _promising_first(degree_list: list[Degrees], traced: TracedGraph, cluster: C
     routed = coster.ops(coster.routed, gpu)
     work = total.total_s if config.mode == "train" else total.forward_s
 
-    def estimate(d: Degrees) -> tuple[bool, float]:
+    fixed = config.techniques.zero
+    leanest = fixed if fixed is not None else (3 if config.mode == "train" else 1)
+
+    def estimate(d: Degrees) -> tuple[bool, bool, float]:
         micro = config.microbatches // d.dp
         moved = 1 - 1 / d.ep  # the routed experts' share that other EP ranks hold
-        static = config.memory.static_bytes(total.param_bytes - moved * routed.param_bytes,
-                                            total.param_count - moved * routed.param_count, d.dp,
-                                            expert_count=routed.param_count / d.ep, ep=d.ep) / (d.pp * d.tp)
+
+        def static(zero: int) -> float:
+            return config.memory.static_bytes(
+                total.param_bytes - moved * routed.param_bytes, total.param_count - moved * routed.param_count,
+                Techniques(zero=zero, dp_shard=d.dp), expert_bytes=routed.param_bytes / d.ep,
+                expert_count=routed.param_count / d.ep, ep=d.ep) / (d.pp * d.tp)
         a2a = sum(a.total for a in layer_a2a(traced, d, cluster, 0).values()) if d.ep > 1 else 0.0
         compute, comm = work / (d.pp * d.tp) * (1 + 0.05 * (d.tp.bit_length() - 1)), a2a / d.pp
         # an overlapping schedule hides the shorter of compute and all-to-all, all but its slowdown
         per_micro = max(compute, comm) + 0.2 * min(compute, comm)
         step = per_micro * micro * (1 + (d.pp - 1) / micro)
-        return (static > cap, step)
+        # ZeRO-1 (or the fixed level) overflowing goes after, ZeRO-3 overflowing last
+        return (static(leanest) > cap, static(fixed if fixed is not None else 1) > cap, step)
 
     return sorted(degree_list, key=estimate)
 
@@ -516,7 +577,7 @@ def _busiest_rank_bound(placed: Placed, schedule) -> float:
 
 
 def _unit_functions(graph: UnitGraph, coster: Coster, gpu_of, memory: MemoryModel, degrees: Degrees,
-                    cluster: ClusterProfile):
+                    cluster: ClusterProfile, techniques: Techniques):
     """(cost(u, s), static(u, s)): seconds of unit u on stage s's device — its all-to-alls
     run in line included —, and its static bytes."""
     units = graph.units
@@ -526,7 +587,7 @@ def _unit_functions(graph: UnitGraph, coster: Coster, gpu_of, memory: MemoryMode
 
     def static(u: int, s: int) -> float:
         c = coster.unit(units[u], gpu_of(s))  # parameter bytes do not depend on the device
-        return memory.static_bytes(c.param_bytes, c.param_count, degrees.dp,
+        return memory.static_bytes(c.param_bytes, c.param_count, techniques, expert_bytes=c.expert_param_bytes,
                                    expert_count=c.expert_param_count, ep=degrees.ep)
 
     return cost, static
@@ -548,10 +609,11 @@ def _a2a_by_op(coster: Coster, degrees: Degrees, cluster: ClusterProfile, mode: 
 
 
 def _contiguous(graph: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: Degrees, family: Family,
-                *, aware: bool, memory: MemoryModel, cap: float, by_rank: bool = True) -> list[int] | None:
+                *, aware: bool, memory: MemoryModel, cap: float, techniques: Techniques,
+                by_rank: bool = True) -> list[int] | None:
     device = stage_gpus(cluster, degrees, family)
     gpu_of = device.__getitem__ if aware else (lambda s: device[0])
-    cost, static = _unit_functions(graph, coster, gpu_of, memory, degrees, cluster)
+    cost, static = _unit_functions(graph, coster, gpu_of, memory, degrees, cluster, techniques)
     units = graph.units
     n = degrees.pp
     by_stage = lambda split: max(rank_loads(split, FAMILIES["chain"], family.num_stages(n), cost))  # noqa: E731
@@ -568,7 +630,7 @@ def _refine(result: Evaluated, coster: Coster, run: _Search) -> tuple[Evaluated 
     placed: Placed = result.placed
     degrees, family, config, graph = placed.degrees, placed.family, run.config, run.ops
     cost, static = _unit_functions(graph, coster, stage_gpus(run.cluster, degrees, family).__getitem__,
-                                   config.memory, degrees, run.cluster)
+                                   config.memory, degrees, run.cluster, placed.techniques)
     split, report = place_units(
         num_units=len(graph.units), edges=list(graph.edges), family=family, num_ranks=degrees.pp, cost=cost,
         static=static, static_cap=run.cap, hint=list(placed.stage_of_unit), work=_UPPER_WORK * config.work,
@@ -580,7 +642,7 @@ def _refine(result: Evaluated, coster: Coster, run: _Search) -> tuple[Evaluated 
     report = {**report, "family": family.name, "degrees": str(degrees)}
     if list(split) == list(placed.stage_of_unit):
         return None, report
-    new = place(graph, coster, run.cluster, degrees, family, split, config.memory)
+    new = place(graph, coster, run.cluster, degrees, family, split, config.memory, placed.techniques)
     return _best_on(new, run, {"upper": report}), report
 
 
@@ -631,7 +693,7 @@ def _local_search(start: Evaluated, coster: Coster, run: _Search, trials: list[i
             break
         trials[0] -= 1
         candidate = _best_on(place(graph, coster, run.cluster, placed.degrees, placed.family, trial,
-                                   run.config.memory), run, {"refined": "boundary moves"})
+                                   run.config.memory, placed.techniques), run, {"refined": "boundary moves"})
         if candidate is not None and run.key(candidate) < run.key(best):
             best, cuts, improved, since = candidate, moved, improved + 1, 0
     return best if improved else None
@@ -658,12 +720,12 @@ def _leaner(best: Evaluated, run: _Search, work: float) -> Evaluated:
     from parplan.mip import lower_memory
 
     placed, config = best.placed, run.config
-    # one activation cap for every rank: the cap less the largest static state, or the kept
-    # plan's own peak where a rank with less static state holds more (it fits rank by rank;
-    # the pass only lowers the largest peak, and `fits` re-checks every rank below)
-    cap = max(run.cap - max(placed.static_bytes), max(best.simulation.peak_activation_per_rank))
+    # one activation cap for every rank: the plan's own peak when its ranks' static bytes
+    # differ enough (ZeRO-3's gathers) that it fits per rank but not under cap − max(static);
+    # what the pass returns is checked per rank below
+    act_cap = max(run.cap - max(placed.static_bytes), max(best.simulation.peak_activation_per_rank))
     lean = lower_memory(best.schedule, costs=placed.costs, placement=placed.family.name,
-                        memory_cap=cap, work=max(0.05, work),
+                        memory_cap=act_cap, work=max(0.05, work),
                         time_limit=None if run.stop.seconds is None else max(1e-6, run.stop.left()),
                         seed=config.seed, workers=config.workers)
     if lean.ran and lean.solver_status != "OPTIMAL" and run.stop.expired():  # a finished pass was not cut

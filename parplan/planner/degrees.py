@@ -8,9 +8,9 @@ group (consecutive replicas) fills nodes: its all-to-alls, far heavier than a pi
 send, stay on NVLink as far as they can (DeepSeek-V3's PP16 × EP64 puts one pipeline stage's
 64 EP ranks on 8 whole nodes the same way). The global batch is fixed — M micro-batches
 of B sequences per step — so a plan with DP replicas gives each replica M / DP of them and
-step times stay comparable across degrees. The gradient sync (all-reduce, or ZeRO-1's
-reduce-scatter + all-gather of the same volume) of each pipeline rank's parameters runs over
-the link tier its replicas span, after the pipeline drains (not overlapped: conservative).
+step times stay comparable across degrees. The gradient sync of each pipeline rank's
+parameters and ZeRO's collectives run over the slowest link their replicas span
+(`parplan.planner.sharding`).
 """
 
 from __future__ import annotations
@@ -50,9 +50,6 @@ class Degrees:
 
     def pp_link(self, cluster: ClusterProfile, a: int, b: int) -> LinkProfile:
         return cluster.link(self.rank(0, a), self.rank(0, b))
-
-    def dp_link(self, cluster: ClusterProfile) -> LinkProfile | None:
-        return cluster.link(self.rank(0, 0), self.rank(1, 0)) if self.dp > 1 else None
 
     def tp_link(self, cluster: ClusterProfile) -> LinkProfile | None:
         return cluster.link(self.rank(0, 0, 0), self.rank(0, 0, 1)) if self.tp > 1 else None

@@ -38,6 +38,7 @@ from parplan.planner.bilevel import (PlannerConfig, PlanResult, Progress, _conti
                                      degree_coster, new_search)
 from parplan.planner.degrees import Degrees
 from parplan.planner.lower import Evaluated, evaluate_schedule, place
+from parplan.plan import Techniques
 from parplan.schedule.placement import Family, family_of_schedule
 from parplan.sizes import format_bytes, memory_flag
 from parplan.trace.graph import TracedGraph
@@ -118,18 +119,19 @@ def _evaluate_at(run: _Search, degrees: Degrees, family: Family) -> Evaluated:
     if stages > len(run.layers):
         raise ParplanError(f"{where} needs {stages} model stages but the model has {len(run.layers)} layers "
                            f"(repeated blocks and top-level modules) to split; use a smaller --pp or --chunks")
-    coster = degree_coster(run, degrees)
-    even = _layer_split(run, coster, degrees, family, aware=False)
+    techniques = config.techniques.plain(degrees)
+    coster = degree_coster(run, degrees, techniques)
+    even = _layer_split(run, coster, degrees, family, techniques, aware=False)
     if even is None:
         raise ParplanError(f"{where}: the {len(run.layers)} layers do not split into {stages} stages that each "
                            f"hold parameters; use a smaller --pp or --chunks")
-    result = _timed(run, coster, degrees, family, even, schedule)
+    result = _timed(run, coster, degrees, family, even, schedule, techniques)
     if result.fits:
         return result
-    capped = _layer_split(run, coster, degrees, family, aware=True)
+    capped = _layer_split(run, coster, degrees, family, techniques, aware=True)
     if capped is None or capped == even:
         return result
-    lighter = _timed(run, coster, degrees, family, capped, schedule)
+    lighter = _timed(run, coster, degrees, family, capped, schedule, techniques)
     if not lighter.fits and max(lighter.peak_memory_bytes) >= max(result.peak_memory_bytes):
         return result
     run.notes.append(f"the layer split balanced by cost needs {format_bytes(max(result.peak_memory_bytes))} per "
@@ -138,16 +140,18 @@ def _evaluate_at(run: _Search, degrees: Degrees, family: Family) -> Evaluated:
     return lighter
 
 
-def _layer_split(run: _Search, coster, degrees: Degrees, family: Family, *, aware: bool) -> list[int] | None:
+def _layer_split(run: _Search, coster, degrees: Degrees, family: Family, techniques: Techniques, *,
+                 aware: bool) -> list[int] | None:
     """Whole layers, contiguous, balanced by cost; `aware`: on each stage's device and under
     the memory cap on its static bytes. None when no such split holds parameters on every stage."""
     split = _contiguous(run.layers, coster, run.cluster, degrees, family, aware=aware, memory=run.config.memory,
-                        cap=run.cap)
+                        cap=run.cap, techniques=techniques)
     return split if split is not None and not run.layers.pieceless_stages(split) else None
 
 
-def _timed(run: _Search, coster, degrees: Degrees, family: Family, split: list[int], schedule) -> Evaluated:
-    placed = place(run.layers, coster, run.cluster, degrees, family, split, run.config.memory)
+def _timed(run: _Search, coster, degrees: Degrees, family: Family, split: list[int], schedule,
+           techniques: Techniques) -> Evaluated:
+    placed = place(run.layers, coster, run.cluster, degrees, family, split, run.config.memory, techniques)
     return evaluate_schedule(run.config.schedule, placed, schedule, run.cap,
                              {"schedule": run.config.schedule, "placement": family.name, "degrees": str(degrees),
                               "evaluated": True})

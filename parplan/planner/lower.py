@@ -17,11 +17,13 @@ from parplan.cost.hardware import ClusterProfile, GPUProfile
 from parplan.cost.model import transfer_time
 from parplan.schedule.costs import PipelineCosts
 from parplan.errors import ParplanError
-from parplan.planner.costing import Coster, ring_allreduce_s
+from parplan.plan import Techniques
+from parplan.planner.costing import Coster
 from parplan.planner.degrees import Degrees, slowest
 from parplan.planner.experts import AllToAll, layer_a2a, stage_phases
 from parplan.planner.memory import MemoryModel
 from parplan.planner.tied import TiedCopies, tied_copies, tied_sync_s, with_copies
+from parplan.planner.sharding import ShardCost, stage_collectives, step_sync_s
 from parplan.planner.units import UnitGraph
 from parplan.schedule.ir import Action, Kind, Schedule
 from parplan.schedule.placement import Family
@@ -32,7 +34,7 @@ from parplan.schedule.validate import validate
 if TYPE_CHECKING:
     from parplan.mip import SolverReport
 
-__all__ = ["Placed", "Evaluated", "place", "stage_gpus", "evaluate_schedule", "forward_only_schedule",
+__all__ = ["Placed", "Evaluated", "place", "default_techniques", "stage_gpus", "evaluate_schedule", "forward_only_schedule",
            "baseline_schedules", "parplan_schedules"]
 
 
@@ -48,6 +50,28 @@ class Placed:
     static_bytes: tuple[float, ...]  # per pipeline rank: params + grads + optimizer
     dp_sync_s: float  # gradient sync after the pipeline drains
     gpu_names: tuple[str, ...]  # per pipeline rank
+    techniques: Techniques
+    recompute_s: tuple[float, ...]  # per model stage and micro-batch: forward rerun in I
+    sharding_s: tuple[float, ...]  # per model stage and micro-batch: exposed ZeRO-2/3 collectives
+    held_bytes: tuple[float, ...]  # per pipeline rank, in static_bytes: ZeRO-3 gathers, recompute working set
+
+    def technique_cost(self, microbatches: int) -> dict:
+        """What the techniques cost per step on the busiest pipeline rank: seconds of
+        recomputation and of exposed ZeRO-2/3 collectives (each stage's seconds per
+        micro-batch × the `microbatches` it runs, shared by the ranks holding it), and the
+        bytes held once for them (in the static bytes)."""
+        n = self.degrees.pp
+
+        def busiest(per_stage: tuple[float, ...]) -> float:
+            load = [0.0] * n
+            for s, seconds in enumerate(per_stage):
+                ranks = self.family.ranks_of_stage(s, n)
+                for r in ranks:
+                    load[r] += seconds * microbatches / len(ranks)
+            return max(load, default=0.0)
+
+        return {"recompute_s": busiest(self.recompute_s), "sharding_s": busiest(self.sharding_s),
+                "sync_s": self.dp_sync_s, "held_bytes": max(self.held_bytes, default=0.0)}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -97,8 +121,17 @@ def stage_gpus(cluster: ClusterProfile, degrees: Degrees, family: Family) -> lis
             for s in range(family.num_stages(degrees.pp))]
 
 
+def default_techniques(degrees: Degrees, coster: Coster) -> Techniques:
+    """ZeRO-1 over the whole data-parallel group, with the Coster's recomputation and
+    sequence parallelism: what parplan planned before it searched techniques."""
+    return Techniques(zero=1, dp_shard=degrees.dp, dp_replicate=1, recompute=coster.recompute,
+                      sequence_parallel=coster.sequence_parallel and degrees.tp > 1)
+
+
 def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: Degrees, family: Family,
-          stage_of_unit: list[int], memory: MemoryModel) -> Placed:
+          stage_of_unit: list[int], memory: MemoryModel, techniques: Techniques | None = None) -> Placed:
+    techniques = techniques or default_techniques(degrees, coster)
+    assert techniques.recompute == coster.recompute and techniques.dp == degrees.dp, (techniques, degrees)
     n = degrees.pp
     num_stages = family.num_stages(n)
     rank_of = [family.rank_of_stage(s, n) for s in range(num_stages)]
@@ -110,6 +143,7 @@ def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: De
     cut = units.cut_bytes(list(stage_of_unit))
     stage_costs: list[StageCost] = []
     unit_costs = []
+    shards: list[ShardCost] = []
     a2a = _a2a_by_rank(coster, cluster, degrees)
     stage_ops = [[op for u in members[s] for op in units.units[u].ops] for s in range(num_stages)]
     tied = tied_copies(coster.traced, stage_ops)  # tied weights: a copy on every stage reading one
@@ -117,20 +151,27 @@ def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: De
         ops = stage_ops[s]
         c = with_copies(coster.ops(ops, device[s]), s, tied, tp=coster.tp)
         unit_costs.append(c)
+        shard = stage_collectives(ops, coster, device[s], degrees, cluster, techniques, memory)
+        shards.append(shard)
         xfer = 0.0
         if s + 1 < num_stages and rank_of[s] != rank_of[s + 1]:
             xfer = transfer_time(cut.get(s, 0), degrees.pp_link(cluster, rank_of[s], rank_of[s + 1]))
         phases = _phases(ops, coster, a2a, device[s], family.ranks_of_stage(s, n), memory.mode)
         comm_f = phases.total("forward") - c.forward_s if phases else 0.0
         comm_i = phases.total("backward_input") - c.backward_input_s if phases else 0.0
-        stage_costs.append(StageCost(forward=c.forward_s + comm_f, backward_input=c.backward_input_s + comm_i,
+        if phases is not None and shard.total_s:
+            phases = phases.padded(shard.forward_s, shard.backward_input_s)
+        stage_costs.append(StageCost(forward=c.forward_s + comm_f + shard.forward_s,
+                                     backward_input=c.backward_input_s + comm_i + shard.backward_input_s,
                                      backward_weight=c.backward_weight_s, activation=c.activation_bytes,
                                      params=c.param_bytes, transfer=xfer, phases=phases))
     costs = placement_costs(stage_costs, transfer_contention=gpus[0].efficiency.transfer_contention,
                             comm_slowdown=cluster.a2a_compute_slowdown or 0.0, mode=memory.mode)
-    static, dp_sync = _static_and_sync(unit_costs, family, degrees, cluster, memory, tied)
+    static, held, dp_sync = _static_and_sync(unit_costs, shards, family, degrees, cluster, memory, techniques, tied)
     return Placed(units=units, degrees=degrees, family=family, stage_of_unit=tuple(stage_of_unit), costs=costs,
-                  static_bytes=tuple(static), dp_sync_s=dp_sync, gpu_names=tuple(g.name for g in gpus))
+                  static_bytes=tuple(static), dp_sync_s=dp_sync, gpu_names=tuple(g.name for g in gpus),
+                  techniques=techniques, recompute_s=tuple(c.recompute_s for c in unit_costs),
+                  sharding_s=tuple(sh.total_s for sh in shards), held_bytes=tuple(held))
 
 
 def _a2a_by_rank(coster: Coster, cluster: ClusterProfile, degrees: Degrees) -> list[dict[str, AllToAll]]:
@@ -149,29 +190,33 @@ def _phases(ops, coster: Coster, a2a: list[dict[str, AllToAll]], gpu: GPUProfile
     return stage_phases(ops, coster, gpu, slowest, mode)
 
 
-def _static_and_sync(unit_costs, family: Family, degrees: Degrees, cluster: ClusterProfile,
-                     memory: MemoryModel, tied: tuple[TiedCopies, ...]) -> tuple[list[float], float]:
-    """Per pipeline rank: parameters + gradients + optimizer state; and the gradient sync
+def _static_and_sync(unit_costs, shards: list[ShardCost], family: Family, degrees: Degrees,
+                     cluster: ClusterProfile, memory: MemoryModel, techniques: Techniques,
+                     tied: tuple[TiedCopies, ...]) -> tuple[list[float], list[float], float]:
+    """Per pipeline rank: parameters + gradients + optimizer state (ZeRO-sharded) and what
+    it holds once (ZeRO-3's gathered layers, full recomputation's working set: the largest
+    of its stages', as one stage runs at a time), that included; and the gradient sync
     after the pipeline drains: the tied weights' sums over the pipeline ranks holding their
-    copies (parplan.planner.tied), then dense gradients all-reduced over the dp replicas,
-    routed experts' over the dp / ep replicas holding the same experts (in turn: one link)."""
+    copies (parplan.planner.tied), then on the slowest rank `sharding.step_sync_s`."""
     n = degrees.pp
     static = [0.0] * n
+    held = [0.0] * n
     dense = [0.0] * n
     experts = [0.0] * n
     for s, c in enumerate(unit_costs):
         for r in family.ranks_of_stage(s, n):
-            static[r] += memory.static_bytes(c.param_bytes, c.param_count, degrees.dp,
-                                             expert_count=c.expert_param_count, ep=degrees.ep)
+            static[r] += memory.static_bytes(c.param_bytes, c.param_count, techniques,
+                                             expert_bytes=c.expert_param_bytes, expert_count=c.expert_param_count,
+                                             ep=degrees.ep)
+            held[r] = max(held[r], shards[s].buffer_bytes + c.working_bytes)
             dense[r] += (c.param_bytes - c.expert_param_bytes) * memory.grad_bytes_per_param_byte
             experts[r] += c.expert_param_bytes * memory.grad_bytes_per_param_byte
+    static = [a + b for a, b in zip(static, held)]
     tied_s = tied_sync_s(tied, family, degrees, cluster, memory)
-    dp_link = degrees.dp_link(cluster)
-    if memory.mode != "train" or dp_link is None:
-        return static, tied_s
-    expert_dp = degrees.dp // degrees.ep
-    return static, tied_s + max(ring_allreduce_s(d, degrees.dp, dp_link) + ring_allreduce_s(e, expert_dp, dp_link)
-                       for d, e in zip(dense, experts))
+    if memory.mode != "train" or degrees.dp == 1:
+        return static, held, tied_s
+    return static, held, tied_s + max(step_sync_s(d, e, degrees, cluster, techniques, memory)
+                                      for d, e in zip(dense, experts))
 
 
 def forward_only_schedule(num_ranks: int, num_microbatches: int) -> Schedule:
