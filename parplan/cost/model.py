@@ -2,16 +2,18 @@
 of a tensor transfer over a link.
 
 Formulas (docs/cost-model.md has the derivation and the fit):
-* Every kernel pays a floor: `gemm_floor` for GEMMs, `launch_floor` for other kernels and
-  `backward_floor` for a memory-bound op's autograd backward (allocating and accumulating
-  gradients), all fitted on eager-mode measurements.
-* GEMM (one per `GemmShape`): t = floor + max(flops' / (peak x e_gemm), bytes / (bw x e_mem)),
-  flops' counting the M and N edges padded to 128-wide tiles; rows that are not 16-byte
-  aligned (a vocab of 50257) fall off the fast kernels: e_gemm x e_unaligned. The constant floor is what
-  makes small GEMMs far from peak (1024^3 reaches ~9 % of peak on an H100).
-* SDPA: t = floor + flops / (peak x e_attn x min(1, d/128) x L/(L + L_half) [x e_causal / (1 + T_causal/L)]); the backward executes 2.5 x the
-  forward FLOPs (FlashAttention recomputes QK^T), i.e. 1.25 x the algorithmic I FLOPs.
-* memory-bound ops: t = floor + bytes / (bw x e_mem); a pure view costs 0.
+* Each phase (F, I, W) of an operator is a `Launch`: CPU time to dispatch it (`launch_floor`
+  for a forward operator, `view_floor` for a view, `backward_floor` per autograd launch) and
+  GPU time of its kernels. Back to back in a stage it costs max(host, device) (`op_cost`);
+  timed alone from an idle GPU it costs host + device (`isolated_time`, what ops.jsonl holds).
+* GEMM kernel (one per `GemmShape`): gemm_floor + max(flops' / (peak x e_gemm), bytes / (bw x e_mem)),
+  flops' counting the M and N edges padded to 128-wide tiles; the backward's dgrad/wgrad
+  GEMMs use e_gemm_backward; rows that are not 16-byte aligned (a vocab of 50257) fall off
+  the fast kernels: e x e_unaligned.
+* SDPA kernel: flops / (peak x e_attn x min(1, d/128) x L/(L + L_half) [x e_causal / (1 + T_causal/L)]);
+  the backward executes 2.5 x the forward FLOPs (FlashAttention recomputes QK^T), i.e.
+  1.25 x the algorithmic I FLOPs.
+* memory-bound kernel: bytes / (bw x e_mem); a view has none (unless its backward moves bytes).
 * transfer: latency + bytes / (bandwidth x efficiency); when it runs beside compute, a
   fraction `transfer_contention` of the shorter of the two is not hidden.
 """
@@ -25,7 +27,10 @@ from typing import Iterable, Mapping
 from parplan.cost.hardware import GPUProfile, LinkProfile
 from parplan.trace.graph import GemmShape, OpKind, OpNode
 
-__all__ = ["OpCost", "Launch", "OpLaunches", "op_launches", "isolated_time", "op_cost", "cost_key", "transfer_time", "overlapped_time", "gemm_time", "TILE"]
+__all__ = [
+    "OpCost", "Launch", "OpLaunches", "op_launches", "isolated_time", "op_cost", "cost_key", "transfer_time",
+    "overlapped_time", "gemm_time", "TILE",
+]
 
 TILE = 128  # tensor-core tile edge: a GEMM's M and N are padded to it
 
@@ -50,7 +55,7 @@ def _pad(x: int) -> int:
 
 def gemm_time(gemm: GemmShape, dtype: str, gpu: GPUProfile, *, element_bytes: int, floor: float | None = None,
               backward: bool = False) -> float:
-    """One GEMM's time: launch floor plus the larger of its compute and memory times."""
+    """One GEMM kernel's GPU time: its fixed part plus the larger of its compute and memory times."""
     flops = 2 * gemm.batch * _pad(gemm.m) * _pad(gemm.n) * gemm.k
     traffic = gemm.batch * element_bytes * (gemm.m * gemm.k + gemm.k * gemm.n + gemm.m * gemm.n)
     eff = gpu.efficiency.gemm_backward if backward else gpu.efficiency.gemm
