@@ -8,6 +8,7 @@ import warnings
 from dataclasses import replace
 
 import pytest
+import torch
 
 from parplan.cost import load_gpu, op_cost
 from parplan.cost.calibration import H100_DATA, build_block_probes, calibration_report, load_records, predict
@@ -123,3 +124,23 @@ def test_without_host_floors_the_stream_is_the_device_time(block_probes):
         if p.phase == "forward":
             share[p.record["hidden"]] = 1 - predict(p, no_host) / predict(p, gpu)
     assert share[8192] < 0.01 < 0.2 < share[1024]
+
+
+def test_the_block_probe_is_the_zoo_gpt_block(block_probes):
+    """The calibration's block module (parplan.cost may not import the zoo) traces to the
+    same operators, shapes and costs as `parplan.zoo.gpt.Block`."""
+    from parplan.zoo.gpt import Block, GPTConfig
+
+    gpu = load_gpu("h100-sxm")
+    probe = next(p for p in block_probes if p.record["hidden"] == 2048)
+    r = probe.record
+    cfg = GPTConfig(hidden=r["hidden"], heads=r["heads"], layers=1, max_positions=r["seq"])
+    block = Block(cfg).to(device="meta", dtype=torch.bfloat16)
+    x = torch.zeros(r["batch"], r["seq"], r["hidden"], device="meta", dtype=torch.bfloat16, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zoo = trace(block, (x,), method="export").nodes
+    assert [n.op for n in zoo] == [n.op for n in probe.nodes]
+    assert [n.gemms for n in zoo] == [n.gemms for n in probe.nodes]
+    for a, b in zip(zoo, probe.nodes, strict=True):
+        assert op_cost(a, gpu) == op_cost(b, gpu), a.op

@@ -1,14 +1,17 @@
-"""Calibration of the cost model against measured operator times.
+"""Calibration of the cost model against measured operator and block times.
 
 Each measurement record becomes a *probe*: the small PyTorch module that was timed (a
-bias-free linear, a LayerNorm, the eager RMSNorm, SDPA, a copy...), traced by
-`parplan.trace` exactly like a user model and costed by `op_cost`. Comparing probes with
-measurements therefore checks the tracer's FLOP/byte rules and the cost formulas together.
+bias-free linear, a LayerNorm, the eager RMSNorm, SDPA, a copy...) or a whole GPT block
+(`build_block_probes`), traced by `parplan.trace` exactly like a user model. An isolated
+operator is costed as it was timed, alone from an idle GPU (`isolated_time` over its
+`op_launches`); a block as a plan's stage is, the sum of its operators' `op_cost`. Comparing
+probes with measurements therefore checks the tracer's FLOP/byte rules and the cost
+formulas together.
 
-`fit` chooses the profile's efficiency parameters by coordinate descent on squared log
-error; `calibration_report` gives the per-record errors the acceptance test checks.
-The H100 data (shared/calibration/h100, PyTorch 2.11, CUDA events, median of 20) ships
-in `parplan/cost/data/h100` so the test runs on a clean clone.
+`fit` chooses the profile's fitted constants by coordinate descent on squared log error;
+`calibration_report` gives the per-record errors the acceptance tests check. The H100 data
+(shared/calibration/h100, PyTorch 2.11, CUDA events; ops median of 20, blocks median of 10)
+ships in `parplan/cost/data/h100` so the tests run on a clean clone.
 """
 
 from __future__ import annotations
@@ -166,17 +169,32 @@ def _phase_launch(launches: OpLaunches, phase: str) -> list[Launch]:
 
 # ---- whole blocks: blocks.jsonl -------------------------------------------------------------
 
-def _gpt_block_nodes(record: dict) -> tuple:
-    """The zoo GPT block is what blocks.jsonl timed (its README): pre-LayerNorm, fused QKV
-    with bias, causal SDPA, 4x exact-GELU MLP, no dropout."""
-    from parplan.trace import trace
-    from parplan.zoo.gpt import Block, GPTConfig
+class _GPTBlock(nn.Module):
+    """What blocks.jsonl timed (its README): pre-LayerNorm, one fused QKV linear with bias,
+    causal SDPA, output projection, residual, LayerNorm, 4x exact-GELU MLP, residual; no
+    dropout. The same operators as the zoo's GPT block (tests/test_cost_blocks.py checks)."""
 
-    cfg = GPTConfig(hidden=record["hidden"], heads=record["heads"], layers=1, max_positions=record["seq"],
-                    dtype=record["dtype"])
-    with torch.device("meta"):
-        block = Block(cfg).to(getattr(torch, record["dtype"]))
-    x = _meta((record["batch"], record["seq"], record["hidden"]), getattr(torch, record["dtype"]))
+    def __init__(self, hidden: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.qkv, self.proj = nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden)
+        self.fc, self.out = nn.Linear(hidden, 4 * hidden), nn.Linear(4 * hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, h = x.shape
+        heads = (t.view(b, s, self.heads, h // self.heads).transpose(1, 2) for t in self.qkv(self.ln_1(x)).split(h, dim=-1))
+        y = F.scaled_dot_product_attention(*heads, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, s, h))
+        return x + self.out(F.gelu(self.fc(self.ln_2(x))))
+
+
+def _gpt_block_nodes(record: dict) -> tuple:
+    from parplan.trace import trace  # the tracer is what is being calibrated
+
+    dtype = getattr(torch, record["dtype"])
+    block = _GPTBlock(record["hidden"], record["heads"]).to(device="meta", dtype=dtype)
+    x = _meta((record["batch"], record["seq"], record["hidden"]), dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return trace(block, (x,), method="export").nodes
@@ -267,7 +285,8 @@ _BOUNDS = {
 }
 
 
-_TOP_LEVEL = ("launch_floor_s", "backward_floor_s", "backward_call_s", "view_floor_s", "gemm_floor_s", "attention_seq_half", "attention_causal_tile")
+_TOP_LEVEL = ("launch_floor_s", "backward_floor_s", "backward_call_s", "view_floor_s", "gemm_floor_s",
+              "attention_seq_half", "attention_causal_tile")
 
 
 def _with(gpu: GPUProfile, name: str, value: float) -> GPUProfile:
