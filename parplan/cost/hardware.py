@@ -78,6 +78,7 @@ class Efficiency:
     """Fitted parameters of the cost model (see docs/cost-model.md for each formula)."""
 
     gemm: float  # achieved fraction of peak on large GEMMs
+    gemm_backward: float  # the same for the backward's dgrad and wgrad GEMMs (transposed operands)
     gemm_unaligned: float  # extra factor when K or N is not a multiple of 16 bytes
     attention_forward: float
     attention_backward: float
@@ -94,9 +95,11 @@ class GPUProfile:
     peak_flops: dict[str, float]  # by dtype name, FLOP/s, dense
     hbm_bytes: float
     hbm_bandwidth: float  # B/s
-    launch_floor_s: float
-    backward_floor_s: float
-    gemm_floor_s: float
+    launch_floor_s: float  # CPU time to dispatch one eager operator's forward
+    backward_floor_s: float  # CPU time of one autograd node (per kernel-launching phase)
+    backward_call_s: float  # starting one autograd backward call, paid once per call
+    view_floor_s: float  # CPU time of a view's forward (no kernel, still a dispatched call)
+    gemm_floor_s: float  # GPU time a GEMM kernel takes beyond its FLOPs (ramp, tail wave)
     attention_seq_half: float  # key length at which SDPA reaches half its peak efficiency
     attention_causal_tile: float  # keys per query row wasted on diagonal tiles under a causal mask
     efficiency: Efficiency
@@ -217,6 +220,7 @@ def _parse_gpu(data: dict, where: str) -> GPUProfile:
         constants[f"peak_flops.{dtype}"] = c
         peak_flops[dtype] = c.value
     for key, unit in (("hbm_capacity", "bytes"), ("hbm_bandwidth", "B/s"), ("launch_floor", "s"), ("backward_floor", "s"),
+                      ("backward_call", "s"), ("view_floor", "s"),
                       ("gemm_floor", "s"), ("attention_seq_half", "tokens"),
                       ("attention_causal_tile", "tokens")):
         constants[key] = _constant(data, key, unit, where)
@@ -226,6 +230,7 @@ def _parse_gpu(data: dict, where: str) -> GPUProfile:
     ew = f"{where}.efficiency"
     efficiency = Efficiency(
         gemm=_fraction(eff, "gemm", ew),
+        gemm_backward=_fraction(eff, "gemm_backward", ew),
         gemm_unaligned=_fraction(eff, "gemm_unaligned", ew),
         attention_forward=_fraction(eff, "attention_forward", ew),
         attention_backward=_fraction(eff, "attention_backward", ew),
@@ -248,6 +253,8 @@ def _parse_gpu(data: dict, where: str) -> GPUProfile:
         hbm_bandwidth=constants["hbm_bandwidth"].value,
         launch_floor_s=constants["launch_floor"].value,
         backward_floor_s=constants["backward_floor"].value,
+        backward_call_s=constants["backward_call"].value,
+        view_floor_s=constants["view_floor"].value,
         gemm_floor_s=constants["gemm_floor"].value,
         attention_seq_half=constants["attention_seq_half"].value,
         attention_causal_tile=constants["attention_causal_tile"].value,

@@ -2,16 +2,18 @@
 of a tensor transfer over a link.
 
 Formulas (docs/cost-model.md has the derivation and the fit):
-* Every kernel pays a floor: `gemm_floor` for GEMMs, `launch_floor` for other kernels and
-  `backward_floor` for a memory-bound op's autograd backward (allocating and accumulating
-  gradients), all fitted on eager-mode measurements.
-* GEMM (one per `GemmShape`): t = floor + max(flops' / (peak x e_gemm), bytes / (bw x e_mem)),
-  flops' counting the M and N edges padded to 128-wide tiles; rows that are not 16-byte
-  aligned (a vocab of 50257) fall off the fast kernels: e_gemm x e_unaligned. The constant floor is what
-  makes small GEMMs far from peak (1024^3 reaches ~9 % of peak on an H100).
-* SDPA: t = floor + flops / (peak x e_attn x min(1, d/128) x L/(L + L_half) [x e_causal / (1 + T_causal/L)]); the backward executes 2.5 x the
-  forward FLOPs (FlashAttention recomputes QK^T), i.e. 1.25 x the algorithmic I FLOPs.
-* memory-bound ops: t = floor + bytes / (bw x e_mem); a pure view costs 0.
+* Each phase (F, I, W) of an operator is a `Launch`: CPU time to dispatch it (`launch_floor`
+  for a forward operator, `view_floor` for a view, `backward_floor` per autograd launch) and
+  GPU time of its kernels. Back to back in a stage it costs max(host, device) (`op_cost`);
+  timed alone from an idle GPU it costs host + device (`isolated_time`, what ops.jsonl holds).
+* GEMM kernel (one per `GemmShape`): gemm_floor + max(flops' / (peak x e_gemm), bytes / (bw x e_mem)),
+  flops' counting the M and N edges padded to 128-wide tiles; the backward's dgrad/wgrad
+  GEMMs use e_gemm_backward; rows that are not 16-byte aligned (a vocab of 50257) fall off
+  the fast kernels: e x e_unaligned.
+* SDPA kernel: flops / (peak x e_attn x min(1, d/128) x L/(L + L_half) [x e_causal / (1 + T_causal/L)]);
+  the backward executes 2.5 x the forward FLOPs (FlashAttention recomputes QK^T), i.e.
+  1.25 x the algorithmic I FLOPs.
+* memory-bound kernel: bytes / (bw x e_mem); a view has none (unless its backward moves bytes).
 * transfer: latency + bytes / (bandwidth x efficiency); when it runs beside compute, a
   fraction `transfer_contention` of the shorter of the two is not hidden.
 """
@@ -20,12 +22,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from parplan.cost.hardware import GPUProfile, LinkProfile
 from parplan.trace.graph import GemmShape, OpKind, OpNode
 
-__all__ = ["OpCost", "op_cost", "cost_key", "transfer_time", "overlapped_time", "gemm_time", "TILE"]
+__all__ = [
+    "OpCost", "Launch", "OpLaunches", "op_launches", "isolated_time", "op_cost", "cost_key", "transfer_time",
+    "overlapped_time", "gemm_time", "TILE",
+]
 
 TILE = 128  # tensor-core tile edge: a GEMM's M and N are padded to it
 
@@ -48,11 +53,12 @@ def _pad(x: int) -> int:
     return TILE * math.ceil(x / TILE) if x > 0 else 0
 
 
-def gemm_time(gemm: GemmShape, dtype: str, gpu: GPUProfile, *, element_bytes: int, floor: float | None = None) -> float:
-    """One GEMM's time: launch floor plus the larger of its compute and memory times."""
+def gemm_time(gemm: GemmShape, dtype: str, gpu: GPUProfile, *, element_bytes: int, floor: float | None = None,
+              backward: bool = False) -> float:
+    """One GEMM kernel's GPU time: its fixed part plus the larger of its compute and memory times."""
     flops = 2 * gemm.batch * _pad(gemm.m) * _pad(gemm.n) * gemm.k
     traffic = gemm.batch * element_bytes * (gemm.m * gemm.k + gemm.k * gemm.n + gemm.m * gemm.n)
-    eff = gpu.efficiency.gemm
+    eff = gpu.efficiency.gemm_backward if backward else gpu.efficiency.gemm
     align = max(1, 16 // element_bytes)  # tensor-core GEMMs want 16-byte-aligned rows
     if gemm.k % align or gemm.n % align:
         eff *= gpu.efficiency.gemm_unaligned
@@ -61,10 +67,8 @@ def gemm_time(gemm: GemmShape, dtype: str, gpu: GPUProfile, *, element_bytes: in
     return (gpu.gemm_floor_s if floor is None else floor) + max(compute, memory)
 
 
-def _memory_time(nbytes: int, gpu: GPUProfile, floor: float) -> float:
-    if nbytes <= 0:
-        return 0.0
-    return floor + nbytes / (gpu.hbm_bandwidth * gpu.efficiency.memory)
+def _memory_time(nbytes: int, gpu: GPUProfile) -> float:
+    return max(nbytes, 0) / (gpu.hbm_bandwidth * gpu.efficiency.memory)
 
 
 def _dtype_and_size(node: OpNode) -> tuple[str, int]:
@@ -74,20 +78,22 @@ def _dtype_and_size(node: OpNode) -> tuple[str, int]:
     return "bfloat16", 2
 
 
-def _matmul_cost(node: OpNode, gpu: GPUProfile) -> tuple[float, float, float]:
+def _matmul_device(node: OpNode, gpu: GPUProfile) -> tuple[float, float, float]:
     dtype, size = _dtype_and_size(node)
     one = sum(gemm_time(g, dtype, gpu, element_bytes=size) for g in node.gemms)
-    # I and W repeat the forward's GEMM shapes (transposed); their FLOP counts say how many
-    # of them the backward runs (0, 1 or 2 operands needing a gradient).
+    # I and W repeat the forward's GEMM shapes (transposed, so on other kernels: their own
+    # efficiency); their FLOP counts say how many of them the backward runs (0, 1 or 2
+    # operands needing a gradient).
+    back = sum(gemm_time(g, dtype, gpu, element_bytes=size, backward=True) for g in node.gemms)
     per_f = node.forward_flops or 1
-    i = one * node.backward_input_flops / per_f if node.backward_input_flops else 0.0
-    w = one * node.backward_weight_flops / per_f if node.backward_weight_flops else 0.0
-    if node.backward_weight_bytes:
-        w += node.backward_weight_bytes / (gpu.hbm_bandwidth * gpu.efficiency.memory)
+    i = back * node.backward_input_flops / per_f if node.backward_input_flops else 0.0
+    w = back * node.backward_weight_flops / per_f if node.backward_weight_flops else 0.0
+    if node.backward_weight_flops or node.backward_weight_bytes:
+        w += _memory_time(node.backward_weight_bytes, gpu)  # a bias gradient's reduction
     return one, i, w
 
 
-def _attention_cost(node: OpNode, gpu: GPUProfile) -> tuple[float, float]:
+def _attention_device(node: OpNode, gpu: GPUProfile) -> tuple[float, float]:
     dtype, _ = _dtype_and_size(node)
     eff = gpu.efficiency
     shape = node.attention
@@ -100,12 +106,84 @@ def _attention_cost(node: OpNode, gpu: GPUProfile) -> tuple[float, float]:
         # `attention_causal_tile` keys per query row is wasted
         shape_eff *= eff.attention_causal / (1 + gpu.attention_causal_tile / shape.kv_len)
     peak = gpu.peak(dtype) * shape_eff
-    f = gpu.launch_floor_s + node.forward_flops / (peak * eff.attention_forward)
+    f = node.forward_flops / (peak * eff.attention_forward)
     # FlashAttention's backward recomputes QK^T: 5 products where the algorithm needs 4
-    i = 0.0
-    if node.backward_input_flops:
-        i = gpu.launch_floor_s + 1.25 * node.backward_input_flops / (peak * eff.attention_backward)
+    i = 1.25 * node.backward_input_flops / (peak * eff.attention_backward)
     return f, i
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Launch:
+    """One phase of an operator as the two resources of eager PyTorch see it: `host_s` of CPU
+    time to dispatch it (Python and the dispatcher in forward, an autograd node in backward)
+    and `device_s` of GPU time for its kernels."""
+
+    host_s: float
+    device_s: float
+
+    def __post_init__(self) -> None:
+        assert self.host_s >= 0 and self.device_s >= 0, (self.host_s, self.device_s)
+
+    @property
+    def in_stream_s(self) -> float:
+        # back to back, the CPU dispatches the next operator while the GPU runs this one:
+        # whichever of the two is slower sets the pace
+        return max(self.host_s, self.device_s)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OpLaunches:
+    """An operator's F, I and W launches; None where the phase dispatches nothing (a view's
+    forward, a frozen input's backward, an operator without weights' W)."""
+
+    forward: Launch | None
+    backward_input: Launch | None
+    backward_weight: Launch | None
+
+
+def op_launches(node: OpNode, gpu: GPUProfile) -> OpLaunches:
+    """Host and device seconds of each phase of `node`: the one cost rule under `op_cost`
+    (an operator in a stream) and the calibration's isolated probes (`isolated_time`)."""
+    fwd_host, bwd_host = gpu.launch_floor_s, gpu.backward_floor_s
+    if node.kind is OpKind.MATMUL:
+        f, i, w = _matmul_device(node, gpu)
+        has_i, has_w = bool(node.backward_input_flops), bool(node.backward_weight_flops or node.backward_weight_bytes)
+        has_f = True
+    elif node.kind is OpKind.ATTENTION:
+        f, i = _attention_device(node, gpu)
+        w, has_f, has_i, has_w = 0.0, True, bool(node.backward_input_flops), False
+    else:  # MEMORY, UNKNOWN and VIEW: streaming kernels, or none (a view's forward)
+        f = _memory_time(node.bytes_read + node.bytes_written, gpu)
+        i = _memory_time(node.backward_input_bytes, gpu)
+        w = _memory_time(node.backward_weight_bytes, gpu)
+        has_f = node.bytes_read + node.bytes_written > 0
+        if node.kind is OpKind.VIEW:
+            # no kernel, but still a Python call through the dispatcher
+            fwd_host, has_f = gpu.view_floor_s, gpu.view_floor_s > 0
+        # an autograd node that moves no bytes (add passes dY through) still costs its dispatch;
+        # a view's backward is a view of the gradient unless it moves bytes (expand sums,
+        # split concatenates)
+        has_i = node.backward_input_bytes > 0 or (node.requires_grad and node.kind is not OpKind.VIEW)
+        has_w = node.backward_weight_bytes > 0  # a norm's dWeight: a separate reduction kernel
+    return OpLaunches(
+        forward=Launch(host_s=fwd_host, device_s=f) if has_f else None,
+        backward_input=Launch(host_s=bwd_host, device_s=i) if has_i else None,
+        # each parameter's gradient is its own kernel (a weight's wgrad GEMM, a bias's reduction)
+        backward_weight=Launch(host_s=bwd_host * max(1, len(node.params)), device_s=w) if has_w else None,
+    )
+
+
+def isolated_time(launches: Iterable[Launch], *, start_s: float = 0.0) -> float:
+    """Wall time of `launches` timed on their own from an idle GPU (how ops.jsonl was
+    measured): the CPU spends `start_s` (an autograd call's start) and then each host
+    time in turn; each kernel starts when it is dispatched and the GPU is free. One launch
+    alone costs host + device: nothing hides its dispatch."""
+    host = start_s
+    device = 0.0
+    for launch in launches:
+        host += launch.host_s
+        device = max(device, host) + launch.device_s
+    return device
 
 
 def cost_key(node: OpNode) -> tuple:
@@ -132,19 +210,9 @@ def op_cost(node: OpNode, gpu: GPUProfile, *, measured: Mapping[str, "OpCost"] |
             backward_weight_s=hit.backward_weight_s, saved_bytes=node.saved_bytes,
             param_bytes=node.param_bytes, measured=True,
         )
-    if node.kind is OpKind.MATMUL:
-        f, i, w = _matmul_cost(node, gpu)
-    elif node.kind is OpKind.ATTENTION:
-        f, i = _attention_cost(node, gpu)
-        w = 0.0
-    else:  # MEMORY, UNKNOWN and VIEW (a view's forward moves no bytes)
-        f = _memory_time(node.bytes_read + node.bytes_written, gpu, gpu.launch_floor_s)
-        i = _memory_time(node.backward_input_bytes, gpu, gpu.backward_floor_s)
-        if node.kind is not OpKind.VIEW and node.requires_grad and i == 0.0:
-            # an autograd node that moves no bytes (add passes dY through) still costs its bookkeeping
-            i = gpu.backward_floor_s
-        # a norm's dWeight runs under the same autograd node as its dX: one floor for both
-        w = _memory_time(node.backward_weight_bytes, gpu, 0.0 if i else gpu.backward_floor_s)
+    launches = op_launches(node, gpu)
+    f, i, w = (0.0 if p is None else p.in_stream_s
+               for p in (launches.forward, launches.backward_input, launches.backward_weight))
     return OpCost(forward_s=f, backward_input_s=i, backward_weight_s=w,
                   saved_bytes=node.saved_bytes, param_bytes=node.param_bytes)
 

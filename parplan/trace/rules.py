@@ -403,6 +403,13 @@ def _view(call: OpCall) -> RuleResult:
     return RuleResult(kind=OpKind.VIEW)
 
 
+def _split(call: OpCall) -> RuleResult:
+    # views forward, but SplitBackward concatenates the pieces' gradients (torch.cat): dX is
+    # written whole from the pieces
+    i_b, w_b = _split_grad_bytes(call, lambda t: 2 * t.meta.nbytes)
+    return RuleResult(kind=OpKind.VIEW, backward_input_bytes=i_b, backward_weight_bytes=w_b)
+
+
 def _factory(call: OpCall) -> RuleResult:
     # arange, zeros, full...: write the output, nothing to differentiate
     return RuleResult(kind=OpKind.MEMORY, bytes_written=sum(o.nbytes for o in call.outputs))
@@ -497,6 +504,8 @@ for _name in _UNARY_NO_SAVE:
     _RULES[_name] = _memory("none")
 for _name in VIEW_OPS:
     _RULES[_name] = _view
+for _name in ("split", "split_with_sizes", "chunk", "unbind"):
+    _RULES[_name] = _split
 
 
 def _rule(op: str) -> Callable[[OpCall], RuleResult] | None:
