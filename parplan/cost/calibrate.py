@@ -423,10 +423,13 @@ def _sig(value: float) -> float:
 _CPU_BOUNDS = {
     "launch_floor_s": (1e-7, 500e-6),
     "backward_floor_s": (1e-7, 1e-3),
+    "backward_call_s": (1e-7, 2e-3),
+    "view_floor_s": (1e-7, 200e-6),
     "gemm_floor_s": (1e-7, 500e-6),
     "attention_seq_half": (1.0, 4096.0),
     "attention_causal_tile": (1.0, 4096.0),
     "gemm": (0.05, 1.0),
+    "gemm_backward": (0.05, 1.0),
     "attention_forward": (0.005, 1.0),
     "attention_backward": (0.005, 1.0),
     "attention_causal": (0.2, 1.0),
@@ -452,19 +455,20 @@ def _fit_start(device: str, device_name: str, name: str, peaks: dict[str, float]
     return GPUProfile(
         name=name, device_names=(device_name,), peak_flops=peaks, hbm_bytes=memory, hbm_bandwidth=bandwidth,
         launch_floor_s=mid["launch_floor_s"], backward_floor_s=mid["backward_floor_s"],
+        backward_call_s=mid["backward_call_s"], view_floor_s=mid["view_floor_s"],
         gemm_floor_s=mid["gemm_floor_s"], attention_seq_half=mid["attention_seq_half"],
         attention_causal_tile=mid["attention_causal_tile"],
-        efficiency=Efficiency(gemm=mid["gemm"], gemm_unaligned=unaligned, attention_forward=mid["attention_forward"],
+        efficiency=Efficiency(gemm=mid["gemm"], gemm_backward=mid["gemm_backward"], gemm_unaligned=unaligned, attention_forward=mid["attention_forward"],
                               attention_backward=mid["attention_backward"], attention_causal=mid["attention_causal"],
                               memory=mid["memory"], transfer_contention=contention, fb_overlap_ratio=ratio))
 
 
 # which constants each record section informs: a constant whose sections all failed is left out
 _NEEDS = {
-    "gemm": ("peak_flops", "gemm", "gemm_floor"),
+    "gemm": ("peak_flops", "gemm", "gemm_backward", "gemm_floor"),
     "attention": ("attention_forward", "attention_backward", "attention_causal", "attention_seq_half",
                   "attention_causal_tile"),
-    "pointwise": ("launch_floor", "backward_floor", "memory"),
+    "pointwise": ("launch_floor", "backward_floor", "backward_call", "view_floor", "memory"),
     "copy": ("hbm_bandwidth",),
     "unaligned": ("gemm_unaligned",),
     "contention": ("transfer_contention", "fb_overlap_ratio"),
@@ -505,7 +509,9 @@ def fit_profile(records: list[dict], run: RunInfo, *, name: str, skipped: tuple[
     unaligned = min(1.0, _unaligned_ratio(unaligned_recs))
     contention, ratio = fit_overlap([r for r in records if r["section"] in ("contention", "overlap")])
     op_records = [r for r in records if r["section"] in ("gemm", "attention", "pointwise", "copy")]
-    probes = build_probes(op_records)
+    # whole blocks in the fit too, as for the bundled H100 profile: they are what a stage costs
+    # (dispatch and kernels overlapping), and they separate the backward call from its floor
+    probes = build_probes(op_records) + _block_probes([r for r in records if r["section"] == "layer"])
     start = _fit_start(run.device, run.device_name, name, {k: _sig(v) for k, v in peaks.items()}, _sig(bandwidth), memory,
                        _sig(unaligned), _sig(contention), _sig(ratio))
     gpu = fit(probes, start, bounds=_bounds(run.device))
@@ -529,11 +535,14 @@ def fit_profile(records: list[dict], run: RunInfo, *, name: str, skipped: tuple[
                                                  f"({run.records_file})"),
         "launch_floor": const(gpu.launch_floor_s, "s", fitted),
         "backward_floor": const(gpu.backward_floor_s, "s", fitted),
+        "backward_call": const(gpu.backward_call_s, "s", fitted),
+        "view_floor": const(gpu.view_floor_s, "s", fitted),
         "gemm_floor": const(gpu.gemm_floor_s, "s", fitted),
         "attention_seq_half": const(gpu.attention_seq_half, "tokens", fitted),
         "attention_causal_tile": const(gpu.attention_causal_tile, "tokens", fitted),
         "efficiency": {
             "gemm": const(eff.gemm, "fraction", fitted),
+            "gemm_backward": const(eff.gemm_backward, "fraction", fitted),
             "gemm_unaligned": const(unaligned, "fraction", f"measured: time of aligned GEMMs over their twins one "
                                                            f"column narrower, median ({run.records_file})"),
             "attention_forward": const(eff.attention_forward, "fraction", fitted),
@@ -547,6 +556,17 @@ def fit_profile(records: list[dict], run: RunInfo, *, name: str, skipped: tuple[
         },
     }
     return data, summary
+
+
+def _block_probes(records: list[dict]) -> list:
+    """F, I and W probes of the block shapes measured in full (fwd, bwd_input, bwd_full)."""
+    from parplan.cost.calibration import build_block_probes
+
+    by_shape: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["op"] in ("gpt_block_fwd", "gpt_block_bwd_input", "gpt_block_bwd_full"):
+            by_shape.setdefault((r["hidden"], r["heads"], r["batch"], r["seq"], r["dtype"]), []).append(r)
+    return build_block_probes([r for recs in by_shape.values() if len(recs) == 3 for r in recs])
 
 
 def block_errors(records: list[dict], gpu, factory: BlockFactory) -> dict[str, float]:
