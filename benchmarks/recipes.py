@@ -16,11 +16,11 @@ The recipes (torchtitan 0.3, `torchtitan/models/llama3/train_configs/`):
 * llama3_70b on 64×H100: TP 8 × FSDP 8, full activation checkpointing, seq_len 8192,
   local_batch_size 8 — each FSDP rank runs its 8 sequences as one micro-batch.
 
-FSDP and recomputation are the memory techniques of the mem-techniques branch
-(`--dp-shard`, `--zero`, `--recompute`): this script passes those flags when `parplan plan`
-has them. Without them a recipe is evaluated with ZeRO-1 and no recomputation — not the
-recipe — and the row says so (and a 70B recipe then does not fit, which is the point the
-techniques answer). The searched plan gets the same flags where they exist.
+The recipe is evaluated with its memory techniques fixed (`--zero 3 --dp-shard N
+--recompute MODE`: FSDP over the data-parallel group, torchtitan's activation
+checkpointing); the searched plan gets the same model, cluster, global batch and memory
+cap and chooses its own degrees, schedule and techniques. If `parplan plan` lacks one of
+the technique flags, the recipe runs without it and the row says it is not the recipe.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class Recipe:
 
     def technique_flags(self, known: set[str]) -> tuple[list[str], list[str]]:
         """(flags `parplan plan` accepts, flags the recipe needs that it lacks)."""
-        wanted = {"--dp-shard": str(self.dp_shard), "--recompute": self.recompute}
+        wanted = {"--zero": "3", "--dp-shard": str(self.dp_shard), "--recompute": self.recompute}
         have = [x for flag, value in wanted.items() if flag in known for x in (flag, value)]
         return have, [flag for flag in wanted if flag not in known]
 
@@ -97,7 +97,7 @@ def run_plan(argv: list[str]) -> tuple[dict | None, str]:
 def row(recipe: Recipe, effort: str, known: set[str]) -> str:
     flags, missing = recipe.technique_flags(known)
     given, err = run_plan(recipe.recipe_argv() + flags)
-    searched, err_s = run_plan(recipe.search_argv() + flags + ["--effort", effort])
+    searched, err_s = run_plan(recipe.search_argv() + ["--effort", effort])
     caveat = f"without {', '.join(missing)} (ZeRO-1, no recomputation): not the recipe" if missing else ""
 
     def cell(report, error):

@@ -475,6 +475,15 @@ _NEEDS = {
 }
 
 
+# the profile's constants `calibration.fit` sets: (YAML key, GPUProfile attribute, unit), and
+# the efficiencies (same key and attribute)
+_FITTED = (("launch_floor", "launch_floor_s", "s"), ("backward_floor", "backward_floor_s", "s"),
+           ("backward_call", "backward_call_s", "s"), ("view_floor", "view_floor_s", "s"),
+           ("gemm_floor", "gemm_floor_s", "s"), ("attention_seq_half", "attention_seq_half", "tokens"),
+           ("attention_causal_tile", "attention_causal_tile", "tokens"))
+_FITTED_EFFICIENCY = ("gemm", "gemm_backward", "attention_forward", "attention_backward", "attention_causal", "memory")
+
+
 def fit_profile(records: list[dict], run: RunInfo, *, name: str, skipped: tuple[str, ...] = (),
                 block: BlockFactory | None = None) -> tuple[dict, dict]:
     """(the GPU profile as YAML data, the fit's error summary) from the records of one run;
@@ -533,22 +542,11 @@ def fit_profile(records: list[dict], run: RunInfo, *, name: str, skipped: tuple[
         "hbm_capacity": const(memory, "bytes", memory_source),
         "hbm_bandwidth": const(bandwidth, "B/s", f"highest copy rate measured, bytes read + written "
                                                  f"({run.records_file})"),
-        "launch_floor": const(gpu.launch_floor_s, "s", fitted),
-        "backward_floor": const(gpu.backward_floor_s, "s", fitted),
-        "backward_call": const(gpu.backward_call_s, "s", fitted),
-        "view_floor": const(gpu.view_floor_s, "s", fitted),
-        "gemm_floor": const(gpu.gemm_floor_s, "s", fitted),
-        "attention_seq_half": const(gpu.attention_seq_half, "tokens", fitted),
-        "attention_causal_tile": const(gpu.attention_causal_tile, "tokens", fitted),
+        **{key: const(getattr(gpu, attr), unit, fitted) for key, attr, unit in _FITTED},
         "efficiency": {
-            "gemm": const(eff.gemm, "fraction", fitted),
-            "gemm_backward": const(eff.gemm_backward, "fraction", fitted),
+            **{key: const(getattr(eff, key), "fraction", fitted) for key in _FITTED_EFFICIENCY},
             "gemm_unaligned": const(unaligned, "fraction", f"measured: time of aligned GEMMs over their twins one "
                                                            f"column narrower, median ({run.records_file})"),
-            "attention_forward": const(eff.attention_forward, "fraction", fitted),
-            "attention_backward": const(eff.attention_backward, "fraction", fitted),
-            "attention_causal": const(eff.attention_causal, "fraction", fitted),
-            "memory": const(eff.memory, "fraction", fitted),
             "transfer_contention": const(contention, "fraction", f"fitted by parplan.cost.calibration.fit_overlap on "
                                                                  f"the contention records of {run.records_file}"),
             "fb_overlap_ratio": const(ratio, "ratio", f"fitted by parplan.cost.calibration.fit_overlap on the "
