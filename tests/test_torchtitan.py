@@ -183,6 +183,37 @@ def test_expert_parallel_degrees_satisfy_torchtitans_mesh(exported):
         dist.destroy_process_group()
 
 
+def test_an_fsdp_plan_exports_its_shard_and_replicate_degrees(exported):
+    """ZeRO-3 (FSDP) maps onto torchtitan's HSDP layout as planned; ZeRO-1 stays replication."""
+    import torch.distributed as dist
+    from torchtitan.distributed.parallel_dims import ParallelDims
+
+    from parplan.plan import Techniques
+    from parplan.runtime.torchtitan_export import titan_job
+
+    plan, folder = exported["llama3"]
+    planning = {**plan.solver["planning"], "data_parallel": 4}
+
+    def degrees_of(techniques):
+        edited = dataclasses.replace(plan, solver={**plan.solver, "planning": planning}, techniques=techniques)
+        job = titan_job(edited, str(folder / "s.csv"))
+        out = dict(arg.removeprefix("--parallelism.").split("=") for arg in job.overrides
+                   if arg.startswith("--parallelism.") and arg.endswith(tuple("0123456789")) and "=" in arg)
+        return {k: int(v) for k, v in out.items()}, job.world_size
+
+    hsdp, world = degrees_of(Techniques(zero=3, dp_shard=2, dp_replicate=2, recompute="full"))
+    assert (hsdp["data_parallel_shard_degree"], hsdp["data_parallel_replicate_degree"]) == (2, 2)
+    ddp, _ = degrees_of(Techniques(zero=1, dp_shard=4, dp_replicate=1))
+    assert (ddp["data_parallel_shard_degree"], ddp["data_parallel_replicate_degree"]) == (1, 4)
+    _fake_group(0, world)
+    try:
+        dims = ParallelDims(world_size=world, dp_replicate=2, dp_shard=2, cp=1, tp=hsdp["tensor_parallel_degree"],
+                            pp=hsdp["pipeline_parallel_degree"], ep=1)
+        assert dims.build_mesh().size() == world and dims.fsdp_enabled and dims.dp_replicate_enabled
+    finally:
+        dist.destroy_process_group()
+
+
 def _edited(plan: Plan, pieces: list[tuple[str, ...]]) -> Plan:
     stages = tuple(dataclasses.replace(st, pieces=p) for st, p in zip(plan.stages, pieces))
     return dataclasses.replace(plan, stages=stages)

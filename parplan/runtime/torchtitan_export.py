@@ -9,10 +9,13 @@ schedule stage's pieces, in stage order; a schedule name whose stage → rank ma
 derives is the plan's (1F1B, Interleaved1F1B, ZBVZeroBubble); the schedule as PyTorch's
 CSV; the micro-batch size and one replica's batch; the activation-checkpoint mode.
 
-Data parallelism: parplan's replicas keep whole parameters (optionally ZeRO-1 optimizer
-shards, which torchtitan lacks), so DP maps to replication (`data_parallel_shard_degree 1`);
-with EP e, torchtitan borrows the experts' ranks from FSDP (`dp_shard · tp = efsdp · ep`),
-so the shard degree is e and the replicate degree DP / e. Refused (each a `ParplanError`):
+Data parallelism: a plan with ZeRO-3 (`plan.techniques.zero == 3`, FSDP) maps its layout
+as it is: `data_parallel_shard_degree` = its shard group, `data_parallel_replicate_degree`
+= its copies (torchtitan's HSDP). ZeRO-0/1/2 replicas keep whole parameters (ZeRO-1/2's
+optimizer and gradient shards torchtitan lacks: its DDP holds at least the memory the plan
+assumed), so DP maps to replication (`data_parallel_shard_degree 1`); with EP e, torchtitan
+borrows the experts' ranks from FSDP (`dp_shard · tp = efsdp · ep`), so the shard degree is
+e and the replicate degree DP / e. Refused (each a `ParplanError`):
 pieces that are not torchtitan module names, stages cut inside one, stages out of model
 order, a plan of fewer layers than the flavor, tied weights under PP (torchtitan refuses
 them), two chains (DualPipe) and placements torchtitan cannot derive from a schedule name.
@@ -145,8 +148,16 @@ def _degrees(plan: "Plan") -> dict[str, int]:
     if dp % ep:
         raise ParplanError(f"plan EP degree {ep} does not divide its DP degree {dp}; parplan places EP inside "
                            f"the data-parallel replicas: regenerate the plan with parplan plan")
-    return {"pipeline_parallel_degree": plan.num_ranks, "data_parallel_replicate_degree": dp // ep,
-            "data_parallel_shard_degree": ep, "tensor_parallel_degree": tp, "context_parallel_degree": 1,
+    shard, replicate = ep, dp // ep
+    techniques = getattr(plan, "techniques", None)
+    if techniques is not None and techniques.zero == 3:
+        shard, replicate = techniques.dp_shard, techniques.dp_replicate
+        if shard * replicate != dp or (shard * tp) % ep:
+            raise ParplanError(f"plan FSDP layout dp_shard {shard} × dp_replicate {replicate} does not fit its DP "
+                               f"degree {dp} with EP {ep} (torchtitan needs dp_shard × TP divisible by EP): "
+                               f"regenerate the plan with parplan plan")
+    return {"pipeline_parallel_degree": plan.num_ranks, "data_parallel_replicate_degree": replicate,
+            "data_parallel_shard_degree": shard, "tensor_parallel_degree": tp, "context_parallel_degree": 1,
             "expert_parallel_degree": ep}
 
 
