@@ -4,15 +4,15 @@ hybrid layout, checked against closed forms on the zoo's GPT traced by parplan.t
 Activation bytes per layer follow Korthikanti et al. 2022 ("Reducing Activation
 Recomputation in Large Transformer Models", table 2; bf16): 34·sbh + 5·as²b without
 anything, sbh(10 + 24/t + 5as/(ht)) with TP t, 34·sbh/t with SP and selective
-recomputation, 2·sbh with full recomputation. The zoo's GPT block differs from the paper's
-in three ways, each a term of the closed forms below:
-* no dropout after the attention projection (−1·sbh, a mask outside the TP region);
+recomputation, 2·sbh with full recomputation. The zoo's GPT block (with dropout, as the
+paper's: after the attention core, the attention projection and the MLP) differs from it in
+two ways, each a term of the closed forms below:
 * fused attention (SDPA / FlashAttention) saves its output (2·sbh) and the fp32
   log-sum-exp (4·abs bytes) instead of the 5·as²b score, softmax and dropout tensors;
 * the paper leaves out the LayerNorms' fp32 mean and rstd: 2 norms × 8 bytes × sb.
-So the zoo block (dropout > 0) holds 35·sbh + 4·abs + 16·sb; with SP and selective
-recomputation (33·sbh + 16·sb)/t — the paper's 34·sbh/t less the missing mask, plus the
-statistics.
+So the zoo block (dropout > 0) holds 36·sbh + 4·abs + 16·sb; with TP and selective
+recomputation sbh(10 + 24/t) + 16·sb, and with SP as well (34·sbh + 16·sb)/t — the
+paper's forms plus the statistics.
 """
 
 from __future__ import annotations
@@ -58,14 +58,15 @@ def _act(traced, layer, *, tp=1, recompute="none", sp=True) -> float:
 def test_activation_bytes_per_layer_match_the_closed_forms(gpt):
     traced, layer, (s, b, h, a, t) = gpt
     sbh, stats, lse = s * b * h, 16 * s * b, 4 * a * b * s
-    # nothing: 35sbh + lse + norm statistics, the same with SP on one GPU
-    assert _act(traced, layer) == 35 * sbh + lse + stats
-    # TP without SP: the norms, their inputs and outputs, the MLP's dropout mask stay whole
-    assert _act(traced, layer, tp=t, sp=False) == pytest.approx(9 * sbh + stats + (26 * sbh + lse) / t)
-    assert _act(traced, layer, tp=t, sp=False, recompute="selective") == pytest.approx(9 * sbh + stats + 24 * sbh / t)
-    # SP: everything split t ways; with selective recomputation the paper's 34sbh/t (zoo block: 33sbh + stats)
-    assert _act(traced, layer, tp=t) == pytest.approx((35 * sbh + lse + stats) / t)
-    assert _act(traced, layer, tp=t, recompute="selective") == pytest.approx((33 * sbh + stats) / t)
+    # nothing: 36sbh + lse + norm statistics, the same with SP on one GPU
+    assert _act(traced, layer) == 36 * sbh + lse + stats
+    # TP without SP: the norms, their inputs and outputs, the two dropout masks stay whole
+    assert _act(traced, layer, tp=t, sp=False) == pytest.approx(10 * sbh + stats + (26 * sbh + lse) / t)
+    # the paper's sbh(10 + 24/t), selective recomputation with TP
+    assert _act(traced, layer, tp=t, sp=False, recompute="selective") == pytest.approx(10 * sbh + stats + 24 * sbh / t)
+    # SP: everything split t ways; with selective recomputation the paper's 34sbh/t
+    assert _act(traced, layer, tp=t) == pytest.approx((36 * sbh + lse + stats) / t)
+    assert _act(traced, layer, tp=t, recompute="selective") == pytest.approx((34 * sbh + stats) / t)
     # full: the layer's input only (2sbh), sequence-split under SP
     assert _act(traced, layer, recompute="full") == 2 * sbh
     assert _act(traced, layer, tp=t, sp=False, recompute="full") == 2 * sbh

@@ -52,7 +52,10 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(b, s, self.heads, d // self.heads).transpose(1, 2) for t in self.qkv(x).split(d, dim=-1))
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
-        return self.proj(y.transpose(1, 2).reshape(b, s, d))
+        out = self.proj(y.transpose(1, 2).reshape(b, s, d))
+        # GPT-2's residual dropout after the projection (Megatron's block has it too); a
+        # function, not a module, so models without dropout keep their structure
+        return F.dropout(out, p) if p else out
 
 
 class MLP(nn.Module):
