@@ -171,7 +171,8 @@ class _Ref:
 
 _VIEWLIKE = frozenset(
     "view _unsafe_view alias t transpose permute unsqueeze squeeze select slice split split_with_sizes "
-    "chunk unbind getitem detach flatten unflatten as_strided narrow movedim view_as expand expand_as".split()
+    "chunk unbind getitem detach flatten unflatten as_strided narrow movedim view_as view_as_real view_as_complex "
+    "expand expand_as".split()
 )
 _NON_DIFFERENTIABLE = frozenset("detach eq ne lt gt le ge argmax argmin arange zeros ones full empty".split())
 

@@ -435,8 +435,8 @@ def _topk(call: OpCall) -> RuleResult:
 
 VIEW_OPS = frozenset(
     "view _unsafe_view alias t transpose permute unsqueeze squeeze select slice split split_with_sizes "
-    "chunk unbind getitem detach flatten unflatten as_strided narrow movedim view_as lift_fresh_copy "
-    "size sym_size dim".split()
+    "chunk unbind getitem detach flatten unflatten as_strided narrow movedim view_as view_as_real view_as_complex "
+    "lift_fresh_copy size sym_size dim".split()
 )
 
 _UNARY_SAVE_INPUT = ("gelu silu relu sigmoid tanh exp log pow rsqrt sqrt sin cos erf abs neg_save reciprocal square "
