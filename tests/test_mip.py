@@ -390,3 +390,22 @@ def test_grid_4x8_cell_row_is_proven_within_its_minute():
     check(result, cell_rank_costs(num_model_stages(result.placement, 4)), cap)
     assert result.status == "OPTIMAL" and result.bound == pytest.approx(result.objective)
     assert result.objective == pytest.approx(24.2)
+
+
+@pytest.mark.parametrize("horizon", [10**4, 2 * 10**6, 10**9])
+def test_memory_units_keep_cumulative_energy_within_int64(horizon):
+    """CP-SAT multiplies a Cumulative's demands by durations and sums them over a rank's
+    intervals in int64; with 2^30 units on a DeepSeek-V3-long horizon its presolve aborted the
+    process. Demand × horizon × intervals stays under 2^52 on any horizon; the cap rounds down
+    (a schedule feasible in units is feasible in bytes) by less than 1e-4 of it."""
+    from parplan.mip.cpsat import memory_cap_units, memory_demand_units, memory_unit
+
+    costs = PipelineCosts(forward=(1.0,) * 4, backward_input=(1.0,) * 4, backward_weight=(1.0,) * 4,
+                          activation=(3.7e9, 4.1e9, 2.9e9, 5.3e9), params=(0.0,) * 4, transfer=(0.0,) * 4)
+    problem = build_problem(placement="v", num_ranks=2, num_microbatches=32, costs=costs, memory_cap=7.7e10)
+    unit, exact = memory_unit(problem, horizon)
+    intervals = 2 * 32  # stages per rank × micro-batches
+    largest = max(memory_demand_units(a, unit, exact) for a in costs.activation)
+    assert largest * horizon * intervals <= 2**52
+    cap = memory_cap_units(problem, unit, exact)
+    assert 7.7e10 * (1 - 1e-4) <= cap * unit <= 7.7e10

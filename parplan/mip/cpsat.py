@@ -387,7 +387,7 @@ def _add_hints(model: cp_model.CpModel, problem: Problem, v: _Vars, hint: Timeta
         model.AddHint(lit, cell in hinted_cells)
     model.AddHint(makespan, hint.makespan)
     if v.peak is not None:
-        model.AddHint(v.peak, _peak_units(problem, hint, memory_unit(problem)[0]))
+        model.AddHint(v.peak, _peak_units(problem, hint, memory_unit(problem, hint.makespan)[0]))
 
 
 def _break_mirror(model: cp_model.CpModel, problem: Problem, v: _Vars) -> None:
@@ -560,7 +560,7 @@ def _serial_horizon(problem: Problem) -> int:
 
 def _add_memory(model: cp_model.CpModel, problem: Problem, v: _Vars, horizon: int,
                 hint: Timetable | None, minimise_peak: bool = False) -> list[str]:
-    unit, exact = memory_unit(problem)
+    unit, exact = memory_unit(problem, horizon)
     cap = memory_cap_units(problem, unit, exact)
     notes = []
     if problem.memory_cap is None:
@@ -611,22 +611,34 @@ def _peak_units(problem: Problem, timetable: Timetable, unit: float) -> int:
 
 # The Cumulative's capacity is kept at or below 2^30 units: activations in bytes (1e8–1e9,
 # caps ~1e10) times a decimal factor would otherwise reach 1e13, and CP-SAT's energy
-# reasoning multiplies demands by durations (~1e5 ticks) in int64.
+# reasoning multiplies demands by durations in int64 and sums them over a rank's intervals.
+# On long horizons (a DeepSeek-V3 step: millions of ticks, 64 intervals a rank) 2^30 units
+# brought those sums near 2^63 and CP-SAT's presolve aborted the process ("Check failed:
+# threshold > 0"), so the resolution also keeps demand × horizon × intervals under 2^52.
 _MEMORY_RESOLUTION = 1 << 30
+_ENERGY_LIMIT = 1 << 52
 
 
-def memory_unit(problem: Problem) -> tuple[float, bool]:
+def _memory_resolution(problem: Problem, horizon: int) -> int:
+    """Integer units the largest activation (or the cap) may span on this horizon."""
+    intervals = max((len(problem.skeleton.stages_of_rank(r)) * len(problem.microbatches)
+                     for r in range(problem.num_ranks)), default=1)
+    return max(1, min(_MEMORY_RESOLUTION, _ENERGY_LIMIT // max(1, horizon * intervals)))
+
+
+def memory_unit(problem: Problem, horizon: int) -> tuple[float, bool]:
     """(bytes per integer memory unit, exact?). Exact: the smallest of a few decimal
     factors that makes every activation and the cap whole, when the cap then stays within
-    `_MEMORY_RESOLUTION`. Otherwise one unit is cap / 2^30 and demands round up, the cap
-    down: a schedule feasible in units is feasible in bytes (at most ~1e-9 of the cap
-    per held activation is given away)."""
+    the resolution (`_memory_resolution`). Otherwise one unit is cap / resolution and
+    demands round up, the cap down: a schedule feasible in units is feasible in bytes (a
+    held activation gives away at most one unit, 1e-9 to 1e-6 of the cap)."""
+    resolution = _memory_resolution(problem, horizon)
     values = [problem.activation(s) for s in range(problem.num_stages)] + [problem.memory_cap or 0.0]
     largest = max(values, default=0.0)
     for k in (1, 2, 4, 5, 8, 10, 20, 25, 50, 100, 1000):
-        if largest * k <= _MEMORY_RESOLUTION and all(abs(x * k - round(x * k)) < 1e-9 for x in values):
+        if largest * k <= resolution and all(abs(x * k - round(x * k)) < 1e-9 for x in values):
             return 1.0 / k, True
-    return max(largest, 1e-300) / _MEMORY_RESOLUTION, False
+    return max(largest, 1e-300) / resolution, False
 
 
 def memory_demand_units(activation: float, unit: float, exact: bool) -> int:

@@ -60,6 +60,7 @@ _REFINED_TAGS = 2
 _MAX_DEGREES = 16  # degree candidates screened, most promising first ...
 _SCREENS_PER_WORK = 150  # ... while fewer than this × work schedules were screened (once one fits)
 _SCREEN_SLACK = 1.1  # not simulated: candidates whose busiest rank alone is 10 % above the best
+_MEMORY_BOUND = 1.25  # second-pass techniques where the fastest plan within the cap is 25 % slower than one over it
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -202,6 +203,14 @@ class _Screened:
     skipped: list[str]
     considered: list[str]
     fitting: int = 0  # simulated schedules within the memory cap
+    # per degree candidate: the fastest step screened within the cap and the fastest over it
+    fastest: dict[Degrees, tuple[float, float]] = field(default_factory=dict)
+
+    def memory_bound(self, degrees: Degrees) -> bool:
+        """The cap costs these degrees dearly: their fastest schedule over it beats every
+        one within it by more than `_MEMORY_BOUND` (a near-serial order is all that fits)."""
+        fit, over = self.fastest.get(degrees, (float("inf"), float("inf")))
+        return over * _MEMORY_BOUND < fit
 
 
 def plan_traced(traced: TracedGraph, cluster: ClusterProfile, config: PlannerConfig,
@@ -270,9 +279,10 @@ def _screen(run: _Search) -> _Screened:
                                         memory=config.memory, microbatches=config.microbatches, cap=run.cap)
         fitted = out.fitting
         best_ours = _screen_techniques(run, out, degrees, families, first, best_ours)
-        if out.fitting == fitted:
+        if out.fitting == fitted or out.memory_bound(degrees):
             deferred.append((degrees, rest))
-    # second pass: memory techniques where the plain choice gave no plan within the cap
+    # second pass: memory techniques where the plain choice gave no plan within the cap, or
+    # only plans far slower than what the cap rules out
     for degrees, rest in deferred:
         if best_ours < float("inf") and out.screened + out.pruned >= max_screens:
             break
@@ -374,6 +384,9 @@ def _screen_one(run: _Search, out: _Screened, label: str, placed: Placed, coster
                                     "degrees": str(placed.degrees)})
         out.screened += 1
         out.fitting += result.fits
+        fit, over = out.fastest.get(placed.degrees, (float("inf"), float("inf")))
+        out.fastest[placed.degrees] = (min(fit, result.step_time_s), over) if result.fits else \
+            (fit, min(over, result.step_time_s))
         if label == "baseline":
             if name not in out.baselines or run.key(result) < run.key(out.baselines[name]):
                 out.baselines[name] = result
