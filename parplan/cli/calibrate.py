@@ -55,7 +55,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--timeout", type=seconds, default=None, help="--links: torchrun job limit in seconds (default 300)")
     p.add_argument("--share-cores", action="store_true",
                    help="--links on a CPU: allow --nproc above the core count; the ranks then share the cores, and "
-                        "the cluster's compute_share (cores / ranks) says so")
+                        "the cluster's measured compute_share (about cores / ranks) says so")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run_calibrate)
 
@@ -199,31 +199,39 @@ class _Runtime:
 
 
 def _runtime_constants(args, source: str, report) -> _Runtime:
-    """What `parplan run` adds on these ranks: the runtime's per-action overhead, measured on the
-    real runtime (parplan.runtime.calibrate_runtime), and on a CPU each rank's share of the cores."""
-    from parplan.runtime.calibrate_runtime import PROBE_MODEL, measure_runtime_overhead
+    """What `parplan run` adds on these ranks, measured (parplan.runtime.calibrate_runtime): on a
+    CPU the share of a core each rank computes with when all compute at once, and the runtime's
+    per-action overhead (a measured action minus its bare compute at that share)."""
+    from parplan.runtime.calibrate_runtime import (PROBE_MODEL, SHARE_WORKLOAD, measure_compute_share,
+                                                   measure_runtime_overhead)
 
+    constants, share = {}, 1.0
+    if args.backend == "gloo":  # CPU ranks: NCCL runs one rank per GPU
+        report(f"compute share x{args.nproc}", None)
+        share = measure_compute_share(args.nproc, timeout_s=args.timeout or 300.0)
+        cores = os.cpu_count() or 1
+        report(f"compute share x{args.nproc}", f"{share:.3f} of a lone rank's rate ({cores} cores)")
+        constants["compute_share"] = {
+            "value": float(f"{share:.4g}"), "unit": "fraction",
+            "source": f"measured: a GPT block's forward + backward {SHARE_WORKLOAD} on one thread, alone and in "
+                      f"{args.nproc} processes at once on {cores} CPU cores (os.cpu_count): the lone time over the "
+                      f"median together; {source}"}
     report(f"runtime x{args.nproc}", None)
     try:
-        measured = measure_runtime_overhead(nproc=args.nproc, steps=6, timeout_s=args.timeout or 300.0)
+        measured = measure_runtime_overhead(nproc=args.nproc, steps=6, compute_share=share,
+                                            timeout_s=args.timeout or 300.0)
     except ParplanError as err:  # not measured: leave the field out (default 0), say why
         report(f"runtime x{args.nproc}", f"not measured: {err}")
-        return _Runtime(constants={}, notes=[f"Not measured: action_overhead ({err})"])
+        return _Runtime(constants=constants, notes=[f"Not measured: action_overhead ({err})"])
     report(f"runtime x{args.nproc}", f"{measured.action_s * 1e6:.0f} us per action, "
                                      f"{measured.step_s * 1e3:.2f} ms per step")
-    constants = {"action_overhead": {
+    constants["action_overhead"] = {
         "value": float(f"{measured.action_s:.4g}"), "unit": "s",
         "source": f"measured: median over {measured.num_actions} actions of a ZB-H1 step of {PROBE_MODEL} under "
                   f"parplan run's runtime, minus each stage's bare compute (median {measured.bare_compute_s * 1e6:.0f} "
-                  f"us); {source}"}}
+                  f"us) over the compute share; {source}"}
     notes = [f"Step fixed work (set-up, gradient reduction, barrier; measured, not charged): "
              f"{measured.step_s * 1e3:.3g} ms."]
-    if args.backend == "gloo":
-        cores = os.cpu_count() or 1
-        constants["compute_share"] = {
-            "value": min(1.0, cores / args.nproc), "unit": "fraction",
-            "source": f"{args.nproc} ranks of one thread on {cores} CPU cores (os.cpu_count): each computes with "
-                      f"min(1, cores / ranks) of a core; {source}"}
     return _Runtime(constants=constants, notes=notes)
 
 
@@ -251,7 +259,7 @@ def _run_links(args, device: str) -> int:
     elif args.nproc > (os.cpu_count() or 1) and not args.share_cores:
         raise ParplanError(f"--nproc {args.nproc} is more than the {os.cpu_count()} CPU cores of this machine: ranks "
                            f"sharing a core time the scheduler, not the link; give --nproc <= {os.cpu_count()}, or "
-                           f"--share-cores to plan runs that share them (compute_share = cores / ranks)")
+                           f"--share-cores to plan runs that share them (compute_share, about cores / ranks)")
     if args.share_cores and backend != "gloo":
         raise ParplanError("--share-cores applies to CPU ranks (gloo); NCCL runs one rank per GPU")
     if args.share_cores and args.nproc > MAX_RANKS_PER_CORE * (os.cpu_count() or 1):
