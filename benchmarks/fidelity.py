@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6, help="training steps per plan (step 0 is warm-up)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
+    print(f"load average at the start: {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min); "
+          f"{os.cpu_count()} cores", flush=True)
     if args.profiles:
         clusters = {n: Path(args.profiles) / f"cpu-x{n}.yaml" for n in args.ranks}
     else:
