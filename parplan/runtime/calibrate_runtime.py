@@ -91,8 +91,9 @@ def measure_runtime_overhead(*, nproc: int, steps: int = 4, compute_share: float
 
 
 # The work each rank repeats in `measure_compute_share`: a zoo GPT block (fp32), forward and
-# backward, [batch, seq, hidden] — the kind of compute a CPU pipeline stage runs.
-SHARE_WORKLOAD = {"batch": 2, "seq": 128, "hidden": 256, "heads": 4, "repeats": 12}
+# backward, [batch, seq, hidden] — the kind of compute a CPU pipeline stage runs — repeated for
+# about half a second, long against a scheduler time slice and the processes' staggered starts.
+SHARE_WORKLOAD = {"batch": 2, "seq": 128, "hidden": 256, "heads": 4, "repeats": 60}
 
 
 def _block_seconds(start=None, out=None) -> float:
