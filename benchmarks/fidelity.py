@@ -134,18 +134,69 @@ def per_action(plan, measured) -> list[dict]:
             for s, k in sorted(planned)]
 
 
-def run(configs: list[Config], clusters: dict[int, Path], *, steps: int) -> list[dict]:
+def runnable() -> int:
+    """Processes runnable right now, machine-wide (/proc/loadavg's fourth field), this one included."""
+    return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+
+
+class RunnableSampler:
+    """Samples `runnable()` every 0.1 s in a thread while a job runs: the contention it saw
+    (its own ranks included), which a 1-minute load average smears over earlier work."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            self.samples.append(runnable() - 1)  # not counting this sampling process
+
+    def __enter__(self) -> "RunnableSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.samples) if self.samples else float("nan")
+
+
+def wait_quiet(limit_s: float) -> float:
+    """Wait (up to `limit_s`) until no other process is runnable for 5 s in a row; the seconds waited."""
+    began = time.perf_counter()
+    quiet_since = None
+    while time.perf_counter() - began < limit_s:
+        if runnable() <= 1:
+            quiet_since = quiet_since or time.perf_counter()
+            if time.perf_counter() - quiet_since >= 5:
+                break
+        else:
+            quiet_since = None
+        time.sleep(0.2)
+    return time.perf_counter() - began
+
+
+def run(configs: list[Config], clusters: dict[int, Path], *, steps: int, wait_s: float = 0.0) -> list[dict]:
     from parplan.runtime.launch import launch
 
     results = []
     for n in sorted({c.ranks for c in configs}):
         group = [c for c in configs if c.ranks == n]
         plans = [profile_plan(c, clusters[n]) for c in group]
+        waited = wait_quiet(wait_s)
         load = os.getloadavg()
         started = time.perf_counter()
-        measured = launch(plans, nproc=n, steps=steps, timeout_s=900.0)
-        print(f"{n} ranks: {len(plans)} plans run in {time.perf_counter() - started:.0f} s, "
-              f"load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}", flush=True)
+        with RunnableSampler() as sampler:
+            measured = launch(plans, nproc=n, steps=steps, timeout_s=900.0)
+        print(f"{n} ranks: {len(plans)} plans run in {time.perf_counter() - started:.0f} s (after waiting {waited:.0f} s "
+              f"for a quiet machine), load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}; runnable "
+              f"processes during the job {sampler.mean:.2f} on average ({n} ranks + launcher included)", flush=True)
         for config, plan, m in zip(group, plans, measured):
             results.append({"config": config.name, "ranks": n, "schedule": config.schedule,
                             "microbatches": config.microbatches, "plan_schedule": plan.schedule.name,
@@ -153,18 +204,19 @@ def run(configs: list[Config], clusters: dict[int, Path], *, steps: int) -> list
                             "step_seconds": list(m.step_seconds), "ratio": m.step_time / plan.predicted.step_time,
                             # the last step's actions end to end: the rest of its time is the step's fixed work
                             "measured_span_s": max(a.end for row in m.timeline for a in row),
-                            "load_before": load[0], "actions": per_action(plan, m)})
+                            "load_before": load[0], "runnable_during": sampler.mean,
+                            "actions": per_action(plan, m)})
     return results
 
 
 def report(results: list[dict]) -> str:
     lines = ["| plan | predicted s | measured s (median of steps 1..) | measured/predicted | error | "
-             "last step: actions' span s | load before |",
-             "|---|---|---|---|---|---|---|"]
+             "last step: actions' span s | load before | runnable during |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['config']} | {r['predicted_s']:.4f} | {r['measured_s']:.4f} | {r['ratio']:.3f} | "
                      f"{abs(r['ratio'] - 1):.1%} | {r['measured_span_s']:.4f} of {r['step_seconds'][-1]:.4f} | "
-                     f"{r['load_before']:.2f} |")
+                     f"{r['load_before']:.2f} | {r['runnable_during']:.2f} |")
     within = sum(abs(r["ratio"] - 1) <= 0.15 for r in results)
     lines.append(f"\n{within} of {len(results)} plans within 15 %.\n")
     lines.append("| plan | stage (rank) | kind | actions | predicted ms | measured ms | measured/predicted |")
@@ -187,15 +239,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedules", nargs="+", default=list(SCHEDULES))
     parser.add_argument("--steps", type=int, default=6, help="training steps per plan (step 0 is warm-up)")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="before calibrating and before each job, wait up to this long for no other runnable process")
     args = parser.parse_args(argv)
     print(f"load average at the start: {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min); "
           f"{os.cpu_count()} cores", flush=True)
     if args.profiles:
         clusters = {n: Path(args.profiles) / f"cpu-x{n}.yaml" for n in args.ranks}
     else:
+        wait_quiet(args.wait_quiet)
         clusters = calibrate(Path(args.out), args.ranks, quick=args.quick)
     configs = [Config(ranks=n, schedule=s, microbatches=MICROBATCHES[n]) for n in args.ranks for s in args.schedules]
-    results = run(configs, clusters, steps=args.steps)
+    results = run(configs, clusters, steps=args.steps, wait_s=args.wait_quiet)
     print(report(results))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": MODEL, "seq": SEQ, "micro_batch": MICRO_BATCH,
