@@ -233,7 +233,8 @@ def report(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the reduced calibration sweeps")
+    parser.add_argument("--quick", action="store_true",
+                        help="the reduced calibration sweeps (a check that it runs: its profile mispredicts these blocks)")
     parser.add_argument("--out", default="fidelity-out", help="folder for the calibrated profiles (default fidelity-out)")
     parser.add_argument("--profiles", default=None,
                         help="use the profiles already in this folder (cpu.yaml, cpu-xN.yaml) instead of calibrating")
