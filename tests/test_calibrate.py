@@ -118,6 +118,10 @@ def test_links_make_a_cluster_that_plans(links_run, device_run, tmp_path, capsys
     assert link.bandwidth > 0 and link.latency_s >= 0 and link.a2a_bandwidth and link.a2a_bandwidth > 0
     text = path.read_text()
     assert "gloo, 2 local ranks" in text and "dev.yaml" in text  # the GPU is referenced beside the cluster
+    # what the runtime adds, measured on these ranks: the overhead on the real runtime, the core share
+    node = cluster.group(0)
+    assert node.action_overhead_s >= 0 and 0 < node.compute_share <= 1
+    assert "ZB-H1 step" in text and "processes at once" in text and "Step fixed work" in text
     records = load_records(records_path)
     assert {"send_recv", "all_reduce", "all_to_all"} <= {r["op"] for r in records}
     # the link is the least-squares line through the send/recv records: check it at the largest message
@@ -134,6 +138,8 @@ def test_links_make_a_cluster_that_plans(links_run, device_run, tmp_path, capsys
 
     saved = Plan.load(str(plan))
     assert saved.cluster.name == cluster.name and saved.predicted.step_time > 0
+    # the plan names the machine it was costed for, so `parplan run` can tell another one
+    assert {tuple(d["device_names"]) for d in saved.cluster.devices} == {cluster.gpu(0).device_names}
 
 
 def test_fit_line_is_the_relative_least_squares_line():

@@ -345,6 +345,10 @@ CASES = {
                                         "--out", "{out}/c.yaml"], "is a cluster profile"),
     "calibrate-links-read-only": (["calibrate", "--device", "cpu", "--links", "--nproc", "2", "--gpu", "h100-sxm",
                                    "--out", "{ro}/c.yaml"], "not writable"),
+    "calibrate-share-cores-without-links": (["calibrate", "--device", "cpu", "--share-cores", "--out", "{out}/d.yaml"],
+                                            "--share-cores applies to --links only"),
+    "calibrate-share-cores-too-many": (["calibrate", "--device", "cpu", "--links", "--nproc", "100000", "--share-cores",
+                                        "--gpu", "h100-sxm", "--out", "{out}/c.yaml"], "ranks per core"),
     # the top level
     "unknown-command": (["planify"], "invalid choice: 'planify'"),
     "no-command": ([], "required"),

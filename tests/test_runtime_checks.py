@@ -158,9 +158,19 @@ def test_run_says_when_the_prediction_is_for_another_machine():
     def plan(name, devices):
         return SimpleNamespace(cluster=SimpleNamespace(name=name, devices=devices))
 
+    # a plan file from before device_names: only a CPU run is known to be another machine
     h100 = plan("h100x8", [{"name": "h100-sxm", "pipeline_rank": r} for r in range(2)])
-    note = _other_machine(h100, "cpu")
-    assert note and "h100-sxm (h100x8)" in note and "ran on cpu" in note and "--costs measure" in note
-    assert _other_machine(h100, "cuda:0") is None  # the device string does not name the GPU model
+    note = _other_machine(h100, "cpu", "AMD EPYC")
+    assert note and "h100-sxm (h100x8)" in note and "ran on AMD EPYC (cpu)" in note and "parplan calibrate" in note
+    assert _other_machine(h100, "cuda:0", "NVIDIA H100 80GB HBM3") is None
     local = plan("local-cpu", [{"name": f"cpu:{r}", "kind": "cpu"} for r in range(2)])
-    assert _other_machine(local, "cpu") is None
+    assert _other_machine(local, "cpu", "AMD EPYC") is None
+    # with the profile's device names: a GPU profile run on a CPU, on another GPU, and a CPU
+    # profile calibrated on another CPU are all named; the machine it was calibrated on is not
+    named = plan("h100x8", [{"name": "h100-sxm", "device_names": ["NVIDIA H100 80GB HBM3"]}] * 2)
+    assert "NVIDIA H100 80GB HBM3" in _other_machine(named, "cpu", "AMD EPYC")
+    assert "ran on NVIDIA A100-SXM4-80GB (cuda:0)" in _other_machine(named, "cuda:0", "NVIDIA A100-SXM4-80GB")
+    assert _other_machine(named, "cuda:1", "NVIDIA H100 80GB HBM3") is None
+    xeon = plan("calibrated-xeon-x2", [{"name": "calibrated-xeon", "device_names": ["Intel Xeon"]}] * 2)
+    assert "Intel Xeon" in _other_machine(xeon, "cpu", "AMD EPYC")
+    assert _other_machine(xeon, "cpu", "Intel Xeon") is None

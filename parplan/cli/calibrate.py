@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from parplan.cli.args import positive_int, seconds
@@ -25,6 +25,9 @@ from parplan.errors import ParplanError
 from parplan.io import check_writable, write_outputs
 
 __all__ = ["add_parsers"]
+
+# --share-cores: beyond this many ranks per core a run is a scheduler test, not a pipeline
+MAX_RANKS_PER_CORE = 4
 
 
 def add_parsers(sub) -> None:
@@ -50,6 +53,9 @@ def add_parsers(sub) -> None:
                    help="--links: the GPU profile (name or .yaml, e.g. one parplan calibrate wrote) the cluster's "
                         "ranks run on")
     p.add_argument("--timeout", type=seconds, default=None, help="--links: torchrun job limit in seconds (default 300)")
+    p.add_argument("--share-cores", action="store_true",
+                   help="--links on a CPU: allow --nproc above the core count; the ranks then share the cores, and "
+                        "the cluster's measured compute_share (about cores / ranks) says so")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run_calibrate)
 
@@ -109,7 +115,7 @@ def run_calibrate(args) -> int:
     if args.links:
         return _run_links(args, device)
     for flag, value in (("--nproc", args.nproc), ("--backend", args.backend), ("--gpu", args.gpu),
-                        ("--timeout", args.timeout)):
+                        ("--timeout", args.timeout), ("--share-cores", args.share_cores or None)):
         if value is not None:
             raise ParplanError(f"{flag} applies to --links only; add --links to measure links, or drop {flag}")
     if args.threads is not None and device != "cpu":
@@ -131,6 +137,7 @@ def _command(args, device: str) -> str:
     parts += [f"--threads {args.threads}"] if args.threads else []
     if args.links:
         parts += [f"--links --nproc {args.nproc} --backend {args.backend} --gpu {args.gpu}"]
+        parts += ["--share-cores"] if args.share_cores else []
     return " ".join(parts)
 
 
@@ -185,6 +192,49 @@ def _print_device(data: dict, summary: dict, skipped) -> None:
         print(f"not measured: {line}")
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Runtime:
+    constants: dict  # YAML entries of the node group: action_overhead, compute_share
+    notes: list[str]  # header lines: what was measured beside them
+
+
+def _runtime_constants(args, source: str, report) -> _Runtime:
+    """What `parplan run` adds on these ranks, measured (parplan.runtime.calibrate_runtime): on a
+    CPU the share of a core each rank computes with when all compute at once, and the runtime's
+    per-action overhead (a measured action minus its bare compute at that share)."""
+    from parplan.runtime.calibrate_runtime import (PROBE_MODEL, SHARE_WORKLOAD, measure_compute_share,
+                                                   measure_runtime_overhead)
+
+    constants, share = {}, 1.0
+    if args.backend == "gloo":  # CPU ranks: NCCL runs one rank per GPU
+        report(f"compute share x{args.nproc}", None)
+        share = measure_compute_share(args.nproc, timeout_s=args.timeout or 300.0)
+        cores = os.cpu_count() or 1
+        report(f"compute share x{args.nproc}", f"{share:.3f} of a lone rank's rate ({cores} cores)")
+        constants["compute_share"] = {
+            "value": float(f"{share:.4g}"), "unit": "fraction",
+            "source": f"measured: a GPT block's forward + backward {SHARE_WORKLOAD} on one thread, alone and in "
+                      f"{args.nproc} processes at once on {cores} CPU cores (os.cpu_count): the lone time over the "
+                      f"median together; {source}"}
+    report(f"runtime x{args.nproc}", None)
+    try:
+        measured = measure_runtime_overhead(nproc=args.nproc, steps=6, compute_share=share,
+                                            timeout_s=args.timeout or 300.0)
+    except ParplanError as err:  # not measured: leave the field out (default 0), say why
+        report(f"runtime x{args.nproc}", f"not measured: {err}")
+        return _Runtime(constants=constants, notes=[f"Not measured: action_overhead ({err})"])
+    report(f"runtime x{args.nproc}", f"{measured.action_s * 1e6:.0f} us per action, "
+                                     f"{measured.step_s * 1e3:.2f} ms per step")
+    constants["action_overhead"] = {
+        "value": float(f"{measured.action_s:.4g}"), "unit": "s",
+        "source": f"measured: median over {measured.num_actions} actions of a ZB-H1 step of {PROBE_MODEL} under "
+                  f"parplan run's runtime, minus each stage's bare compute (median {measured.bare_compute_s * 1e6:.0f} "
+                  f"us) over the compute share; {source}"}
+    notes = [f"Step fixed work (set-up, gradient reduction, barrier; measured, not charged): "
+             f"{measured.step_s * 1e3:.3g} ms."]
+    return _Runtime(constants=constants, notes=notes)
+
+
 def _run_links(args, device: str) -> int:
     import torch
 
@@ -206,9 +256,15 @@ def _run_links(args, device: str) -> int:
         if args.nproc > torch.cuda.device_count():
             raise ParplanError(f"--nproc {args.nproc} is more than the {torch.cuda.device_count()} GPUs of this "
                                f"machine: NCCL runs one rank per GPU; give --nproc <= {torch.cuda.device_count()}")
-    elif args.nproc > (os.cpu_count() or 1):
+    elif args.nproc > (os.cpu_count() or 1) and not args.share_cores:
         raise ParplanError(f"--nproc {args.nproc} is more than the {os.cpu_count()} CPU cores of this machine: ranks "
-                           f"sharing a core time the scheduler, not the link; give --nproc <= {os.cpu_count()}")
+                           f"sharing a core time the scheduler, not the link; give --nproc <= {os.cpu_count()}, or "
+                           f"--share-cores to plan runs that share them (compute_share, about cores / ranks)")
+    if args.share_cores and backend != "gloo":
+        raise ParplanError("--share-cores applies to CPU ranks (gloo); NCCL runs one rank per GPU")
+    if args.share_cores and args.nproc > MAX_RANKS_PER_CORE * (os.cpu_count() or 1):
+        raise ParplanError(f"--nproc {args.nproc} with --share-cores is more than {MAX_RANKS_PER_CORE} ranks per core "
+                           f"on {os.cpu_count()} CPU cores; give --nproc <= {MAX_RANKS_PER_CORE * (os.cpu_count() or 1)}")
     if args.gpu is None:
         raise ParplanError("--links needs --gpu PROFILE: the GPU profile the cluster's ranks run on; calibrate "
                            "the device first (parplan calibrate --out dev.yaml) and pass --gpu dev.yaml")
@@ -233,15 +289,18 @@ def _run_links(args, device: str) -> int:
         link, summary = fit_link(records, ranks=args.nproc, source=source)
         report("link fit", f"bandwidth {link['bandwidth']['value']:.3g} B/s, latency {link['latency']['value']:.3g} s",
                Phase.FIT)
+        runtime = _runtime_constants(args, source, report)
     gpu_ref = args.gpu
     if Path(gpu_ref).suffix in (".yaml", ".yml"):  # stored beside-relative, so the two files move together
         gpu_ref = os.path.relpath(Path(gpu_ref).resolve(), Path(out).resolve().parent)
     data = {"kind": "cluster", "name": name,
-            "groups": [{"gpu": gpu_ref, "nodes": 1, "gpus_per_node": args.nproc, "intra_node": link}]}
+            "groups": [{"gpu": gpu_ref, "nodes": 1, "gpus_per_node": args.nproc, "intra_node": link,
+                        **runtime.constants}]}
     header = [f"Calibrated by parplan calibrate --links: {source}.",
               "One node: no inter-node link (none was measured; no rank pair crosses nodes).",
               f"Raw records: {run.records_file}. Per collective (least squares latency + bytes / bandwidth): "
               f"{json.dumps(summary)}"]
+    header += runtime.notes
     header += [f"Not measured: {line}" for line in skipped]
     text = _checked_yaml(data, header, out)
     write_outputs({out: text, records_path: _records_text(records)})
@@ -251,6 +310,8 @@ def _run_links(args, device: str) -> int:
           + (f", all-to-all {link['all_to_all_bandwidth']['value']:.4g} B/s" if "all_to_all_bandwidth" in link else ""))
     for op, fitted in summary.items():
         print(f"  {op}: {json.dumps(fitted)}")
+    for line in runtime.notes:
+        print(f"  {line}")
     for line in skipped:
         print(f"not measured: {line}")
     return 0

@@ -42,6 +42,7 @@ def add_parsers(sub) -> None:
 
 
 def run_run(args) -> int:
+    from parplan.cost.calibrate import local_device_name
     from parplan.render.chrome_trace import measured_trace
     from parplan.render.plan_chart import render_plan_gantt
     from parplan.runtime.chain import load_plan_model
@@ -79,7 +80,7 @@ def run_run(args) -> int:
     else:
         lines.append(f"predicted step time {plan.predicted.step_time:.6g} cost units (abstract costs: make the plan "
                      f"with --costs measure for seconds), measured {measured.step_time:.6g} s")
-    other = _other_machine(plan, measured.device)
+    other = _other_machine(plan, measured.device, local_device_name(measured.device.split(":")[0]))
     if other:
         lines.append(other)
     if plan.overlap_note():
@@ -123,14 +124,25 @@ def _tied(measured) -> list[str]:
     return lines
 
 
-def _other_machine(plan, device: str) -> str | None:
-    """A note when the plan was costed for devices other than the ones the job ran on
-    (an H100 profile's prediction against a CPU run differs ~50×, which says nothing
-    about the plan)."""
-    planned = sorted({str(d.get("name")) for d in plan.cluster.devices})
-    kinds = {str(d.get("kind", d.get("name", ""))).split(":")[0] for d in plan.cluster.devices}
-    if device.split(":")[0] != "cpu" or kinds == {"cpu"}:
-        return None  # a GPU run's device string does not name its model: nothing to compare
-    return (f"note: the plan was costed for {', '.join(planned)} ({plan.cluster.name}) but ran on {device}: "
-            f"measured/predicted compares two machines; for a prediction of this one make the plan with "
-            f"`parplan plan-chain ... --costs measure`")
+def _other_machine(plan, device: str, local_name: str) -> str | None:
+    """A note when the plan was costed for devices other than the one the job ran on: an H100
+    profile's prediction against a CPU run differs ~50×, a CPU profile calibrated on another
+    machine by its speed ratio; either says nothing about the plan. `device` is the run's torch
+    device (`cpu`, `cuda:0`), `local_name` its model (the CPU's or GPU's name, as `parplan
+    calibrate` records it in a profile's `device_names`)."""
+    devices = plan.cluster.devices
+    planned = sorted({str(d.get("name")) for d in devices})
+    names = {str(n) for d in devices for n in d.get("device_names", ())}
+    if all(d.get("kind") == "cpu" for d in devices) and not names:
+        return None  # costs measured on this CPU (`plan-chain --costs measure`) or abstract
+    if names:
+        if local_name in names:
+            return None
+        what = f"{', '.join(planned)} ({plan.cluster.name}: {', '.join(sorted(names))})"
+    elif device.split(":")[0] == "cpu":
+        what = f"{', '.join(planned)} ({plan.cluster.name})"  # a plan from before device_names: a GPU profile
+    else:
+        return None  # no device names in the plan, and a GPU run's device string does not name its model
+    return (f"note: the plan was costed for {what} but ran on {local_name} ({device}): measured/predicted "
+            f"compares two machines; for a prediction of this one calibrate it (`parplan calibrate`, then "
+            f"`--links`) and plan with --cluster on that profile, or use `parplan plan-chain ... --costs measure`")

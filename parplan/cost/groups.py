@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from parplan.cost.contiguous import balanced_contiguous
-from parplan.cost.hardware import GPUProfile, LinkProfile
+from parplan.cost.hardware import GPUProfile, LinkProfile, NodeGroup
 from parplan.cost.model import OpCost, op_cost, transfer_time
 from parplan.errors import ParplanError
 from parplan.trace.graph import TracedGraph
@@ -101,14 +101,26 @@ def groups_by_module(traced: TracedGraph, prefixes: Sequence[Sequence[str]]) -> 
     return groups
 
 
-def pipeline_costs(groups: Sequence[GroupCost], gpu: GPUProfile):
+def pipeline_costs(groups: Sequence[GroupCost], gpu: GPUProfile, *, node: NodeGroup | None = None,
+                   rank_of: Sequence[int] | None = None):
     """`parplan.schedule.costs.PipelineCosts` for stages = groups, in seconds and bytes, one chain
-    (`placement_costs` folds the transfers' contention into F and I)."""
+    (`placement_costs` folds the transfers' contention into F and I, and what the runtime of
+    `node` adds: its per-action overhead and compute share). With `rank_of` (stage -> rank) a
+    hand-off between two stages on one rank is free (a V's turn), as the simulator has it."""
     from parplan.schedule.stage_costs import StageCost, placement_costs  # the schedule layer's type
+
+    if rank_of is not None and len(rank_of) != len(groups):
+        raise ParplanError(f"rank_of has {len(rank_of)} entries for {len(groups)} groups; give one rank per group")
+
+    def transfer(s: int) -> float:
+        local = rank_of is not None and s + 1 < len(groups) and rank_of[s] == rank_of[s + 1]
+        return 0.0 if local else groups[s].transfer_s
 
     return placement_costs(
         [StageCost(forward=g.forward_s, backward_input=g.backward_input_s, backward_weight=g.backward_weight_s,
-                   activation=float(g.activation_bytes), params=float(g.param_bytes), transfer=g.transfer_s)
-         for g in groups],
+                   activation=float(g.activation_bytes), params=float(g.param_bytes), transfer=transfer(s),
+                   action_overhead=node.action_overhead_s if node else 0.0,
+                   compute_share=node.compute_share if node else 1.0)
+         for s, g in enumerate(groups)],
         transfer_contention=gpu.efficiency.transfer_contention,
     )

@@ -135,6 +135,16 @@ class NodeGroup:
     nodes: int
     gpus_per_node: int
     intra_node: LinkProfile
+    # What running a pipeline on these ranks adds to the device's compute (optional in the
+    # YAML; the defaults add nothing, as on a GPU whose runtime overhead hides under its
+    # queued kernels). `parplan calibrate --links` measures both on a CPU (docs/cost-model.md).
+    action_overhead_s: float = 0.0  # the pipeline runtime's seconds per action (F, I, W) beyond its compute
+    compute_share: float = 1.0  # fraction of one device each rank computes with (C cores / N ranks)
+
+    def __post_init__(self) -> None:
+        if self.action_overhead_s < 0 or not 0 < self.compute_share <= 1:
+            raise ParplanError(f"node group of {self.gpu.name}: action_overhead >= 0 s and 0 < compute_share <= 1 "
+                               f"are required (got {self.action_overhead_s}, {self.compute_share})")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -165,6 +175,9 @@ class ClusterProfile:
 
     def gpu(self, rank: int) -> GPUProfile:
         return self.groups[self.placement(rank)[0]].gpu
+
+    def group(self, rank: int) -> NodeGroup:
+        return self.groups[self.placement(rank)[0]]
 
     def link(self, rank_a: int, rank_b: int) -> LinkProfile:
         ga, na = self.placement(rank_a)
@@ -300,8 +313,11 @@ def load_profile_file(path: Path) -> GPUProfile | ClusterProfile:
             if not isinstance(g["gpu"], str):
                 raise ParplanError(f"{gw}.gpu = {g['gpu']!r} must name a GPU profile (e.g. h100-sxm) or a .yaml file")
             gpu = load_gpu(_beside(path, g["gpu"]))
+            overhead = _constant(g, "action_overhead", "s", gw, allow_zero=True).value if "action_overhead" in g else 0.0
+            share = _fraction(g, "compute_share", gw) if "compute_share" in g else 1.0
             groups.append(NodeGroup(gpu=gpu, nodes=g["nodes"], gpus_per_node=g["gpus_per_node"],
-                                    intra_node=_parse_link(g["intra_node"], f"{gw}.intra_node")))
+                                    intra_node=_parse_link(g["intra_node"], f"{gw}.intra_node"),
+                                    action_overhead_s=overhead, compute_share=share))
         inter = data.get("inter_node")
         if inter is None and sum(g.nodes for g in groups) == 1:
             # one node: no rank pair crosses nodes, so no inter-node link is ever used (or measured)

@@ -90,7 +90,9 @@ def to_plan(result: PlanResult, model, example_inputs: tuple, cluster: ClusterPr
     pieces = stage_pieces(placed.units, list(placed.stage_of_unit), placed.costs.num_stages)
     micro, seq = _micro_shape(example_inputs)
     degrees = placed.degrees
-    devices = tuple({"name": name, "pipeline_rank": r, "global_rank": degrees.rank(0, r)}
+    # device_names: what the profile was measured on, so `parplan run` can tell another machine
+    devices = tuple({"name": name, "pipeline_rank": r, "global_rank": degrees.rank(0, r),
+                     "device_names": list(degrees.gpu(cluster, r).device_names)}
                     for r, name in enumerate(placed.gpu_names))
     evaluated = result.search == "evaluated"
     solver = {

@@ -161,10 +161,12 @@ def place(units: UnitGraph, coster: Coster, cluster: ClusterProfile, degrees: De
         comm_i = phases.total("backward_input") - c.backward_input_s if phases else 0.0
         if phases is not None and shard.total_s:
             phases = phases.padded(shard.forward_s, shard.backward_input_s)
+        node = cluster.group(degrees.rank(0, rank_of[s]))  # what the runtime adds on the stage's rank
         stage_costs.append(StageCost(forward=c.forward_s + comm_f + shard.forward_s,
                                      backward_input=c.backward_input_s + comm_i + shard.backward_input_s,
                                      backward_weight=c.backward_weight_s, activation=c.activation_bytes,
-                                     params=c.param_bytes, transfer=xfer, phases=phases))
+                                     params=c.param_bytes, transfer=xfer, phases=phases,
+                                     action_overhead=node.action_overhead_s, compute_share=node.compute_share))
     costs = placement_costs(stage_costs, transfer_contention=gpus[0].efficiency.transfer_contention,
                             comm_slowdown=cluster.a2a_compute_slowdown or 0.0, mode=memory.mode)
     static, held, dp_sync = _static_and_sync(unit_costs, shards, family, degrees, cluster, memory, techniques, tied)

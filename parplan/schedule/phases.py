@@ -117,16 +117,18 @@ class StagePhases:
     def comm_seconds(self) -> float:
         return sum(s.seconds for s in (*self.forward, *self.backward_input) if s.lane == COMM)
 
-    def padded(self, forward: float, backward_input: float) -> "StagePhases":
-        """The same parts with extra seconds on the last compute part of F and of I (the
-        contention of a pipeline send folded into compute, `placement_costs`)."""
+    def padded(self, forward: float, backward_input: float, backward_weight: float = 0.0) -> "StagePhases":
+        """The same parts with extra seconds on the last compute part of F, I and W (the
+        contention of a pipeline send and the runtime's per-action overhead folded into
+        compute, `placement_costs`)."""
         def pad(parts: Parts, extra: float) -> Parts:
             if not extra:
                 return parts
             k = max(i for i, s in enumerate(parts) if s.lane == COMPUTE)
             s = parts[k]
             return parts[:k] + (Segment(s.lane, s.seconds + extra, s.label, s.after),) + parts[k + 1:]
-        return StagePhases(pad(self.forward, forward), pad(self.backward_input, backward_input), self.backward_weight)
+        return StagePhases(pad(self.forward, forward), pad(self.backward_input, backward_input),
+                           pad(self.backward_weight, backward_weight))
 
     def scaled(self, factor: float) -> "StagePhases":
         def mul(parts: Parts) -> Parts:

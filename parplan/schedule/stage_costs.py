@@ -10,6 +10,12 @@ in: stage s's F grows by contention × the transfer of its output to stage s+1, 
 contention × the gradient it sends back to stage s−1 (the size of the previous boundary).
 The last stage sends nothing on, so its F gets no share. Inference runs no backward: I and
 W are 0 and so is their contention.
+
+What the runtime adds is folded here too, from the stage's device (a cluster node group's
+`action_overhead` and `compute_share`, docs/cost-model.md): each compute time is divided by
+the rank's share of its device (N ranks sharing C < N CPU cores each get C / N of one) and
+every action (F, I, W) pays the runtime's fixed overhead once. A full backward B = I + W
+thus pays it twice, where a runtime calls it once: an over-estimate of one overhead per B.
 """
 
 from __future__ import annotations
@@ -35,6 +41,19 @@ class StageCost:
     params: float
     transfer: float = 0.0  # output to stage s+1; 0 when the next stage is on the same rank
     phases: StagePhases | None = None  # its parts on compute and communication lanes (sum: the above)
+    # what running it adds (both from the stage's node group; the defaults add nothing)
+    action_overhead: float = 0.0  # seconds the runtime spends per action (F, I, W) beyond its compute
+    compute_share: float = 1.0  # fraction of one device's compute the rank gets (0 < share <= 1)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.compute_share <= 1:
+            raise ParplanError(f"compute_share = {self.compute_share} must be in (0, 1]: the fraction of one "
+                               f"device's compute a rank gets")
+        if self.action_overhead < 0:
+            raise ParplanError(f"action_overhead = {self.action_overhead} must be >= 0 seconds")
+        if self.phases is not None and self.compute_share != 1:
+            raise ParplanError("compute_share below 1 with all-to-all phases (expert parallelism on shared cores) "
+                               "is not modelled; give each rank a whole device")
 
 
 def placement_costs(stages: Sequence[StageCost], *, transfer_contention: float = 0.0,
@@ -46,11 +65,16 @@ def placement_costs(stages: Sequence[StageCost], *, transfer_contention: float =
     train = mode == "train"
     extra_f = [kappa * g.transfer if s < last else 0.0 for s, g in enumerate(stages)]
     extra_i = [kappa * stages[s - 1].transfer if s > 0 and train else 0.0 for s in range(len(stages))]
-    phases = [g.phases and g.phases.padded(extra_f[s], extra_i[s]) for s, g in enumerate(stages)]
+    extra_f = [x + g.action_overhead for x, g in zip(extra_f, stages)]
+    extra_i = [x + g.action_overhead if train else 0.0 for x, g in zip(extra_i, stages)]
+    extra_w = [g.action_overhead if train else 0.0 for g in stages]
+    phases = [g.phases and g.phases.padded(extra_f[s], extra_i[s], extra_w[s]) for s, g in enumerate(stages)]
     return PipelineCosts(
-        forward=tuple(g.forward + extra_f[s] for s, g in enumerate(stages)),
-        backward_input=tuple((g.backward_input + extra_i[s]) if train else 0.0 for s, g in enumerate(stages)),
-        backward_weight=tuple(g.backward_weight if train else 0.0 for g in stages),
+        forward=tuple(g.forward / g.compute_share + extra_f[s] for s, g in enumerate(stages)),
+        backward_input=tuple((g.backward_input / g.compute_share + extra_i[s]) if train else 0.0
+                             for s, g in enumerate(stages)),
+        backward_weight=tuple(g.backward_weight / g.compute_share + extra_w[s] if train else 0.0
+                              for s, g in enumerate(stages)),
         transfer=tuple(g.transfer for g in stages),
         activation=tuple(g.activation for g in stages),
         params=tuple(g.params for g in stages),
