@@ -61,6 +61,7 @@ _MAX_DEGREES = 16  # degree candidates screened, most promising first ...
 _SCREENS_PER_WORK = 150  # ... while fewer than this × work schedules were screened (once one fits)
 _SCREEN_SLACK = 1.1  # not simulated: candidates whose busiest rank alone is 10 % above the best
 _MEMORY_BOUND = 1.25  # second-pass techniques where the fastest plan within the cap is 25 % slower than one over it
+_MEMORY_BOUND_CANDIDATES = 2  # ... on at most this many degree candidates (each pass-2 screen of a large model is slow)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -267,6 +268,7 @@ def _screen(run: _Search) -> _Screened:
     best_ours = float("inf")
     max_screens = _SCREENS_PER_WORK * config.work
     deferred = []  # (degrees, the rest of its techniques), for the second pass
+    bound_tries = 0  # memory-bound candidates deferred (the most promising first)
     for degrees in degree_list[:_MAX_DEGREES]:
         if best_ours < float("inf") and out.screened + out.pruned >= max_screens:
             out.skipped.append(str(degrees))  # the rest of the work goes to refining what was found
@@ -279,7 +281,10 @@ def _screen(run: _Search) -> _Screened:
                                         memory=config.memory, microbatches=config.microbatches, cap=run.cap)
         fitted = out.fitting
         best_ours = _screen_techniques(run, out, degrees, families, first, best_ours)
-        if out.fitting == fitted or out.memory_bound(degrees):
+        if out.fitting == fitted:
+            deferred.append((degrees, rest))
+        elif out.memory_bound(degrees) and bound_tries < _MEMORY_BOUND_CANDIDATES:
+            bound_tries += 1
             deferred.append((degrees, rest))
     # second pass: memory techniques where the plain choice gave no plan within the cap, or
     # only plans far slower than what the cap rules out
