@@ -194,13 +194,13 @@ def test_warm_start_ties_go_to_the_lower_peak_memory():
 def test_byte_valued_memory_is_scaled_conservatively():
     costs = seconds_costs(8, scale=0.5)
     problem = build_problem(placement="v", num_ranks=4, num_microbatches=8, costs=costs, memory_cap=1.2345e10)
-    unit, exact = memory_unit(problem)
+    unit, exact = memory_unit(problem, horizon=10_000)
     assert not exact and memory_cap_units(problem, unit, exact) <= 1 << 30
     for s in range(problem.num_stages):
         assert memory_demand_units(problem.activation(s), unit, exact) * unit >= problem.activation(s)
     assert memory_cap_units(problem, unit, exact) * unit <= problem.memory_cap
     exact_problem = build_problem(placement="v", num_ranks=2, num_microbatches=2, costs=uneven(4), memory_cap=3.5)
-    assert memory_unit(exact_problem) == (0.5, True)
+    assert memory_unit(exact_problem, horizon=10_000) == (0.5, True)
 
 
 # ---- LNS ---------------------------------------------------------------------------------------------------
